@@ -1,0 +1,120 @@
+"""Request and response models of the prediction API, and the vocabularies they accept."""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+
+from models.config import MAX_FLIGHTS
+
+# The 23 airlines (OPERA) and 62 destination cities (SIGLADES) of the SCL 2017 dataset, exact spelling.
+AIRLINES: tuple[str, ...] = (
+    "Aerolineas Argentinas", "Aeromexico", "Air Canada", "Air France", "Alitalia",
+    "American Airlines", "Austral", "Avianca", "British Airways", "Copa Air", "Delta Air",
+    "Gol Trans", "Grupo LATAM", "Iberia", "JetSmart SPA", "K.L.M.", "Lacsa",
+    "Latin American Wings", "Oceanair Linhas Aereas", "Plus Ultra Lineas Aereas",
+    "Qantas Airways", "Sky Airline", "United Airlines",
+)  # fmt: skip
+DESTINATIONS: tuple[str, ...] = (
+    "Antofagasta", "Arica", "Asuncion", "Atlanta", "Auckland N.Z.", "Balmaceda", "Bariloche",
+    "Bogota", "Buenos Aires", "Calama", "Cancun", "Castro (Chiloe)", "Cataratas Iguacu",
+    "Ciudad de Mexico", "Ciudad de Panama", "Cochabamba", "Concepcion", "Copiapo", "Cordoba",
+    "Curitiba, Bra.", "Dallas", "Florianapolis", "Guayaquil", "Houston", "Iquique",
+    "Isla de Pascua", "La Paz", "La Serena", "Lima", "Londres", "Los Angeles", "Madrid",
+    "Melbourne", "Mendoza", "Miami", "Montevideo", "Neuquen", "Nueva York", "Orlando", "Osorno",
+    "Paris", "Pisco, Peru", "Puerto Montt", "Puerto Natales", "Puerto Stanley", "Punta Arenas",
+    "Punta Cana", "Punta del Este", "Quito", "Rio de Janeiro", "Roma", "Rosario",
+    "San Juan, Arg.", "Santa Cruz", "Sao Paulo", "Sydney", "Temuco", "Toronto", "Tucuman",
+    "Ushuia", "Valdivia", "Washington",
+)  # fmt: skip
+FLIGHT_TYPES: tuple[str, ...] = ("I", "N")
+SCHEDULE_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S")
+
+Airline = Literal[AIRLINES]  # type: ignore[valid-type]  # built from the tuple so both stay one list
+Destination = Literal[DESTINATIONS]  # type: ignore[valid-type]  # same reason
+
+
+def parse_schedule(value: Any) -> Any:
+    """Accept only the dataset's own date-time formats, so '2017-02-30' or a bare date is rejected."""
+    if not isinstance(value, str):
+        return value  # pydantic then reports the wrong type
+    for fmt in SCHEDULE_FORMATS:
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    raise ValueError("must be a real date-time written 'YYYY-MM-DD HH:MM' or 'YYYY-MM-DD HH:MM:SS'")
+
+
+class Flight(BaseModel):
+    """One scheduled departure from SCL; the optional fields sharpen the prediction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    OPERA: Airline = Field(description="Operating airline, one of the dataset's 23.", examples=["Grupo LATAM"])
+    TIPOVUELO: Literal["I", "N"] = Field(description="I: international, N: national.", examples=["N"])
+    MES: int = Field(strict=True, ge=1, le=12, description="Month of the scheduled departure.", examples=[3])
+    fecha_i: Annotated[datetime | None, BeforeValidator(parse_schedule)] = Field(
+        default=None,
+        alias="Fecha-I",
+        strict=True,
+        description="Scheduled departure, 'YYYY-MM-DD HH:MM[:SS]'; its month must equal MES.",
+        examples=["2017-03-14 08:30"],
+    )
+    SIGLADES: Destination | None = Field(
+        default=None, description="Destination city, one of the dataset's 62.", examples=["Antofagasta"]
+    )
+
+    @field_validator("fecha_i")
+    @classmethod
+    def _month_matches_mes(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        month = info.data.get("MES")  # absent when MES itself failed; that error is reported already
+        if value is not None and month is not None and value.month != month:
+            raise ValueError(f"Fecha-I is in month {value.month} but MES is {month}")
+        return value
+
+
+class Prediction(BaseModel):
+    """The answer for one flight."""
+
+    delay: Literal[0, 1] = Field(description="1 when the flight is predicted to leave over 15 minutes late.")
+    probability: float = Field(ge=0, le=1, description="Predicted probability of a delay over 15 minutes.")
+
+
+class ChallengeResponse(BaseModel):
+    """Response of the LATAM challenge's /predict contract."""
+
+    predict: list[Literal[0, 1]] = Field(description="One 0/1 delay label per flight, in request order.")
+
+
+# The one example: API docs default, README curl, tests and the load test's first body.
+EXAMPLE_REQUEST: dict[str, list[dict[str, Any]]] = {
+    "flights": [
+        {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3},
+        {
+            "OPERA": "Sky Airline",
+            "TIPOVUELO": "I",
+            "MES": 7,
+            "Fecha-I": "2017-07-21 19:40",
+            "SIGLADES": "Lima",
+        },
+    ]
+}
+
+FlightList = Annotated[
+    list[Flight],
+    Field(
+        min_length=1,
+        max_length=MAX_FLIGHTS,
+        description=f"1 to {MAX_FLIGHTS} flights.",
+        json_schema_extra={"example": EXAMPLE_REQUEST["flights"]},  # prefills /docs
+    ),
+]
+
+
+class PredictionRequest(BaseModel):
+    """Body of both prediction routes: the flights to predict, nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flights: FlightList

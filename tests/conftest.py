@@ -1,0 +1,106 @@
+"""Shared fixtures: an isolated model store, a model trained on a small synthetic sample, a running service.
+
+Set FLIGHT_DELAY_URL to run the HTTP tests against a service that is already up (a container, say)
+instead of the `bentoml serve` process these fixtures start.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+# Before anything imports bentoml: the tests never read or write the user's own model store.
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flight-delay-tests-")
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+
+import train  # noqa: E402  (needs BENTOML_HOME set first)
+from models.config import PROJECT_DIR  # noqa: E402
+from models.data import STATS_PATH, synthetic_frame  # noqa: E402
+
+SAMPLE_ROWS = 4_000
+STARTUP_SECONDS = 90
+
+
+@pytest.fixture(scope="session")
+def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset with the real schema, written as CSV like the real file."""
+    path = tmp_path_factory.mktemp("data") / "sample.csv"
+    synthetic_frame(json.loads(STATS_PATH.read_text()), rows=SAMPLE_ROWS).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def trained_model(sample_csv: Path) -> str:
+    """Tag of a flight_delay model trained by train.py on the small sample, in the test store."""
+    assert train.main(["--data", str(sample_csv)]) == 0
+    import bentoml
+
+    return str(bentoml.models.get("flight_delay:latest").tag)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = STARTUP_SECONDS) -> None:
+    """Poll /readyz until the service answers 200; fail early if its process died."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the service exited with code {process.returncode} before it was ready")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} was not ready within {seconds} s")
+
+
+@pytest.fixture(scope="session")
+def service_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Base URL of a running service: FLIGHT_DELAY_URL, or a `bentoml serve` started on the test model."""
+    if url := os.environ.get("FLIGHT_DELAY_URL"):
+        wait_ready(url)
+        yield url.rstrip("/")
+        return
+    request.getfixturevalue("trained_model")
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=PROJECT_DIR,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url
+    except RuntimeError as exc:
+        raise RuntimeError(f"{exc}; its log: {Path(log.name).read_text()[-3000:]}") from exc
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def client(service_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client bound to the running service."""
+    with httpx.Client(base_url=service_url, timeout=30) as http:
+        yield http

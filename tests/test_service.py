@@ -1,0 +1,192 @@
+"""The HTTP contract, checked against a running service (bentoml serve, or FLIGHT_DELAY_URL)."""
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from models.config import MAX_FLIGHTS
+from models.schema import AIRLINES, DESTINATIONS, EXAMPLE_REQUEST
+
+pytestmark = pytest.mark.integration
+
+VALID = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}
+FULL = EXAMPLE_REQUEST["flights"][1]
+PREDICTION_ROUTES = ("/v1/prediction", "/predict")
+
+
+def flight(**changes: Any) -> dict[str, Any]:
+    """VALID with some fields changed; a value of None removes the field."""
+    merged = {**VALID, **changes}
+    return {key: value for key, value in merged.items() if value is not None}
+
+
+def varied_flights(count: int) -> list[dict[str, Any]]:
+    """Deterministic, mostly different flights, half of them with the optional fields."""
+    flights = []
+    for i in range(count):
+        month = i % 12 + 1
+        entry: dict[str, Any] = {"OPERA": AIRLINES[i % len(AIRLINES)], "TIPOVUELO": "IN"[i % 2], "MES": month}
+        if i % 2:
+            entry["Fecha-I"] = f"2017-{month:02d}-{i % 28 + 1:02d} {i % 24:02d}:{(i * 7) % 60:02d}"
+            entry["SIGLADES"] = DESTINATIONS[i % len(DESTINATIONS)]
+        flights.append(entry)
+    return flights
+
+
+# (case, request body, a fragment of the error location the 400 must name)
+INVALID_BODIES = [
+    ("unknown airline", {"flights": [flight(OPERA="Aerolineas Falsas")]}, "OPERA"),
+    ("airline in wrong case", {"flights": [flight(OPERA="grupo latam")]}, "OPERA"),
+    ("unknown destination", {"flights": [flight(SIGLADES="Atlantis")]}, "SIGLADES"),
+    ("month 13", {"flights": [flight(MES=13)]}, "MES"),
+    ("month 0", {"flights": [flight(MES=0)]}, "MES"),
+    ("flight type O", {"flights": [flight(TIPOVUELO="O")]}, "TIPOVUELO"),
+    ("month as string", {"flights": [flight(MES="3")]}, "MES"),
+    ("month as float", {"flights": [flight(MES=3.0)]}, "MES"),
+    ("month as bool", {"flights": [flight(MES=True)]}, "MES"),
+    ("airline as number", {"flights": [flight(OPERA=7)]}, "OPERA"),
+    ("missing airline", {"flights": [flight(OPERA=None)]}, "OPERA"),
+    ("missing flight type", {"flights": [flight(TIPOVUELO=None)]}, "TIPOVUELO"),
+    ("missing month", {"flights": [flight(MES=None)]}, "MES"),
+    ("null month", {"flights": [{**VALID, "MES": None}]}, "MES"),
+    ("schedule without time", {"flights": [flight(**{"Fecha-I": "2017-03-14"})]}, "Fecha-I"),
+    ("impossible schedule", {"flights": [flight(MES=2, **{"Fecha-I": "2017-02-30 10:00"})]}, "Fecha-I"),
+    ("schedule in another month", {"flights": [flight(MES=3, **{"Fecha-I": "2017-04-01 10:00"})]}, "Fecha-I"),
+    ("schedule as number", {"flights": [flight(**{"Fecha-I": 1489483800})]}, "Fecha-I"),
+    ("unknown flight field", {"flights": [flight(DELAY=1)]}, "DELAY"),
+    ("unknown top-level field", {"flights": [VALID], "extra": 1}, "extra"),
+    ("empty list", {"flights": []}, "flights"),
+    ("too many flights", {"flights": [VALID] * (MAX_FLIGHTS + 1)}, "flights"),
+    ("flights not a list", {"flights": VALID}, "flights"),
+    ("flights missing", {}, "flights"),
+    ("top-level array", [VALID], ""),
+    ("second flight invalid", {"flights": [VALID, flight(MES=13)]}, "1"),
+]
+
+
+@pytest.mark.parametrize("route", PREDICTION_ROUTES)
+@pytest.mark.parametrize(("case", "body", "location"), INVALID_BODIES, ids=[c[0] for c in INVALID_BODIES])
+def test_prediction_invalid_body_is_400_naming_the_field(
+    client: httpx.Client, route: str, case: str, body: Any, location: str
+) -> None:
+    response = client.post(route, json=body)
+    assert response.status_code == 400, response.text
+    problems = response.json()["detail"]
+    assert problems, case
+    assert any(location in [str(part) for part in p["loc"]] or location == "" for p in problems), problems
+    assert all(p["msg"] for p in problems)
+
+
+@pytest.mark.parametrize("route", PREDICTION_ROUTES)
+@pytest.mark.parametrize("raw", [b"{not json", b"", b"\xff\xfe"], ids=["malformed", "empty", "not utf-8"])
+def test_prediction_unparsable_body_is_400(client: httpx.Client, route: str, raw: bytes) -> None:
+    response = client.post(route, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"]
+
+
+def test_prediction_answers_each_flight_in_order(client: httpx.Client) -> None:
+    response = client.post("/v1/prediction", json=EXAMPLE_REQUEST)
+    assert response.status_code == 200, response.text
+    answers = response.json()
+    assert len(answers) == len(EXAMPLE_REQUEST["flights"])
+    for answer in answers:
+        assert set(answer) == {"delay", "probability"}
+        assert answer["delay"] in (0, 1)
+        assert 0 <= answer["probability"] <= 1
+    alone = [client.post("/v1/prediction", json={"flights": [f]}).json()[0] for f in EXAMPLE_REQUEST["flights"]]
+    assert answers == alone
+
+
+def test_prediction_delay_label_follows_served_threshold(client: httpx.Client) -> None:
+    threshold = client.get("/v1/model").json()["threshold"]
+    for answer in client.post("/v1/prediction", json={"flights": varied_flights(300)}).json():
+        assert answer["delay"] == int(answer["probability"] >= threshold)
+
+
+def test_prediction_larger_than_batch_limit_is_answered_whole(client: httpx.Client) -> None:
+    flights = varied_flights(MAX_FLIGHTS)
+    answers = client.post("/v1/prediction", json={"flights": flights}).json()
+    assert len(answers) == MAX_FLIGHTS
+    singles = [client.post("/v1/prediction", json={"flights": [f]}).json()[0] for f in flights[:: MAX_FLIGHTS // 20]]
+    assert answers[:: MAX_FLIGHTS // 20] == singles
+
+
+def test_predict_challenge_route_returns_labels(client: httpx.Client) -> None:
+    flights = varied_flights(50)
+    response = client.post("/predict", json={"flights": flights})
+    assert response.status_code == 200, response.text
+    labels = response.json()["predict"]
+    expected = [a["delay"] for a in client.post("/v1/prediction", json={"flights": flights}).json()]
+    assert labels == expected
+
+
+def test_health_is_ok(client: httpx.Client) -> None:
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "OK"}
+
+
+def test_model_card_describes_the_served_model(client: httpx.Client) -> None:
+    card = client.get("/v1/model").json()
+    assert card["tag"].startswith("flight_delay:")
+    assert re.fullmatch(r"[0-9a-f]{64}", card["training_data"]["sha256"])
+    assert card["training_data"]["rows"] > 0
+    assert 0 < card["threshold"] < 1
+    assert set(card["metrics"]) == {"required_only", "all_fields"}
+    assert card["vocabularies"]["OPERA"] == list(AIRLINES)
+    assert card["vocabularies"]["SIGLADES"] == list(DESTINATIONS)
+    assert card["created_at"]
+
+
+@pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
+def test_bentoml_system_routes_stay(client: httpx.Client, path: str) -> None:
+    assert client.get(path).status_code == 200
+
+
+def test_docs_example_is_the_shared_example(client: httpx.Client) -> None:
+    schema = client.get("/docs.json").json()
+    body = schema["paths"]["/v1/prediction"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["flights"]["example"] == EXAMPLE_REQUEST["flights"]
+
+
+def adaptive_batch_count(client: httpx.Client) -> tuple[float, float]:
+    """(batches, flights) that BentoML's adaptive batching ran so far, summed over workers."""
+    batches = flights = 0.0
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("bentoml_service_adaptive_batch_size_count"):
+            batches += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("bentoml_service_adaptive_batch_size_sum"):
+            flights += float(line.rsplit(" ", 1)[1])
+    return batches, flights
+
+
+def test_concurrent_requests_are_batched_and_answered_as_alone(client: httpx.Client, service_url: str) -> None:
+    flights = varied_flights(240)
+    alone = [client.post("/v1/prediction", json={"flights": [f]}).json() for f in flights]
+    batches_before, flights_before = adaptive_batch_count(client)
+
+    async def all_at_once() -> list[Any]:
+        limits = httpx.Limits(max_connections=len(flights))
+        async with httpx.AsyncClient(base_url=service_url, limits=limits, timeout=60) as http:
+            responses = await asyncio.gather(*(http.post("/v1/prediction", json={"flights": [f]}) for f in flights))
+        assert all(r.status_code == 200 for r in responses)
+        return [r.json() for r in responses]
+
+    together = asyncio.run(all_at_once())
+    assert together == alone
+    batches, batched_flights = adaptive_batch_count(client)
+    assert batched_flights - flights_before == len(flights)
+    assert batches - batches_before < len(flights), "no two concurrent requests shared a batch"
+
+
+def test_example_request_matches_readme_and_loadtest() -> None:
+    from models.config import PROJECT_DIR
+
+    compact = json.dumps(EXAMPLE_REQUEST, separators=(",", ":"))
+    assert compact in (PROJECT_DIR / "README.md").read_text()
+    assert compact in (PROJECT_DIR / "loadtest" / "script.lua").read_text()
