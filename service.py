@@ -15,6 +15,7 @@ from models.predictor import DelayPredictor
 from models.schema import ChallengeResponse, FlightList, Prediction, PredictionRequest
 
 settings = Settings()
+CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies")  # shown by /v1/model
 
 
 async def health(_: Request) -> JSONResponse:
@@ -61,7 +62,7 @@ class FlightDelay:
         self.card: dict[str, Any] = {
             "tag": str(info.tag),
             "created_at": info.creation_time.isoformat(),
-            **{key: info.metadata[key] for key in ("training_data", "metrics", "threshold", "features", "vocabularies")},
+            **{key: info.metadata[key] for key in CARD_METADATA},
         }
 
     @bentoml.api(
@@ -76,7 +77,9 @@ class FlightDelay:
         """Delay label and probability for each flight, in request order. Concurrent requests are batched."""
         probabilities = self.predictor.probabilities(FlightColumns.from_flights(flights))
         labels = self.predictor.labels(probabilities)
-        return [Prediction(delay=int(label), probability=float(p)) for label, p in zip(labels, probabilities)]
+        return [
+            Prediction(delay=int(label), probability=float(p)) for label, p in zip(labels, probabilities, strict=True)
+        ]
 
     @bentoml.api(route="/predict", input_spec=PredictionRequest)
     def predict(self, flights: FlightList) -> ChallengeResponse:

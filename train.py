@@ -66,7 +66,7 @@ def choose_threshold(columns: FlightColumns, delayed: np.ndarray, days: np.ndarr
     for fold, (fit_rows, score_rows) in enumerate(GroupKFold(n_splits=CV_FOLDS).split(delayed, groups=days)):
         progress(f"choosing the threshold: fold {fold + 1}/{CV_FOLDS}")
         model = fit(subset(columns, fit_rows), delayed[fit_rows])
-        for score, matrix in zip(scores, both_views(subset(columns, score_rows))):
+        for score, matrix in zip(scores, both_views(subset(columns, score_rows)), strict=True):
             score[score_rows] = model.predict_proba(matrix)[:, 1]
     # the threshold at which each view's recall is TARGET_RECALL; the lower one meets it in both
     return float(min(np.quantile(score[delayed == 1], 1 - TARGET_RECALL) for score in scores))
@@ -80,7 +80,7 @@ def subset(columns: FlightColumns, rows: np.ndarray) -> FlightColumns:
 def evaluate(predictor: DelayPredictor, columns: FlightColumns, delayed: np.ndarray) -> dict[str, Any]:
     """ROC AUC, PR AUC and per-class precision, recall and F1 at the served threshold, per view."""
     report: dict[str, Any] = {}
-    for view, view_columns in zip(VIEWS, (columns.without_optional(), columns)):
+    for view, view_columns in zip(VIEWS, (columns.without_optional(), columns), strict=True):
         probability = predictor.probabilities(view_columns)
         precision, recall, f1, support = precision_recall_fscore_support(
             delayed, predictor.labels(probability), labels=[0, 1], zero_division=0
@@ -91,7 +91,7 @@ def evaluate(predictor: DelayPredictor, columns: FlightColumns, delayed: np.ndar
             **{
                 name: {"precision": round(float(p), 4), "recall": round(float(r), 4),
                        "f1": round(float(f), 4), "support": int(s)}
-                for name, p, r, f, s in zip(("on_time", "delayed"), precision, recall, f1, support)
+                for name, p, r, f, s in zip(("on_time", "delayed"), precision, recall, f1, support, strict=True)
             },
         }  # fmt: skip
     return report
@@ -141,7 +141,9 @@ def train(flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     """Train, report and save; a bad dataset ends with one clear line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=None, help=f"dataset CSV (default: {DEFAULT_DATA_PATH} if present, else the embedded sample)")
+    parser.add_argument(
+        "--data", type=Path, help=f"dataset CSV (default: {DEFAULT_DATA_PATH} if present, else the embedded sample)"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:

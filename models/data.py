@@ -130,16 +130,14 @@ def synthetic_frame(stats: dict[str, Any], rows: int, seed: int = SEED) -> pd.Da
     days_in_month = np.array([calendar.monthrange(SAMPLE_YEAR, m)[1] for m in month])
     day = (rng.random(rows) * days_in_month).astype(np.int64) + 1
     minute = rng.integers(0, 12, rows) * 5
-    scheduled = pd.to_datetime(
-        {"year": SAMPLE_YEAR, "month": month, "day": day, "hour": hour, "minute": minute}
-    )
+    scheduled = pd.to_datetime({"year": SAMPLE_YEAR, "month": month, "day": day, "hour": hour, "minute": minute})
     weekday = scheduled.dt.day_of_week.to_numpy()
 
     route_odds, month_odds = _log_odds(stats["route"], prior), _log_odds(stats["month"], prior)
     weekday_odds, hour_odds = _log_odds(stats["weekday"], prior), _log_odds(stats["hour"], prior)
     logit = np.log(prior / (1 - prior)) + np.array(
         [route_odds[routes[r]] + month_odds[m] + weekday_odds[w] + hour_odds[h]
-         for r, m, w, h in zip(route, month, weekday, hour)]
+         for r, m, w, h in zip(route, month, weekday, hour, strict=True)]
     )  # fmt: skip
     delayed = rng.random(rows) < 1 / (1 + np.exp(-logit))
     late = np.where(delayed, rng.integers(DELAY_MINUTES + 1, 91, rows), rng.integers(-5, DELAY_MINUTES + 1, rows))

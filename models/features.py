@@ -93,4 +93,3 @@ def encode(columns: FlightColumns) -> np.ndarray:
             columns.destination,
         ]
     )
-

@@ -77,7 +77,7 @@ class Flight(BaseModel):
 class Prediction(BaseModel):
     """The answer for one flight."""
 
-    delay: Literal[0, 1] = Field(description="1 when the flight is predicted to leave over 15 minutes late.")
+    delay: int = Field(ge=0, le=1, description="1 when the flight is predicted to leave over 15 minutes late.")
     probability: float = Field(ge=0, le=1, description="Predicted probability of a delay over 15 minutes.")
 
 

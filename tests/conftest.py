@@ -21,9 +21,9 @@ import pytest
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flight-delay-tests-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
-import train  # noqa: E402  (needs BENTOML_HOME set first)
-from models.config import PROJECT_DIR  # noqa: E402
-from models.data import STATS_PATH, synthetic_frame  # noqa: E402
+import train
+from models.config import PROJECT_DIR
+from models.data import STATS_PATH, synthetic_frame
 
 SAMPLE_ROWS = 4_000
 STARTUP_SECONDS = 90

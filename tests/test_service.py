@@ -1,7 +1,6 @@
 """The HTTP contract, checked against a running service (bentoml serve, or FLIGHT_DELAY_URL)."""
 
 import asyncio
-import json
 import re
 from typing import Any
 
@@ -182,11 +181,3 @@ def test_concurrent_requests_are_batched_and_answered_as_alone(client: httpx.Cli
     batches, batched_flights = adaptive_batch_count(client)
     assert batched_flights - flights_before == len(flights)
     assert batches - batches_before < len(flights), "no two concurrent requests shared a batch"
-
-
-def test_example_request_matches_readme_and_loadtest() -> None:
-    from models.config import PROJECT_DIR
-
-    compact = json.dumps(EXAMPLE_REQUEST, separators=(",", ":"))
-    assert compact in (PROJECT_DIR / "README.md").read_text()
-    assert compact in (PROJECT_DIR / "loadtest" / "script.lua").read_text()

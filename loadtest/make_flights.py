@@ -1,0 +1,42 @@
+"""Write loadtest/flights.jsonl: the load test's pool of valid flights, drawn like real traffic.
+
+The flights come from the synthetic sample (models.data), so airlines, flight types, months and
+destinations follow the real frequencies; every other row gives the optional fields. The pool
+holds distinct flights and starts with EXAMPLE_REQUEST's flights.
+
+    python loadtest/make_flights.py
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.data import STATS_PATH, synthetic_frame
+from models.schema import EXAMPLE_REQUEST, Flight
+
+POOL_SIZE = 256
+OUTPUT = Path(__file__).resolve().parent / "flights.jsonl"
+
+
+def pool() -> list[dict[str, object]]:
+    """EXAMPLE_REQUEST's flights, then distinct synthetic ones, each checked by the API's own schema."""
+    rows = synthetic_frame(json.loads(STATS_PATH.read_text()), rows=POOL_SIZE * 4, seed=7)
+    flights: list[dict[str, object]] = list(EXAMPLE_REQUEST["flights"])
+    for i, row in enumerate(rows.itertuples(index=False)):
+        if len(flights) == POOL_SIZE:
+            break
+        flight: dict[str, object] = {"OPERA": row.OPERA, "TIPOVUELO": row.TIPOVUELO, "MES": int(row.MES)}
+        if i % 2:
+            flight["Fecha-I"] = str(row[0])[:16]
+            flight["SIGLADES"] = row.SIGLADES
+        if flight not in flights:
+            Flight.model_validate(flight)
+            flights.append(flight)
+    return flights
+
+
+if __name__ == "__main__":
+    OUTPUT.write_text("".join(json.dumps(f, ensure_ascii=False, separators=(",", ":")) + "\n" for f in pool()))
+    print(f"wrote {POOL_SIZE} flights to {OUTPUT}")

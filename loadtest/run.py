@@ -1,0 +1,172 @@
+"""The stress test: start the service, warm it up, run wrk with the reference parameters, report.
+
+    python loadtest/run.py                      # reference run: wrk -t4 -c200 -d45s on a fresh service
+    python loadtest/run.py --baselines          # then the per-request baseline and the Python ceiling
+    python loadtest/run.py --url http://127.0.0.1:3000 --duration 10 --connections 50 --name ci
+
+Writes loadtest/results/NAME/: TARGET.wrk.txt (raw wrk output), summary.json, report.md, plot.png.
+Exits 1 when the service answered anything but 2xx or wrk saw socket errors; never on throughput.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+from urllib.error import URLError
+from urllib.request import urlopen
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from report import failures, markdown, parse_summary, plot, verdict  # noqa: E402
+
+PROJECT_DIR = HERE.parent
+STARTUP_SECONDS = 90
+SERVERS = {
+    "service": [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port"],
+    "baseline": [sys.executable, str(HERE / "baseline.py"), "--port"],
+    "ceiling": [sys.executable, str(HERE / "ceiling.py"), "--port"],
+}
+
+
+def say(message: str) -> None:
+    """A progress line."""
+    print(f"[loadtest {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None) -> None:
+    """Poll /readyz until it answers 200."""
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            sys.exit(f"the server exited with code {process.returncode} before it was ready")
+        try:
+            with urlopen(f"{url}/readyz", timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except (URLError, OSError):
+            pass
+        time.sleep(0.3)
+    sys.exit(f"{url}/readyz did not answer 200 within {STARTUP_SECONDS} s")
+
+
+@contextmanager
+def server(kind: str, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """Start one of SERVERS on a free port, yield its base URL once ready, stop it afterwards."""
+    port = free_port()
+    process = subprocess.Popen(
+        [*SERVERS[kind], str(port), *extra_args],
+        cwd=PROJECT_DIR,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        wait_ready(url, process)
+        say(f"{kind} ready in {time.monotonic() - started:.1f} s at {url}")
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+
+
+def wrk(url: str, seconds: int, threads: int, connections: int, flights_per_request: int, label: str) -> str:
+    """Run wrk with script.lua against url/v1/prediction, printing the seconds left; its raw output."""
+    command = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s",
+        "-s", str(HERE / "script.lua"), f"{url}/v1/prediction",
+    ]  # fmt: skip
+    env = {**os.environ, "FLIGHTS_PER_REQUEST": str(flights_per_request), "FLIGHTS_FILE": str(HERE / "flights.jsonl")}
+    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, text=True)
+    end = time.monotonic() + seconds
+    while process.poll() is None:
+        left = end - time.monotonic()
+        if left > 1:
+            say(f"{label}: {left:.0f} s left")
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=min(10, max(left, 1)))
+    output = process.stdout.read() if process.stdout else ""
+    if process.returncode:
+        sys.exit(f"wrk failed with code {process.returncode}: {output}")
+    return output
+
+
+def measure(url: str, kind: str, args: argparse.Namespace, results: Path) -> dict[str, Any]:
+    """Warm up, then the measured run; the raw output is kept next to the report."""
+    if args.warmup:
+        say(f"{kind}: warming up for {args.warmup} s")
+        wrk(url, args.warmup, args.threads, args.connections, args.flights_per_request, f"{kind} warm-up")
+    say(f"{kind}: measuring wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
+    raw = wrk(url, args.duration, args.threads, args.connections, args.flights_per_request, kind)
+    (results / f"{kind}.wrk.txt").write_text(raw)
+    summary = parse_summary(raw)
+    say(f"{kind}: {summary['requests']:,} requests, {summary['requests_per_s']:,.0f} req/s, "
+        f"p99 {summary['latency_ms']['p99']:.1f} ms, {failures(summary)} failed")  # fmt: skip
+    return summary
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", help="base URL of a running service (default: start `bentoml serve`)")
+    parser.add_argument("--duration", type=int, default=45, help="seconds of the measured run (default 45)")
+    parser.add_argument("--threads", type=int, default=4, help="wrk threads (default 4)")
+    parser.add_argument("--connections", type=int, default=200, help="wrk connections (default 200)")
+    parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up before measuring (default 5)")
+    parser.add_argument("--flights-per-request", type=int, default=1, help="flights in each request (default 1)")
+    parser.add_argument("--baselines", action="store_true", help="also run the per-request baseline and the ceiling")
+    parser.add_argument("--name", default="reference", help="results folder under loadtest/results/")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every target back to back and write the report; 1 if the service failed any request."""
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install -y wrk")
+    results = HERE / "results" / args.name
+    results.mkdir(parents=True, exist_ok=True)
+    runs: dict[str, dict[str, Any]] = {}
+    if args.url:
+        runs["service"] = measure(args.url.rstrip("/"), "service", args, results)
+    else:
+        with server("service") as url:
+            runs["service"] = measure(url, "service", args, results)
+    if args.baselines:
+        for kind in ("baseline", "ceiling"):
+            with server(kind) as url:
+                runs[kind] = measure(url, kind, args, results)
+    command = (f"python loadtest/run.py --duration {args.duration} --threads {args.threads} "
+               f"--connections {args.connections} --flights-per-request {args.flights_per_request}"
+               + (" --baselines" if args.baselines else ""))  # fmt: skip
+    title = f"Stress test, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores"
+    (results / "summary.json").write_text(json.dumps({"command": command, "runs": runs}, indent=2) + "\n")
+    (results / "report.md").write_text(markdown(runs, title, command))
+    plot(runs, results / "plot.png", title)
+    say(f"report: {results / 'report.md'}")
+    print(verdict(runs["service"]) if args.duration >= 45 else f"short run: {failures(runs['service'])} failed")
+    return 1 if failures(runs["service"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Dataset loading and checks, and the synthetic sample that stands in for the real data."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from models.data import (
+    DATASET_COLUMNS,
+    STATS_PATH,
+    DataError,
+    compute_stats,
+    embedded_sample,
+    load_flights,
+    synthetic_frame,
+)
+from models.schema import AIRLINES, DESTINATIONS
+
+
+@pytest.fixture(scope="module")
+def stats() -> dict:
+    """The committed aggregate statistics of the real dataset."""
+    return json.loads(STATS_PATH.read_text())
+
+
+@pytest.fixture
+def sample_rows(stats: dict) -> pd.DataFrame:
+    """A small synthetic frame in the dataset's raw form (all strings)."""
+    return synthetic_frame(stats, rows=500)
+
+
+def write(frame: pd.DataFrame, tmp_path: Path) -> Path:
+    path = tmp_path / "flights.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_load_flights_computes_delay_over_15_minutes(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    rows = sample_rows.head(3).copy()
+    rows["Fecha-I"] = ["2017-01-01 10:00:00"] * 3
+    rows["Fecha-O"] = ["2017-01-01 10:15:00", "2017-01-01 10:16:00", "2017-01-01 09:50:00"]
+    assert load_flights(write(rows, tmp_path))["delayed"].tolist() == [0, 1, 0]
+
+
+def test_load_flights_missing_file_is_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no dataset file"):
+        load_flights(tmp_path / "absent.csv")
+
+
+def test_load_flights_missing_columns_named(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"lacks the column\(s\) Fecha-O, OPERA"):
+        load_flights(write(sample_rows.drop(columns=["Fecha-O", "OPERA"]), tmp_path))
+
+
+def test_load_flights_unparsable_date_named_with_row(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    rows = sample_rows.copy()
+    rows.loc[7, "Fecha-I"] = "yesterday"
+    with pytest.raises(DataError, match=r"Fecha-I .* data row 8: 'yesterday'"):
+        load_flights(write(rows, tmp_path))
+
+
+def test_load_flights_unknown_airline_is_data_error(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    rows = sample_rows.copy()
+    rows.loc[0, "OPERA"] = "Pan Am"
+    with pytest.raises(DataError, match="OPERA has values the service does not know: \\['Pan Am'\\]"):
+        load_flights(write(rows, tmp_path))
+
+
+def test_load_flights_empty_file_is_data_error(tmp_path: Path) -> None:
+    path = tmp_path / "empty.csv"
+    path.write_text("")
+    with pytest.raises(DataError, match="not a readable CSV"):
+        load_flights(path)
+
+
+def test_synthetic_frame_is_deterministic_with_real_schema(stats: dict) -> None:
+    first, second = synthetic_frame(stats, rows=300), synthetic_frame(stats, rows=300)
+    pd.testing.assert_frame_equal(first, second)
+    assert tuple(first.columns) == DATASET_COLUMNS
+    assert set(first["OPERA"]) <= set(AIRLINES)
+    assert set(first["SIGLADES"]) <= set(DESTINATIONS)
+
+
+def test_embedded_sample_keeps_real_delay_rate_and_size(stats: dict) -> None:
+    flights, digest = embedded_sample()
+    assert len(flights) == stats["rows"]
+    assert abs(flights["delayed"].mean() - stats["delayed"] / stats["rows"]) < 0.01
+    assert len(digest) == 64
+
+
+def test_embedded_sample_keeps_airline_delay_order(stats: dict) -> None:
+    flights, _ = embedded_sample()
+    real = pd.DataFrame(stats["route"], columns=["OPERA", "SIGLADES", "TIPOVUELO", "count", "delayed"])
+    real_rate = real.groupby("OPERA")[["delayed", "count"]].sum().pipe(lambda t: t["delayed"] / t["count"])
+    big = real.groupby("OPERA")["count"].sum() >= 300  # small airlines are noisy by nature
+    sample_rate = flights.groupby("OPERA")["delayed"].mean()
+    assert real_rate[big].corr(sample_rate[real_rate[big].index], method="spearman") >= 0.9
+
+
+def test_compute_stats_round_trips_sample_counts(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    flights = load_flights(write(sample_rows, tmp_path))
+    stats = compute_stats(flights)
+    assert stats["rows"] == len(flights)
+    assert sum(row[-2] for row in stats["route"]) == len(flights)
+    assert sum(row[-1] for row in stats["month"]) == stats["delayed"] == flights["delayed"].sum()

@@ -1,0 +1,78 @@
+"""Model quality on the real SCL 2017 dataset; skipped, with the reason, where the CSV is absent.
+
+The CSV is looked for at FLIGHT_DELAY_DATA, else data/dataset_SCL.csv (where .ci/run links it).
+"""
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import train
+from models.config import DEFAULT_DATA_PATH
+from models.data import STATS_PATH, compute_stats, embedded_sample, load_flights
+from models.features import FlightColumns
+from models.predictor import DelayPredictor
+
+REAL_DATA = Path(os.environ.get("FLIGHT_DELAY_DATA", DEFAULT_DATA_PATH))
+pytestmark = pytest.mark.skipif(
+    not REAL_DATA.is_file(), reason=f"real dataset not found at {REAL_DATA} (set FLIGHT_DELAY_DATA or copy it there)"
+)
+
+
+@pytest.fixture(scope="module")
+def real_flights() -> pd.DataFrame:
+    """The checked real dataset."""
+    return load_flights(REAL_DATA)
+
+
+@pytest.fixture(scope="module")
+def real_model(real_flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any]]:
+    """The predictor and hold-out metrics of train.py's procedure on the real data."""
+    return train.train(real_flights)
+
+
+def test_real_data_has_documented_shape(real_flights: pd.DataFrame) -> None:
+    assert len(real_flights) == 68_206
+    assert real_flights["delayed"].sum() == 12_614
+
+
+def test_committed_stats_are_those_of_real_data(real_flights: pd.DataFrame) -> None:
+    assert compute_stats(real_flights) == json.loads(STATS_PATH.read_text())
+
+
+def test_required_fields_only_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any]]) -> None:
+    metrics = real_model[1]["required_only"]
+    assert metrics["roc_auc"] >= 0.67
+    assert metrics["delayed"]["recall"] >= 0.60
+
+
+def test_all_fields_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any]]) -> None:
+    metrics = real_model[1]["all_fields"]
+    assert metrics["roc_auc"] >= 0.70
+    assert metrics["delayed"]["recall"] >= 0.60
+    assert metrics["delayed"]["f1"] >= 0.40
+
+
+def test_sample_model_ranks_airlines_like_real_model(
+    real_flights: pd.DataFrame, real_model: tuple[DelayPredictor, dict[str, Any]]
+) -> None:
+    sample_model, _ = train.train(embedded_sample()[0])
+    columns = FlightColumns.from_frame(real_flights).without_optional()
+    by_airline = (
+        pd.DataFrame(
+            {
+                "airline": real_flights["OPERA"].to_numpy(),
+                "real": real_model[0].probabilities(columns),
+                "sample": sample_model.probabilities(columns),
+            }
+        )
+        .groupby("airline")[["real", "sample"]]
+        .mean()
+    )
+    assert by_airline["real"].corr(by_airline["sample"], method="spearman") >= 0.8
+    assert np.isfinite(by_airline.to_numpy()).all()

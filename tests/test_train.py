@@ -1,0 +1,105 @@
+"""train.py end to end on a small sample, its error handling, and the metadata contract with the service."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import pytest
+
+import train
+from models.config import PROJECT_DIR
+from models.predictor import REQUIRED_METADATA, DelayPredictor, ModelError, check_metadata, expected_spec
+
+
+@pytest.fixture(scope="module")
+def stored(trained_model: str) -> Any:
+    """The model train.py saved in the test store."""
+    return bentoml.models.get(trained_model)
+
+
+def test_train_saves_model_with_full_metadata(stored: Any) -> None:
+    metadata = stored.info.metadata
+    assert set(REQUIRED_METADATA) <= set(metadata)
+    assert {k: metadata[k] for k in expected_spec()} == expected_spec()
+    assert 0 < metadata["threshold"] < 1
+    assert metadata["training_data"]["rows"] == 4_000
+    assert set(metadata["metrics"]) == {"required_only", "all_fields"}
+    for view in metadata["metrics"].values():
+        assert 0 <= view["roc_auc"] <= 1
+        assert set(view["delayed"]) == {"precision", "recall", "f1", "support"}
+    assert stored.info.labels == {"data": "real"}  # a CSV given with --data counts as real data
+
+
+def test_train_saved_model_loads_and_predicts(stored: Any) -> None:
+    from models.features import FlightColumns
+    from models.schema import EXAMPLE_REQUEST, Flight
+
+    predictor = DelayPredictor.load(stored.path, stored.info.metadata)
+    flights = [Flight.model_validate(f) for f in EXAMPLE_REQUEST["flights"]]
+    probabilities = predictor.probabilities(FlightColumns.from_flights(flights))
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+
+
+def test_train_without_dataset_uses_embedded_sample(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(train, "DEFAULT_DATA_PATH", tmp_path / "absent.csv")
+    flights, source = train.load_training_data(None)
+    assert source["source"] == "embedded synthetic sample"
+    assert source["rows"] == len(flights) > 0
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "no dataset file at"),
+        ("a,b\n1,2\n", "lacks the column(s) Fecha-I, Fecha-O, TIPOVUELO, OPERA, SIGLADES"),
+        (
+            "Fecha-I,Fecha-O,TIPOVUELO,OPERA,SIGLADES\nsoon,2017-01-01 10:00:00,N,Grupo LATAM,Arica\n",
+            "are not dates",
+        ),
+    ],
+    ids=["missing file", "missing columns", "bad date"],
+)
+def test_train_bad_data_exits_2_with_one_line(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "bad.csv"
+    if content is not None:
+        path.write_text(content)
+    result = subprocess.run(
+        [sys.executable, "train.py", "--data", str(path)], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    problems = [line for line in result.stderr.splitlines() if not line.startswith("[train ")]  # not progress
+    assert len(problems) == 1 and problems[0].startswith("error: ")
+    assert message in problems[0]
+
+
+def valid_metadata() -> dict[str, Any]:
+    return {"threshold": 0.4, "metrics": {}, "training_data": {}, "versions": {}, **expected_spec()}
+
+
+@pytest.mark.parametrize("missing", REQUIRED_METADATA)
+def test_check_metadata_refuses_missing_field(missing: str) -> None:
+    metadata = valid_metadata()
+    del metadata[missing]
+    with pytest.raises(ModelError, match=f"lacks {missing}"):
+        check_metadata(metadata)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("features", ["airline", "month"]),
+        ("vocabularies", {"OPERA": ["Grupo LATAM"], "SIGLADES": [], "TIPOVUELO": ["I", "N"]}),
+        ("threshold", 1.5),
+        ("threshold", "0.4"),
+    ],
+)
+def test_check_metadata_refuses_spec_mismatch(key: str, value: Any) -> None:
+    with pytest.raises(ModelError, match=re.escape("retrain with `python train.py`")):
+        check_metadata({**valid_metadata(), key: value})
+
+
+def test_check_metadata_accepts_current_spec() -> None:
+    check_metadata(valid_metadata())
