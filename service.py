@@ -9,13 +9,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from models.config import MODEL_NAME, Settings
+from http_guard import RequestGuard
+from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
 from models.features import FlightColumns
-from models.predictor import DelayPredictor
+from models.predictor import DelayPredictor, ModelError, check_metadata
 from models.schema import ChallengeResponse, FlightList, Prediction, PredictionRequest
 
 settings = Settings()
 CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies")  # shown by /v1/model
+
+
+def trained_model() -> bentoml.models.BentoModel:
+    """The latest flight_delay model of the store, or a one-line refusal to start that says how to fix it.
+
+    Checked here, when the service is loaded, so `bentoml serve` exits at once instead of its
+    workers failing and restarting forever.
+    """
+    model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+    stored = model.stored
+    if stored is None:  # BentoML would try BentoCloud next and fail with a puzzling message
+        raise bentoml.exceptions.NotFound(
+            f"no {MODEL_NAME} model in the BentoML store; train one first: python train.py"
+        )
+    try:
+        check_metadata(stored.info.metadata)
+    except ModelError as exc:
+        raise bentoml.exceptions.BentoMLException(f"refusing to serve {stored.tag}: {exc}") from None
+    return model
 
 
 async def health(_: Request) -> JSONResponse:
@@ -54,7 +74,7 @@ plain_routes = Starlette(routes=[Route("/health", health), Route("/v1/model", mo
 class FlightDelay:
     """Answers "will this flight leave SCL more than 15 minutes late?" for batches of flights."""
 
-    model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+    model = trained_model()
 
     def __init__(self) -> None:
         info = self.model.info
@@ -66,8 +86,8 @@ class FlightDelay:
         }
 
     @bentoml.api(
-        route="/v1/prediction",
-        batchable=True,
+        route=PREDICTION_ROUTES[0],
+        batchable=settings.batching,
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
         input_spec=PredictionRequest,
@@ -81,8 +101,16 @@ class FlightDelay:
             Prediction(delay=int(label), probability=float(p)) for label, p in zip(labels, probabilities, strict=True)
         ]
 
-    @bentoml.api(route="/predict", input_spec=PredictionRequest)
+    @bentoml.api(route=PREDICTION_ROUTES[1], input_spec=PredictionRequest)
     def predict(self, flights: FlightList) -> ChallengeResponse:
         """The LATAM challenge's contract: one 0/1 label per flight under "predict"."""
         labels = self.predictor.labels(self.predictor.probabilities(FlightColumns.from_flights(flights)))
         return ChallengeResponse(predict=labels.tolist())
+
+
+FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator returns a Service; its typing says class
+    RequestGuard,
+    routes=PREDICTION_ROUTES,
+    max_body_bytes=settings.max_body_bytes,
+    max_in_flight=settings.max_in_flight,
+)

@@ -16,6 +16,7 @@ TARGET_RECALL = 0.65  # share of delayed flights the served threshold must catch
 DELAY_MINUTES = 15  # a flight is late when it leaves more than this after schedule
 
 MAX_FLIGHTS = 1_000  # flights per request
+PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 
 
 class Settings(BaseSettings):
@@ -27,9 +28,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLIGHT_DELAY_")
 
     workers: int | Literal["cpu_count"] = "cpu_count"
+    batching: bool = True
     max_batch_size: int = 256
-    max_latency_ms: int = 1_000
+    max_latency_ms: int = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
+    max_in_flight: int = 500  # per worker; beyond it requests are shed at once with 503
     timeout_s: int = 30
+    max_body_bytes: int = 1_048_576  # 1,000 flights with every field take about 120 KB
     access_log: bool = False
     tracing_sample_rate: float = 0.0
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]

@@ -1,0 +1,149 @@
+"""ASGI middleware in front of the prediction routes: refuse what must not be parsed, keep errors clean.
+
+- a body over the size limit: 413 before it is read whole (Content-Length, or counted as it streams);
+- a Content-Type other than JSON (BentoML would otherwise parse anything as JSON, and pickle on
+  internal routes): 415;
+- every 4xx/5xx body is rewritten to `{"error": ..., "detail": [...]}` without the links to the
+  validation library's documentation (they carry its version), inputs or tracebacks;
+- more requests in flight in this worker than `max_in_flight`: 503 at once, so a spike is shed
+  quickly instead of queueing into client time-outs; every 503 carries `Retry-After`.
+
+Successful responses pass through untouched: the hot path costs one header lookup.
+"""
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+JSON_TYPES = (b"application/json",)
+KEPT_PROBLEM_KEYS = ("type", "loc", "msg")  # what a client needs; never "input", "ctx" or "url"
+RETRY_AFTER_SECONDS = b"1"
+
+
+class BodyTooLargeError(Exception):
+    """The request body passed the size limit while streaming in."""
+
+
+class RequestGuard:
+    """Wraps the service's ASGI app; `routes` are the paths whose requests are checked."""
+
+    def __init__(self, app: ASGIApp, routes: tuple[str, ...], max_body_bytes: int, max_in_flight: int) -> None:
+        self.app = app
+        self.routes = routes
+        self.max_body_bytes = max_body_bytes
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0  # one event loop per worker process: no lock needed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] not in self.routes:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
+        if media_type not in JSON_TYPES:
+            await respond(send, 415, "unsupported media type", "the request body must be JSON: send it with "
+                          "Content-Type: application/json")  # fmt: skip
+            return
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.max_body_bytes:
+            await respond(send, 413, "request too large", f"the body must be at most {self.max_body_bytes} bytes")
+            return
+        if self.in_flight >= self.max_in_flight:
+            await respond(send, 503, "overloaded, retry shortly", "too many requests in flight, retry after 1 s")
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, self.counting(receive), CleanErrors(send))
+        except BodyTooLargeError:
+            await respond(send, 413, "request too large", f"the body must be at most {self.max_body_bytes} bytes")
+        finally:
+            self.in_flight -= 1
+
+    def counting(self, receive: Receive) -> Receive:
+        """`receive` that stops a chunked body once it passes the limit."""
+        seen = 0
+
+        async def receive_counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_body_bytes:
+                raise BodyTooLargeError
+            return message
+
+        return receive_counted
+
+
+class CleanErrors:
+    """A `send` that rewrites error bodies (status >= 400) and passes every other response through."""
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.start: Message | None = None
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] >= 400:
+            self.start = message  # held until the whole body is known
+            return
+        if self.start is None:
+            await self.send(message)
+            return
+        self.chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        status = self.start["status"]
+        body = clean_body(status, b"".join(self.chunks))
+        headers = [(k, v) for k, v in self.start["headers"] if k.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if status == 503:
+            headers.append((b"retry-after", RETRY_AFTER_SECONDS))
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+
+def clean_body(status: int, body: bytes) -> bytes:
+    """The error body a client sees: a short reason and, for invalid input, each field and problem."""
+    try:
+        original = json.loads(body)
+    except ValueError:
+        original = None
+    if isinstance(original, list) and len(original) == 1:  # BentoML wraps some errors in a list
+        original = original[0]
+    problems = original.get("detail") if isinstance(original, dict) else None
+    if status == 400 and isinstance(problems, list):
+        kept = [{key: problem[key] for key in KEPT_PROBLEM_KEYS if key in problem} for problem in problems]
+        return dump({"error": f"invalid request: {len(kept)} problem(s)", "detail": kept})
+    reasons = {
+        400: "bad request",
+        404: "not found",
+        405: "method not allowed",
+        413: "request too large",
+        415: "unsupported media type",
+        503: "overloaded, retry shortly",
+    }
+    reason = reasons.get(status, "internal error, see the server log" if status >= 500 else "request refused")
+    return dump({"error": reason, "detail": []})
+
+
+def dump(payload: dict[str, Any]) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(payload, separators=(",", ":")).encode()
+
+
+async def respond(send: Send, status: int, error: str, message: str) -> None:
+    """A complete JSON error response sent by the guard itself."""
+    body = dump(
+        {"error": error, "detail": [{"type": error.split(",")[0].replace(" ", "_"), "loc": [], "msg": message}]}
+    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 503:
+        headers.append((b"retry-after", RETRY_AFTER_SECONDS))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
