@@ -1,5 +1,6 @@
 """The flight-delay prediction service: the HTTP layer only (validate, batch, predict, respond)."""
 
+import gc
 from typing import Any
 
 import bentoml
@@ -79,6 +80,8 @@ class FlightDelay:
     def __init__(self) -> None:
         info = self.model.info
         self.predictor = DelayPredictor.load(self.model.path, info.metadata)
+        if settings.gc_freeze:
+            gc.freeze()  # libraries and model live as long as the worker: keep them out of every collection
         self.card: dict[str, Any] = {
             "tag": str(info.tag),
             "created_at": info.creation_time.isoformat(),

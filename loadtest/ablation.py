@@ -1,9 +1,11 @@
 """The measured answer to "how could the performance be improved?": one knob at a time.
 
-Each configuration starts a fresh service with its environment, warms it up, runs wrk with
-script.lua, and becomes one row of loadtest/results/ablation/ablation.md (and ablation.json).
+Each configuration starts a fresh service with its environment, warms it up and runs wrk with
+script.lua. The machine is shared and noisy, so every round runs all configurations back to back,
+each is compared with the default of its own round, and the table gives medians over the rounds:
+loadtest/results/ablation/ablation.md (and ablation.json with every run).
 
-    python loadtest/ablation.py [--duration 15]
+    python loadtest/ablation.py [--rounds 3] [--duration 10] [--only KNOB ...]
 """
 
 import argparse
@@ -41,55 +43,72 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("workers", "1", {"FLIGHT_DELAY_WORKERS": "1"}, 200, 1),
     ("workers", "3", {"FLIGHT_DELAY_WORKERS": "3"}, 200, 1),
     ("tracing middleware", "on, every request", {"FLIGHT_DELAY_UNTRACED_ROUTES": "[]"}, 200, 1),
-    ("Prometheus metrics", "off", {"FLIGHT_DELAY_METRICS": "false"}, 200, 1),
+    ("Prometheus metrics", "all off", {"FLIGHT_DELAY_METRICS": "false"}, 200, 1),
+    ("gc.freeze() after load", "off", {"FLIGHT_DELAY_GC_FREEZE": "false"}, 200, 1),
     ("access log", "on", {"FLIGHT_DELAY_ACCESS_LOG": "true"}, 200, 1),
     ("uvloop + httptools", "off", {"PYTHONPATH": "<shadow>"}, 200, 1),
     ("flights per request", "10", {}, 200, 10),
     ("flights per request", "100", {}, 200, 100),
     ("connections", "400", {}, 400, 1),
     ("connections", "800", {}, 800, 1),
+    ("default", "again, last of the round", {}, 200, 1),  # shows any drift within a round
 ]
 
 
-def row(knob: str, value: str, summary: dict[str, Any], flights: int, base: dict[str, Any]) -> str:
-    """One Markdown table row."""
-    errors = summary["non_2xx"] + sum(summary["errors"][kind] for kind in SOCKET_ERRORS)
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def row(knob: str, value: str, runs: list[dict[str, Any]], ratios: list[float], flights: int) -> str:
+    """One Markdown table row: medians over the rounds."""
+    rps = median([r["requests_per_s"] for r in runs])
+    errors = sum(r["non_2xx"] + sum(r["errors"][kind] for kind in SOCKET_ERRORS) for r in runs)
     return (
-        f"| {knob} | {value} | {summary['requests_per_s']:,.0f} | {summary['requests_per_s'] * flights:,.0f} | "
-        f"{summary['requests_per_s'] / base['requests_per_s']:.2f}x | {summary['latency_ms']['p50']:.1f} | "
-        f"{summary['latency_ms']['p99']:.1f} | {errors} |"
+        f"| {knob} | {value} | {rps:,.0f} | {rps * flights:,.0f} | {median(ratios):.2f}x "
+        f"({min(ratios):.2f} to {max(ratios):.2f}) | {median([r['latency_ms']['p50'] for r in runs]):.1f} | "
+        f"{median([r['latency_ms']['p99'] for r in runs]):.1f} | {errors} |"
     )
 
 
 def main() -> None:
-    """Run every configuration back to back and write the table."""
+    """Run every configuration, round after round, and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--duration", type=int, default=15, help="seconds measured per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per configuration")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations (default 3)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds measured per run (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per run (default 3)")
+    parser.add_argument("--only", nargs="*", default=[], help="knobs to run, besides the default")
     args = parser.parse_args()
     results = HERE / "results" / "ablation"
     results.mkdir(parents=True, exist_ok=True)
     shadow = shadow_fast_loops()
+    configs = [c for c in CONFIGS if c[0] == "default" or not args.only or c[0] in args.only]
     runs: list[dict[str, Any]] = []
-    for number, (knob, value, env, connections, flights) in enumerate(CONFIGS, 1):
-        env = {key: shadow if text == "<shadow>" else text for key, text in env.items()}
-        say(f"configuration {number}/{len(CONFIGS)}: {knob} = {value}")
-        with server("service", env) as url:
-            wrk(url, args.warmup, 4, connections, flights, "warm-up")
-            summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}"))
-        runs.append({"knob": knob, "value": value, "env": env, "connections": connections,
-                     "flights_per_request": flights, "summary": summary})  # fmt: skip
-    base = runs[0]["summary"]
+    for round_number in range(1, args.rounds + 1):
+        for number, (knob, value, env, connections, flights) in enumerate(configs, 1):
+            env = {key: shadow if text == "<shadow>" else text for key, text in env.items()}
+            say(f"round {round_number}/{args.rounds}, configuration {number}/{len(configs)}: {knob} = {value}")
+            with server("service", env) as (url, _):
+                wrk(url, args.warmup, 4, connections, flights, "warm-up")
+                summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}"))
+            runs.append({"round": round_number, "knob": knob, "value": value, "env": env,
+                         "connections": connections, "flights_per_request": flights, "summary": summary})  # fmt: skip
+    default_rps = {r["round"]: r["summary"]["requests_per_s"] for r in runs if r["value"] == "as shipped"}
     lines = [
-        f"Ablation, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, wrk -t4 -d{args.duration}s "
-        f"(-c200 unless the row says otherwise), after a {args.warmup} s warm-up; `python loadtest/ablation.py`",
+        f"Ablation, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} rounds of wrk -t4 "
+        f"-d{args.duration}s (-c200 unless the row says otherwise) after a {args.warmup} s warm-up, "
+        "medians over the rounds; `python loadtest/ablation.py`",
         "",
-        "| knob | value | req/s | flights/s | req/s vs default | p50 ms | p99 ms | errors |",
+        "| knob | value | req/s | flights/s | req/s vs default of the same round (min to max) | p50 ms | p99 ms | "
+        "errors (all rounds) |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
-        *(row(r["knob"], r["value"], r["summary"], r["flights_per_request"], base) for r in runs),
-        "",
     ]
-    (results / "ablation.md").write_text("\n".join(lines))
+    for knob, value, _env, _connections, flights in configs:
+        mine = [r for r in runs if (r["knob"], r["value"]) == (knob, value)]
+        ratios = [r["summary"]["requests_per_s"] / default_rps[r["round"]] for r in mine]
+        lines.append(row(knob, value, [r["summary"] for r in mine], ratios, flights))
+    (results / "ablation.md").write_text("\n".join(lines) + "\n")
     (results / "ablation.json").write_text(json.dumps(runs, indent=2) + "\n")
     print("\n".join(lines))
 

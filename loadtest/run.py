@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -66,11 +67,11 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None) -> None:
 
 
 @contextmanager
-def server(kind: str, env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """Start one of SERVERS on a free port, yield its base URL once ready, stop it afterwards."""
+def server(kind: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start one of SERVERS on a free port, yield its base URL and process once ready, stop it afterwards."""
     port = free_port()
     process = subprocess.Popen(
-        [*SERVERS[kind], str(port), *extra_args],
+        [*SERVERS[kind], str(port)],
         cwd=PROJECT_DIR,
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
@@ -82,13 +83,14 @@ def server(kind: str, env: dict[str, str] | None = None, extra_args: tuple[str, 
     try:
         wait_ready(url, process)
         say(f"{kind} ready in {time.monotonic() - started:.1f} s at {url}")
-        yield url
+        yield url, process
     finally:
-        os.killpg(process.pid, 15)
+        with suppress(ProcessLookupError):  # a drill may have stopped it already
+            os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 def wrk(url: str, seconds: int, threads: int, connections: int, flights_per_request: int, label: str) -> str:
@@ -150,11 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.url:
         runs["service"] = measure(args.url.rstrip("/"), "service", args, results)
     else:
-        with server("service") as url:
+        with server("service") as (url, _):
             runs["service"] = measure(url, "service", args, results)
     if args.baselines:
         for kind in ("baseline", "ceiling"):
-            with server(kind) as url:
+            with server(kind) as (url, _):
                 runs[kind] = measure(url, kind, args, results)
     command = (f"python loadtest/run.py --duration {args.duration} --threads {args.threads} "
                f"--connections {args.connections} --flights-per-request {args.flights_per_request}"

@@ -37,4 +37,5 @@ class Settings(BaseSettings):
     access_log: bool = False
     tracing_sample_rate: float = 0.0
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
-    metrics: bool = True
+    metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
+    gc_freeze: bool = True

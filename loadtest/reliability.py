@@ -1,0 +1,233 @@
+"""Overload, long-run and fault drills against a fresh service; run by hand, not in CI.
+
+    python loadtest/reliability.py overload      # 2,000 connections for 20 s, then time to recover
+    python loadtest/reliability.py big-request   # reference-load p99 with and without 1,000-flight requests mixed in
+    python loadtest/reliability.py soak [--minutes 10]   # memory of every worker, sampled every 10 s
+    python loadtest/reliability.py sigterm       # SIGTERM under load: lost requests, time to exit
+    python loadtest/reliability.py sigkill       # one worker killed under load: failed requests, recovery
+
+Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it.
+"""
+
+import argparse
+import json
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from report import SOCKET_ERRORS, parse_summary  # noqa: E402
+from run import say, server, wrk  # noqa: E402
+
+from models.schema import EXAMPLE_REQUEST  # noqa: E402
+
+RESULTS = HERE / "results" / "reliability"
+WORKER_MARK = "_bentoml_impl.worker.service"
+
+
+def workers(pid: int) -> dict[int, psutil.Process]:
+    """The service's worker processes by PID."""
+    children = psutil.Process(pid).children(recursive=True)
+    return {child.pid: child for child in children if WORKER_MARK in " ".join(child.cmdline())}
+
+
+def failed(summary: dict[str, Any]) -> int:
+    return int(summary["non_2xx"]) + sum(int(summary["errors"][kind]) for kind in SOCKET_ERRORS)
+
+
+def in_background(target: Any, *args: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run target(*args) in a thread; its return value lands in the dict under "result"."""
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: box.update(result=target(*args)), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def probe(url: str) -> float:
+    """Milliseconds one EXAMPLE_REQUEST takes; infinity if it fails."""
+    started = time.perf_counter()
+    try:
+        ok = httpx.post(f"{url}/v1/prediction", json=EXAMPLE_REQUEST, timeout=5).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    return (time.perf_counter() - started) * 1000 if ok else float("inf")
+
+
+def overload(_args: argparse.Namespace) -> dict[str, Any]:
+    """2,000 connections for 20 s: answered or shed with 503, no crash; recovery after the load stops."""
+    with server("service") as (url, process):
+        before = set(workers(process.pid))
+        summary = parse_summary(wrk(url, 20, 4, 2000, 1, "2,000 connections"))
+        stopped = time.monotonic()
+        recovery = None
+        while time.monotonic() - stopped < 5:
+            if (latency := probe(url)) < 50:
+                recovery = {"seconds_after_load": round(time.monotonic() - stopped, 2), "latency_ms": round(latency, 1)}
+                break
+            time.sleep(0.1)
+        after = set(workers(process.pid))
+    return {
+        "wrk": summary,
+        "answered_2xx": summary["requests"] - summary["non_2xx"],
+        "shed_503": summary.get("status_503"),
+        "other_5xx": summary.get("status_5xx_other"),
+        "socket_errors": {kind: summary["errors"][kind] for kind in SOCKET_ERRORS},
+        "first_request_under_50_ms_after_load": recovery,
+        "worker_restarts": len(before - after),
+    }
+
+
+def big_request(_args: argparse.Namespace) -> dict[str, Any]:
+    """Reference load for 20 s, alone and with one 1,000-flight request after another mixed in."""
+    big = {"flights": [EXAMPLE_REQUEST["flights"][i % 2] for i in range(1000)]}
+    with server("service") as (url, _process):
+        wrk(url, 5, 4, 200, 1, "warm-up")
+        alone = parse_summary(wrk(url, 20, 4, 200, 1, "reference load alone"))
+        latencies: list[float] = []
+        done = threading.Event()
+
+        def send_big() -> None:
+            with httpx.Client(timeout=30) as client:
+                while not done.is_set():
+                    started = time.perf_counter()
+                    response = client.post(f"{url}/v1/prediction", json=big)
+                    assert response.status_code == 200 and len(response.json()) == 1000
+                    latencies.append((time.perf_counter() - started) * 1000)
+
+        thread, _box = in_background(send_big)
+        mixed = parse_summary(wrk(url, 20, 4, 200, 1, "reference load + 1,000-flight requests"))
+        done.set()
+        thread.join()
+    return {
+        "p99_ms_alone": alone["latency_ms"]["p99"],
+        "p99_ms_with_big_requests": mixed["latency_ms"]["p99"],
+        "requests_per_s_alone": alone["requests_per_s"],
+        "requests_per_s_with_big_requests": mixed["requests_per_s"],
+        "big_requests_sent": len(latencies),
+        "big_request_median_ms": sorted(latencies)[len(latencies) // 2] if latencies else None,
+        "failed": {"alone": failed(alone), "mixed": failed(mixed)},
+    }
+
+
+def soak(args: argparse.Namespace) -> dict[str, Any]:
+    """The reference load for N minutes; resident memory of every worker every 10 s."""
+    seconds = args.minutes * 60
+    samples: list[dict[str, Any]] = []
+    with server("service") as (url, process):
+        thread, box = in_background(wrk, url, seconds, 4, 200, 1, "soak")
+        started = time.monotonic()
+        while thread.is_alive():
+            rss = {str(pid): p.memory_info().rss / 2**20 for pid, p in workers(process.pid).items()}
+            samples.append({"t_s": round(time.monotonic() - started, 1), "rss_mib": rss})
+            thread.join(timeout=10)
+        summary = parse_summary(box["result"])
+
+    def at(minute: int) -> dict[str, float]:
+        return min(samples, key=lambda s: abs(s["t_s"] - minute * 60))["rss_mib"]
+
+    growth = {pid: round(at(args.minutes)[pid] / at(1)[pid] - 1, 4) for pid in at(1) if pid in at(args.minutes)}
+    plot_memory(samples, RESULTS / "soak.png", args.minutes)
+    return {"minutes": args.minutes, "wrk": summary, "failed": failed(summary), "growth_minute_1_to_end": growth,
+            "samples": samples}  # fmt: skip
+
+
+def plot_memory(samples: list[dict[str, Any]], path: Path, minutes: int) -> None:
+    """Resident memory of each worker over the soak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(8, 4))
+    for pid in samples[0]["rss_mib"]:
+        points = [(s["t_s"] / 60, s["rss_mib"][pid]) for s in samples if pid in s["rss_mib"]]
+        axis.plot(*zip(*points, strict=True), label=f"worker {pid}")
+    axis.set_xlabel("minutes under wrk -t4 -c200")
+    axis.set_ylabel("resident memory (MiB)")
+    axis.set_ylim(bottom=0)
+    axis.set_title(f"Soak, {minutes} min, {time.strftime('%Y-%m-%d')}")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def under_load_then(url: str, action: Any) -> dict[str, Any]:
+    """Reference load for 20 s with action() 5 s in; the wrk summary."""
+    thread, box = in_background(wrk, url, 20, 4, 200, 1, "load")
+    time.sleep(5)
+    action()
+    thread.join()
+    return parse_summary(box["result"])
+
+
+def sigterm(_args: argparse.Namespace) -> dict[str, Any]:
+    """SIGTERM to `bentoml serve` under load: requests cut (read errors), non-2xx, seconds to exit."""
+    timing: dict[str, float] = {}
+    with server("service") as (url, process):
+
+        def terminate() -> None:
+            timing["sent"] = time.monotonic()
+            os.kill(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+            timing["exited"] = time.monotonic()
+
+        summary = under_load_then(url, terminate)
+    return {
+        "seconds_to_exit": round(timing["exited"] - timing["sent"], 2),
+        "requests_cut": summary["errors"]["read"] + summary["errors"]["write"] + summary["errors"]["timeout"],
+        "non_2xx": summary["non_2xx"],
+        "refused_after_shutdown": summary["errors"]["connect"],
+        "requests_completed": summary["requests"],
+    }
+
+
+def sigkill(_args: argparse.Namespace) -> dict[str, Any]:
+    """SIGKILL one worker under load: failed requests, and whether the service answers afterwards."""
+    with server("service") as (url, process):
+        before = workers(process.pid)
+        summary = under_load_then(url, lambda: next(iter(before.values())).kill())
+        time.sleep(2)
+        after = workers(process.pid)
+        answers_after = probe(url) < float("inf")
+    return {
+        "failed_requests": failed(summary),
+        "requests_completed": summary["requests"],
+        "errors": summary["errors"],
+        "non_2xx": summary["non_2xx"],
+        "workers_before": len(before),
+        "workers_after": len(after),
+        "answers_after": answers_after,
+    }
+
+
+DRILLS = {"overload": overload, "big-request": big_request, "soak": soak, "sigterm": sigterm, "sigkill": sigkill}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("drill", choices=DRILLS)
+    parser.add_argument("--minutes", type=int, default=10, help="soak length (default 10)")
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 connections need more than 1,024 files
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    say(f"drill: {args.drill}")
+    outcome = {"drill": args.drill, "date": time.strftime("%Y-%m-%d %H:%M"), **DRILLS[args.drill](args)}
+    (RESULTS / f"{args.drill}.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in outcome.items() if k != "samples"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
