@@ -2,7 +2,7 @@
 PYTHON ?= python3
 PORT ?= 3000
 
-.PHONY: install train serve run test lint loadtest
+.PHONY: install train serve run test lint audit loadtest ablation container container-test
 
 install:  ## the pinned Python packages, for serving, training and testing
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
@@ -21,5 +21,17 @@ test: install
 lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && $(PYTHON) -m mypy .
 
+audit:  ## known vulnerabilities in the pinned runtime packages and their dependencies
+	$(PYTHON) -m pip_audit -r requirements.txt --progress-spinner off
+
 loadtest:  ## the reference stress test with both baselines; needs wrk (apt-get install -y wrk)
 	$(PYTHON) loadtest/run.py --baselines
+
+ablation:  ## one knob at a time, in rounds: loadtest/results/ablation/ablation.md
+	$(PYTHON) loadtest/ablation.py
+
+container:  ## bento + image flight-delay:<version>; LOCAL_BASE=1 builds a Debian base here (no registry)
+	container/build.sh
+
+container-test:  ## contract and stress tests against the image (IMAGE, PORT, DURATION)
+	container/test.sh

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from batching import cap_learned_wait
 from http_guard import RequestGuard
 from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
 from models.features import FlightColumns
@@ -17,6 +18,8 @@ from models.predictor import DelayPredictor, ModelError, check_metadata
 from models.schema import ChallengeResponse, FlightList, Prediction, PredictionRequest
 
 settings = Settings()
+if settings.greedy_batching:
+    cap_learned_wait()
 CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies")  # shown by /v1/model
 
 

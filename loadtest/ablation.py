@@ -38,6 +38,7 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("adaptive batching", "off", {"FLIGHT_DELAY_BATCHING": "false"}, 200, 1),
     ("max_batch_size", "32", {"FLIGHT_DELAY_MAX_BATCH_SIZE": "32"}, 200, 1),
     ("max_batch_size", "1000", {"FLIGHT_DELAY_MAX_BATCH_SIZE": "1000"}, 200, 1),
+    ("greedy batching (batching.py)", "off", {"FLIGHT_DELAY_GREEDY_BATCHING": "false"}, 200, 1),
     ("max_latency_ms", "100", {"FLIGHT_DELAY_MAX_LATENCY_MS": "100"}, 200, 1),
     ("max_latency_ms", "10000", {"FLIGHT_DELAY_MAX_LATENCY_MS": "10000"}, 200, 1),
     ("workers", "1", {"FLIGHT_DELAY_WORKERS": "1"}, 200, 1),
@@ -79,6 +80,7 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per run (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per run (default 3)")
     parser.add_argument("--only", nargs="*", default=[], help="knobs to run, besides the default")
+    parser.add_argument("--name", default="ablation", help="file name of the table and runs (default ablation)")
     args = parser.parse_args()
     results = HERE / "results" / "ablation"
     results.mkdir(parents=True, exist_ok=True)
@@ -108,8 +110,8 @@ def main() -> None:
         mine = [r for r in runs if (r["knob"], r["value"]) == (knob, value)]
         ratios = [r["summary"]["requests_per_s"] / default_rps[r["round"]] for r in mine]
         lines.append(row(knob, value, [r["summary"] for r in mine], ratios, flights))
-    (results / "ablation.md").write_text("\n".join(lines) + "\n")
-    (results / "ablation.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    (results / f"{args.name}.json").write_text(json.dumps(runs, indent=2) + "\n")
     print("\n".join(lines))
 
 

@@ -29,9 +29,10 @@ class Settings(BaseSettings):
 
     workers: int | Literal["cpu_count"] = "cpu_count"
     batching: bool = True
+    greedy_batching: bool = True  # cap BentoML's learned batching wait: see batching.py
     max_batch_size: int = 256
     max_latency_ms: int = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
-    max_in_flight: int = 500  # per worker; beyond it requests are shed at once with 503
+    max_in_flight: int = 256  # per worker; beyond it requests are shed at once with 503 (Retry-After)
     timeout_s: int = 30
     max_body_bytes: int = 1_048_576  # 1,000 flights with every field take about 120 KB
     access_log: bool = False

@@ -1,0 +1,85 @@
+"""Where a worker's time goes under the reference load: py-spy samples, grouped by layer.
+
+    python loadtest/profile.py [--seconds 15]
+
+Starts the service, drives it with wrk -t4 -c200, samples one worker with py-spy (needs root or
+ptrace rights) and writes loadtest/results/profile/profile.md with each layer's share of samples.
+"""
+
+import argparse
+import collections
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from reliability import in_background, workers  # noqa: E402
+from run import say, server, wrk  # noqa: E402
+
+# First match wins, from the innermost frame outwards: (layer, fragments of a frame's text).
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("model: scikit-learn predict", ("sklearn/",)),
+    ("model: feature encoding (numpy)", ("models/features.py",)),
+    ("request parsing and validation (pydantic)", ("model_validate", "from_http_request", "parse_request")),
+    ("response serialization", ("to_http_response", "serialize_model", "IterableResponse")),
+    ("adaptive batching (dispatcher, thread hop)", ("dispatcher.py", "batch_infer", "anyio/", "to_thread")),
+    ("metrics middleware (Prometheus)", ("instruments.py", "prometheus_client")),
+    ("tracing middleware (OpenTelemetry)", ("opentelemetry",)),
+    ("request guard (http_guard.py)", ("http_guard.py",)),
+    ("BentoML app and context", ("_bentoml_impl/", "_bentoml_sdk/", "bentoml/_internal/")),
+    ("Starlette routing and middleware", ("starlette/",)),
+    ("uvicorn HTTP protocol (httptools)", ("uvicorn/",)),
+]
+
+
+def layer(stack: list[str]) -> str:
+    """The layer a sample belongs to: its innermost frame that names one."""
+    for frame in reversed(stack):
+        for name, fragments in LAYERS:
+            if any(fragment in frame for fragment in fragments):
+                return name
+    return "event loop and other"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=15, help="seconds sampled")
+    args = parser.parse_args()
+    results = HERE / "results" / "profile"
+    results.mkdir(parents=True, exist_ok=True)
+    raw = results / "py-spy.raw.txt"
+    with server("service") as (url, process):
+        wrk(url, 3, 4, 200, 1, "warm-up")
+        thread, _box = in_background(wrk, url, args.seconds + 6, 4, 200, 1, "load")
+        time.sleep(3)
+        worker = next(iter(workers(process.pid)))
+        say(f"sampling worker {worker} for {args.seconds} s")
+        subprocess.run(
+            ["py-spy", "record", "-p", str(worker), "-d", str(args.seconds), "-f", "raw", "-o", str(raw),
+             "--nonblocking", "--threads"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        thread.join()
+    shares: collections.Counter[str] = collections.Counter()
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        shares[layer(stack.split(";"))] += int(count)
+    total = sum(shares.values())
+    lines = [
+        f"Profile of one worker under wrk -t4 -c200, {time.strftime('%Y-%m-%d')}, {total} py-spy samples; "
+        "`python loadtest/profile.py`",
+        "",
+        "| layer | share of samples |",
+        "|---|---:|",
+        *(f"| {name} | {count / total:.1%} |" for name, count in shares.most_common()),
+        "",
+    ]
+    (results / "profile.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
