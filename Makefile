@@ -22,7 +22,7 @@ lint:
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && $(PYTHON) -m mypy .
 
 audit:  ## known vulnerabilities in the pinned runtime packages and their dependencies
-	$(PYTHON) -m pip_audit -r requirements.txt --progress-spinner off
+	$(PYTHON) -m pip_audit -r requirements.txt --strict --progress-spinner off
 
 loadtest:  ## the reference stress test with both baselines; needs wrk (apt-get install -y wrk)
 	$(PYTHON) loadtest/run.py --baselines

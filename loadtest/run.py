@@ -93,14 +93,21 @@ def server(kind: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, 
             os.killpg(process.pid, signal.SIGKILL)
 
 
-def wrk(url: str, seconds: int, threads: int, connections: int, flights_per_request: int, label: str) -> str:
-    """Run wrk with script.lua against url/v1/prediction, printing the seconds left; its raw output."""
+def wrk_process(
+    url: str, seconds: int, threads: int, connections: int, flights_per_request: int
+) -> subprocess.Popen[str]:
+    """wrk with script.lua against url/v1/prediction, started; its stdout is piped."""
     command = [
         "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s",
         "-s", str(HERE / "script.lua"), f"{url}/v1/prediction",
     ]  # fmt: skip
     env = {**os.environ, "FLIGHTS_PER_REQUEST": str(flights_per_request), "FLIGHTS_FILE": str(HERE / "flights.jsonl")}
-    process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def wrk(url: str, seconds: int, threads: int, connections: int, flights_per_request: int, label: str) -> str:
+    """Run wrk to the end, printing the seconds left; its raw output."""
+    process = wrk_process(url, seconds, threads, connections, flights_per_request)
     end = time.monotonic() + seconds
     while process.poll() is None:
         left = end - time.monotonic()
