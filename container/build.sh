@@ -17,6 +17,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 # The Debian engine's classic builder: the newer CLI on some machines defaults to a BuildKit it lacks.
 export DOCKER_BUILDKIT=0
+PYTHON=${PYTHON:-$(command -v python3)}  # before PATH changes below
 [ -x /usr/bin/docker ] && export PATH="/usr/bin:$PATH"
 
 bentofile=bentofile.yaml
@@ -44,8 +45,8 @@ if [ "${LOCAL_BASE:-0}" = 1 ]; then
 fi
 
 echo "[container] bentoml build"
-tag=$(python3 -m bentoml build -f "$bentofile" --output tag . | tail -n 1 | sed 's/^__tag__://')
+tag=$("$PYTHON" -m bentoml build -f "$bentofile" --output tag . | tail -n 1 | sed 's/^__tag__://')
 version=${tag#*:}
 echo "[container] bentoml containerize $tag"
-python3 -m bentoml containerize "$tag" --opt network=host -t "$IMAGE:$version" -t "$IMAGE:latest"
+"$PYTHON" -m bentoml containerize "$tag" --opt network=host -t "$IMAGE:$version" -t "$IMAGE:latest"
 docker image ls "$IMAGE:$version" --format '[container] {{.Repository}}:{{.Tag}} {{.Size}}'

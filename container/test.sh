@@ -12,6 +12,7 @@ DURATION=${DURATION:-45}
 CONNECTIONS=${CONNECTIONS:-200}
 name="flight-delay-test-$$"
 url="http://127.0.0.1:$PORT"
+PYTHON=${PYTHON:-$(command -v python3)}  # before PATH changes below
 [ -x /usr/bin/docker ] && export PATH="/usr/bin:$PATH"
 
 docker info >/dev/null 2>&1 || { echo "no Docker engine answers: see container/build.sh" >&2; exit 2; }
@@ -35,11 +36,11 @@ size=$(docker image inspect -f '{{.Size}}' "$IMAGE")
 echo "[container-test] ready in ${ready} s, running as uid $user, image $((size / 1000000)) MB"
 [ "$user" != 0 ] || { echo "the container runs as root" >&2; exit 1; }
 
-FLIGHT_DELAY_URL="$url" python3 -m pytest -q -p no:cacheprovider tests/test_service.py tests/test_bad_input.py
+FLIGHT_DELAY_URL="$url" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_service.py tests/test_bad_input.py
 
-python3 loadtest/run.py --url "$url" --duration "$DURATION" --connections "$CONNECTIONS" --name container
-python3 loadtest/run.py --duration "$DURATION" --connections "$CONNECTIONS" --name container-host
-python3 - <<'PY'
+"$PYTHON" loadtest/run.py --url "$url" --duration "$DURATION" --connections "$CONNECTIONS" --name container
+"$PYTHON" loadtest/run.py --duration "$DURATION" --connections "$CONNECTIONS" --name container-host
+"$PYTHON" - <<'PY'
 import json
 from pathlib import Path
 runs = {name: json.loads(Path(f"loadtest/results/{name}/summary.json").read_text())["runs"]["service"]
