@@ -100,10 +100,8 @@ class CleanErrors:
             return
         status = self.start["status"]
         body = clean_body(status, b"".join(self.chunks))
-        headers = [(k, v) for k, v in self.start["headers"] if k.lower() not in (b"content-length", b"content-type")]
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if status == 503:
-            headers.append((b"retry-after", RETRY_AFTER_SECONDS))
+        kept = [(k, v) for k, v in self.start["headers"] if k.lower() not in (b"content-length", b"content-type")]
+        headers = kept + error_headers(status, body)
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
 
@@ -132,6 +130,14 @@ def clean_body(status: int, body: bytes) -> bytes:
     return dump({"error": reason, "detail": []})
 
 
+def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
+    """Headers of every error the guard sends: JSON, its length, and Retry-After on a 503."""
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 503:
+        headers.append((b"retry-after", RETRY_AFTER_SECONDS))
+    return headers
+
+
 def dump(payload: dict[str, Any]) -> bytes:
     """Compact JSON bytes."""
     return json.dumps(payload, separators=(",", ":")).encode()
@@ -142,8 +148,5 @@ async def respond(send: Send, status: int, error: str, message: str) -> None:
     body = dump(
         {"error": error, "detail": [{"type": error.split(",")[0].replace(" ", "_"), "loc": [], "msg": message}]}
     )
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    if status == 503:
-        headers.append((b"retry-after", RETRY_AFTER_SECONDS))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": error_headers(status, body)})
     await send({"type": "http.response.body", "body": body})

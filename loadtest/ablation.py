@@ -20,7 +20,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from report import SOCKET_ERRORS, parse_summary  # noqa: E402
+from report import failures, parse_summary  # noqa: E402
 from run import say, server, wrk  # noqa: E402
 
 
@@ -65,7 +65,7 @@ def median(values: list[float]) -> float:
 def row(knob: str, value: str, runs: list[dict[str, Any]], ratios: list[float], flights: int) -> str:
     """One Markdown table row: medians over the rounds."""
     rps = median([r["requests_per_s"] for r in runs])
-    errors = sum(r["non_2xx"] + sum(r["errors"][kind] for kind in SOCKET_ERRORS) for r in runs)
+    errors = sum(failures(r) for r in runs)
     return (
         f"| {knob} | {value} | {rps:,.0f} | {rps * flights:,.0f} | {median(ratios):.2f}x "
         f"({min(ratios):.2f} to {max(ratios):.2f}) | {median([r['latency_ms']['p50'] for r in runs]):.1f} | "

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from report import SOCKET_ERRORS, parse_summary  # noqa: E402
+from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
 from run import say, server, wrk, wrk_process  # noqa: E402
 
 from models.schema import EXAMPLE_REQUEST  # noqa: E402
@@ -40,10 +40,6 @@ def workers(pid: int) -> dict[int, psutil.Process]:
     """The service's worker processes by PID."""
     children = psutil.Process(pid).children(recursive=True)
     return {child.pid: child for child in children if WORKER_MARK in " ".join(child.cmdline())}
-
-
-def failed(summary: dict[str, Any]) -> int:
-    return int(summary["non_2xx"]) + sum(int(summary["errors"][kind]) for kind in SOCKET_ERRORS)
 
 
 def in_background(target: Any, *args: Any) -> tuple[threading.Thread, dict[str, Any]]:
@@ -119,7 +115,7 @@ def big_request(_args: argparse.Namespace) -> dict[str, Any]:
         "requests_per_s_with_big_requests": mixed["requests_per_s"],
         "big_requests_sent": len(latencies),
         "big_request_median_ms": sorted(latencies)[len(latencies) // 2] if latencies else None,
-        "failed": {"alone": failed(alone), "mixed": failed(mixed)},
+        "failed": {"alone": failures(alone), "mixed": failures(mixed)},
     }
 
 
@@ -141,7 +137,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
     growth = {pid: round(at(args.minutes)[pid] / at(1)[pid] - 1, 4) for pid in at(1) if pid in at(args.minutes)}
     plot_memory(samples, RESULTS / "soak.png", args.minutes)
-    return {"minutes": args.minutes, "wrk": summary, "failed": failed(summary), "growth_minute_1_to_end": growth,
+    return {"minutes": args.minutes, "wrk": summary, "failed": failures(summary), "growth_minute_1_to_end": growth,
             "samples": samples}  # fmt: skip
 
 
@@ -209,7 +205,7 @@ def sigkill(_args: argparse.Namespace) -> dict[str, Any]:
         after = workers(process.pid)
         answers_after = probe(url) < float("inf")
     return {
-        "failed_requests": failed(summary),
+        "failed_requests": failures(summary),
         "requests_completed": summary["requests"],
         "errors": summary["errors"],
         "non_2xx": summary["non_2xx"],
