@@ -5,6 +5,7 @@
     python loadtest/reliability.py soak [--minutes 10]   # memory of every worker, sampled every 10 s
     python loadtest/reliability.py sigterm       # SIGTERM under load: requests lost, seconds to exit
     python loadtest/reliability.py sigkill       # one worker killed under load: failed requests, recovery
+    python loadtest/reliability.py after-burst   # latency of lone requests, idle and for 12 s after a burst
 
 Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import resource
 import signal
+import statistics
 import sys
 import threading
 import time
@@ -215,7 +217,35 @@ def sigkill(_args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-DRILLS = {"overload": overload, "big-request": big_request, "soak": soak, "sigterm": sigterm, "sigkill": sigkill}
+def after_burst(_args: argparse.Namespace) -> dict[str, Any]:
+    """Milliseconds a lone request takes on an idle service, then for 12 s after a 10-s burst.
+
+    Compare FLIGHT_DELAY_GREEDY_BATCHING=false (BentoML's own batching wait) with the default.
+    """
+    with server("service") as (url, _process):
+        idle = [probe(url) for _ in range(20)]
+        wrk(url, 10, 4, 200, 1, "burst")
+        stopped, after = time.monotonic(), []
+        while time.monotonic() - stopped < 12:
+            after.append(probe(url))
+            time.sleep(0.2)
+    return {
+        "greedy_batching": os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true"),
+        "idle_median_ms": round(statistics.median(idle), 1),
+        "after_burst_median_ms": round(statistics.median(after), 1),
+        "after_burst_max_ms": round(max(after), 1),
+        "lone_requests_after_burst": len(after),
+    }
+
+
+DRILLS = {
+    "overload": overload,
+    "big-request": big_request,
+    "soak": soak,
+    "sigterm": sigterm,
+    "sigkill": sigkill,
+    "after-burst": after_burst,
+}
 
 
 def main() -> None:
@@ -228,7 +258,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     say(f"drill: {args.drill}")
     outcome = {"drill": args.drill, "date": time.strftime("%Y-%m-%d %H:%M"), **DRILLS[args.drill](args)}
-    (RESULTS / f"{args.drill}.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    name = (
+        args.drill if os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true") != "false" else f"{args.drill}-not-greedy"
+    )
+    (RESULTS / f"{name}.json").write_text(json.dumps(outcome, indent=2) + "\n")
     print(json.dumps({k: v for k, v in outcome.items() if k != "samples"}, indent=2))
 
 
