@@ -6,12 +6,15 @@
 - every 4xx/5xx body is rewritten to `{"error": ..., "detail": [...]}` without the links to the
   validation library's documentation (they carry its version), inputs or tracebacks;
 - more requests in flight in this worker than `max_in_flight`: 503 at once, so a spike is shed
-  quickly instead of queueing into client time-outs; every 503 carries `Retry-After`.
+  quickly instead of queueing into client time-outs; every 503 carries `Retry-After`;
+- at shutdown, one log line per worker: requests accepted, answered, and cut (accepted, not answered).
 
 Successful responses pass through untouched: the hot path costs one header lookup.
 """
 
 import json
+import logging
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -24,6 +27,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_TYPES = (b"application/json",)
 KEPT_PROBLEM_KEYS = ("type", "loc", "msg")  # what a client needs; never "input", "ctx" or "url"
 RETRY_AFTER_SECONDS = b"1"
+
+logger = logging.getLogger("bentoml.flight_delay")
+SHUTDOWN_LOG = "shutdown: %d requests accepted, %d answered, %d cut"
 
 
 class BodyTooLargeError(Exception):
@@ -39,8 +45,13 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.in_flight = 0  # one event loop per worker process: no lock needed
+        self.accepted = 0
+        self.answered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self.reporting_shutdown(receive), send)
+            return
         if scope["type"] != "http" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
             return
@@ -58,12 +69,30 @@ class RequestGuard:
             await respond(send, 503, "overloaded, retry shortly", "too many requests in flight, retry after 1 s")
             return
         self.in_flight += 1
+        self.accepted += 1
         try:
             await self.app(scope, self.counting(receive), CleanErrors(send))
+            self.answered += 1
         except BodyTooLargeError:
             await respond(send, 413, "request too large", f"the body must be at most {self.max_body_bytes} bytes")
+            self.answered += 1
         finally:
             self.in_flight -= 1
+
+    def reporting_shutdown(self, receive: Receive) -> Receive:
+        """`receive` of the lifespan that logs the counts when shutdown starts.
+
+        The server sends the shutdown event only after the open requests have finished or its
+        graceful timeout has passed, so `cut` is what a stop lost.
+        """
+
+        async def receive_reporting() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                logger.info(SHUTDOWN_LOG, self.accepted, self.answered, self.accepted - self.answered)
+            return message
+
+        return receive_reporting
 
     def counting(self, receive: Receive) -> Receive:
         """`receive` that stops a chunked body once it passes the limit."""
@@ -136,6 +165,15 @@ def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
     if status == 503:
         headers.append((b"retry-after", RETRY_AFTER_SECONDS))
     return headers
+
+
+def shutdown_counts(log: str) -> list[dict[str, int]]:
+    """Each worker's shutdown line in a service log, as counts."""
+    pattern = re.escape(SHUTDOWN_LOG).replace("%d", r"(\d+)")
+    return [
+        {"accepted": int(accepted), "answered": int(answered), "cut": int(cut)}
+        for accepted, answered, cut in re.findall(pattern, log)
+    ]
 
 
 def dump(payload: dict[str, Any]) -> bytes:

@@ -3,7 +3,7 @@
     python loadtest/reliability.py overload      # 2,000 connections for 20 s, then time to recover
     python loadtest/reliability.py big-request   # reference-load p99 with and without 1,000-flight requests mixed in
     python loadtest/reliability.py soak [--minutes 10]   # memory of every worker, sampled every 10 s
-    python loadtest/reliability.py sigterm       # SIGTERM under load: requests lost, seconds to exit
+    python loadtest/reliability.py sigterm       # SIGTERM under load: every request's outcome, seconds to exit
     python loadtest/reliability.py sigkill       # one worker killed under load: failed requests, recovery
     python loadtest/reliability.py after-burst   # latency of lone requests, idle and for 12 s after a burst
 
@@ -29,9 +29,11 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from accounting_client import BackgroundLoad  # noqa: E402
 from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
-from run import say, server, wrk, wrk_process  # noqa: E402
+from run import say, server, wrk  # noqa: E402
 
+from http_guard import shutdown_counts  # noqa: E402
 from models.schema import EXAMPLE_REQUEST  # noqa: E402
 
 RESULTS = HERE / "results" / "reliability"
@@ -174,27 +176,33 @@ def under_load_then(url: str, action: Any) -> dict[str, Any]:
 
 
 def sigterm(_args: argparse.Namespace) -> dict[str, Any]:
-    """SIGTERM to `bentoml serve` under the reference load; wrk is stopped the moment the service exits.
+    """SIGTERM to `bentoml serve` under load from 200 keep-alive connections: what became of every request.
 
-    Read errors and non-2xx in that window are requests the shutdown cut: an upper bound of the
-    accepted requests lost, since a read error is also counted for a keep-alive connection the
-    server closed between two requests.
+    Each worker logs the requests it accepted, answered and cut; the client sorts every request it
+    sent by outcome (accounting_client.py). A request the client saw "unanswered" that no worker
+    counts as cut was never read by the service: it reached a keep-alive connection the server was
+    closing as idle, or the listening socket's queue as the service stopped.
     """
-    with server("service") as (url, process):
-        load = wrk_process(url, 60, 4, 200, 1)
+    log = RESULTS / "sigterm.log"
+    with server("service", log=log) as (url, process):
+        load = BackgroundLoad(f"{url}/v1/prediction", 200, EXAMPLE_REQUEST)
         time.sleep(8)
         signalled = time.monotonic()
         os.kill(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
         exited = time.monotonic()
-        load.send_signal(signal.SIGINT)  # wrk prints its summary on SIGINT
-        summary = parse_summary(load.communicate(timeout=30)[0])
+        time.sleep(0.5)  # let the clients read what was already sent to them
+        counts = load.stop()
+    workers_at_exit = shutdown_counts(log.read_text())
+    answered_by_service = sum(worker["answered"] for worker in workers_at_exit)
+    received = sum(n for outcome, n in counts.items() if outcome.isdigit())
     return {
         "seconds_to_exit": round(exited - signalled, 2),
-        "requests_completed": summary["requests"],
-        "cut_by_shutdown_read_errors": summary["errors"]["read"],
-        "non_2xx": summary["non_2xx"],
-        "other_socket_errors": {kind: summary["errors"][kind] for kind in ("connect", "write", "timeout")},
+        "exit_code": process.returncode,
+        "client_outcomes": dict(counts),
+        "workers_at_exit": workers_at_exit,
+        "accepted_but_cut": sum(worker["cut"] for worker in workers_at_exit),
+        "answered_but_not_received": answered_by_service - received,
     }
 
 

@@ -67,17 +67,23 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None) -> None:
 
 
 @contextmanager
-def server(kind: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start one of SERVERS on a free port, yield its base URL and process once ready, stop it afterwards."""
+def server(
+    kind: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start one of SERVERS on a free port, yield its base URL and process once ready, stop it afterwards.
+
+    Its output goes to log, if given.
+    """
     port = free_port()
-    process = subprocess.Popen(
-        [*SERVERS[kind], str(port)],
-        cwd=PROJECT_DIR,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    with open(log or os.devnull, "wb") as output:  # the child keeps its own copy of the file
+        process = subprocess.Popen(
+            [*SERVERS[kind], str(port)],
+            cwd=PROJECT_DIR,
+            env={**os.environ, **(env or {})},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -68,35 +69,42 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds
     raise RuntimeError(f"{url} was not ready within {seconds} s")
 
 
-@pytest.fixture(scope="session")
-def service_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Base URL of a running service: FLIGHT_DELAY_URL, or a `bentoml serve` started on the test model."""
-    if url := os.environ.get("FLIGHT_DELAY_URL"):
-        wait_ready(url)
-        yield url.rstrip("/")
-        return
-    request.getfixturevalue("trained_model")
+@contextmanager
+def bentoml_serve(log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`bentoml serve` of the store's latest model on a free port, its output in log: (URL, process) once ready."""
     port = free_port()
-    log = tempfile.NamedTemporaryFile(prefix="bentoml-serve-", suffix=".log", delete=False)  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=PROJECT_DIR,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    command = [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port"]
+    with log.open("wb") as output:  # the child keeps its own copy of the file
+        process = subprocess.Popen(
+            [*command, str(port)],
+            cwd=PROJECT_DIR,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process)
-        yield url
+        yield url, process
     except RuntimeError as exc:
-        raise RuntimeError(f"{exc}; its log: {Path(log.name).read_text()[-3000:]}") from exc
+        raise RuntimeError(f"{exc}; its log: {log.read_text()[-3000:]}") from exc
     finally:
         process.terminate()
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:
             process.kill()
-        log.close()
+
+
+@pytest.fixture(scope="session")
+def service_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a running service: FLIGHT_DELAY_URL, or a `bentoml serve` started on the test model."""
+    if url := os.environ.get("FLIGHT_DELAY_URL"):
+        wait_ready(url)
+        yield url.rstrip("/")
+        return
+    request.getfixturevalue("trained_model")
+    with bentoml_serve(tmp_path_factory.mktemp("serve") / "bentoml-serve.log") as (url, _process):
+        yield url
 
 
 @pytest.fixture(scope="session")
