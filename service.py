@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from batching import cap_learned_wait
-from http_guard import RequestGuard
+from http_guard import RequestGuard, run_first
 from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
 from models.features import FlightColumns
 from models.predictor import DelayPredictor, ModelError, check_metadata
@@ -114,9 +114,17 @@ class FlightDelay:
         return ChallengeResponse(predict=labels.tolist())
 
 
+refused = bentoml.metrics.Counter(
+    name="refused_requests",
+    documentation="Requests the guard refused before BentoML saw them (413, 415, 503), by status",
+    labelnames=["status"],
+)
+run_first()
 FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator returns a Service; its typing says class
     RequestGuard,
     routes=PREDICTION_ROUTES,
     max_body_bytes=settings.max_body_bytes,
     max_in_flight=settings.max_in_flight,
+    shed_after_s=settings.shed_after_ms / 1000,
+    on_refusal=lambda status: refused.labels(status=str(status)).inc(),
 )

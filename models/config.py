@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     max_batch_size: int = 256
     max_latency_ms: int = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
     max_in_flight: int = 512  # per worker; beyond it requests are shed at once with 503 (Retry-After)
+    shed_after_ms: int = 1_000  # while a request has waited longer for its answer, new ones get 503
     timeout_s: int = 30
     max_body_bytes: int = 1_048_576  # 1,000 flights with every field take about 120 KB
     access_log: bool = False

@@ -93,15 +93,29 @@ def test_docs_example_is_the_shared_example(client: httpx.Client) -> None:
     assert body["properties"]["flights"]["example"] == EXAMPLE_REQUEST["flights"]
 
 
+def metric(client: httpx.Client, name: str, label: str = "") -> float:
+    """Sum of a /metrics series over its label sets (those containing label) and workers."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith(name + "{") and label in line
+    )
+
+
 def adaptive_batch_count(client: httpx.Client) -> tuple[float, float]:
     """(batches, flights) that BentoML's adaptive batching ran so far, summed over workers."""
-    batches = flights = 0.0
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("bentoml_service_adaptive_batch_size_count"):
-            batches += float(line.rsplit(" ", 1)[1])
-        elif line.startswith("bentoml_service_adaptive_batch_size_sum"):
-            flights += float(line.rsplit(" ", 1)[1])
-    return batches, flights
+    return (
+        metric(client, "bentoml_service_adaptive_batch_size_count"),
+        metric(client, "bentoml_service_adaptive_batch_size_sum"),
+    )
+
+
+def test_refusals_are_counted_by_the_guard_before_bentoml_sees_them(client: httpx.Client) -> None:
+    before = metric(client, "refused_requests_total", 'status="415"')
+    refused = client.post("/v1/prediction", content=b"x", headers={"content-type": "text/plain"})
+    assert refused.status_code == 415
+    assert metric(client, "refused_requests_total", 'status="415"') == before + 1
+    assert metric(client, "bentoml_service_request_total", 'http_response_code="415"') == 0, "guard not outermost"
 
 
 def test_concurrent_requests_are_batched_and_answered_as_alone(client: httpx.Client, service_url: str) -> None:

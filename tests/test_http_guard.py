@@ -1,0 +1,196 @@
+"""The request guard on its own, in front of stand-in apps: what it refuses, sheds, rewrites and counts."""
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+
+from http_guard import RequestGuard, Scope, shutdown_counts
+
+ROUTE = "/v1/prediction"
+JSON = [(b"content-type", b"application/json")]
+
+
+class Gate:
+    """A stand-in app that answers 200 once opened, and records the requests that reached it."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+        self.reached = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        self.reached += 1
+        while (await receive()).get("more_body"):
+            pass
+        await self.opened.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": JSON})
+        await send({"type": "http.response.body", "body": b"[]"})
+
+
+def guard(app: Any, max_in_flight: int = 100, shed_after_s: float = 60.0) -> RequestGuard:
+    return RequestGuard(app, (ROUTE,), max_body_bytes=1_000, max_in_flight=max_in_flight, shed_after_s=shed_after_s)
+
+
+async def call(
+    app: Any,
+    headers: list[tuple[bytes, bytes]] = JSON,
+    chunks: tuple[bytes, ...] = (b"{}",),
+    path: str = ROUTE,
+    body_ends: bool = True,
+) -> tuple[int, dict[bytes, bytes], Any]:
+    """One request through app: status, headers and JSON body of its response.
+
+    With body_ends false the client never sends the end of its body.
+    """
+    last = len(chunks) - 1
+    pending = [
+        {"type": "http.request", "body": chunk, "more_body": i < last or not body_ends}
+        for i, chunk in enumerate(chunks)
+    ]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if pending:
+            return pending.pop(0)
+        await asyncio.Event().wait()  # nothing more: like a client that keeps the connection open
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app({"type": "http", "path": path, "headers": headers}, receive, send)
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    return sent[0]["status"], dict(sent[0]["headers"]), json.loads(body)
+
+
+async def started(*calls: Any) -> list[asyncio.Task[Any]]:
+    """Start the calls as tasks and let each get as far as it can."""
+    tasks = [asyncio.create_task(c) for c in calls]
+    await asyncio.sleep(0.01)
+    return tasks
+
+
+def test_non_json_content_type_is_refused_with_415_before_the_app_runs() -> None:
+    app = Gate()
+    status, _, body = asyncio.run(call(guard(app), headers=[(b"content-type", b"application/octet-stream")]))
+    assert status == 415
+    assert body["error"] == "unsupported media type"
+    assert app.reached == 0
+
+
+def test_declared_body_over_the_limit_is_refused_with_413_before_the_app_runs() -> None:
+    app = Gate()
+    status, _, body = asyncio.run(call(guard(app), headers=[*JSON, (b"content-length", b"1001")]))
+    assert (status, body["error"], app.reached) == (413, "request too large", 0)
+
+
+def test_streamed_body_over_the_limit_is_cut_with_413() -> None:
+    status, _, body = asyncio.run(call(guard(Gate()), chunks=(b"x" * 600, b"x" * 600)))
+    assert (status, body["error"]) == (413, "request too large")
+
+
+def test_other_routes_pass_through_unchecked() -> None:
+    async def scenario() -> int:
+        app = Gate()
+        app.opened.set()
+        status, _, _ = await call(guard(app), headers=[(b"content-type", b"text/plain")], path="/health")
+        return status
+
+    assert asyncio.run(scenario()) == 200
+
+
+def test_requests_beyond_max_in_flight_are_shed_with_503_and_retry_after() -> None:
+    async def scenario() -> list[Any]:
+        app = Gate()
+        checked = guard(app, max_in_flight=2)
+        held = await started(call(checked), call(checked))
+        shed = await call(checked)
+        app.opened.set()
+        return [shed, *[await task for task in held], await call(checked)]
+
+    shed, *answered = asyncio.run(scenario())
+    assert shed[0] == 503
+    assert shed[1][b"retry-after"] == b"1"
+    assert shed[2]["error"] == "overloaded, retry shortly"
+    assert [status for status, _, _ in answered] == [200, 200, 200]
+
+
+def test_requests_are_shed_while_the_oldest_has_waited_too_long() -> None:
+    async def scenario() -> list[int]:
+        app = Gate()
+        checked = guard(app, shed_after_s=0.05)
+        held = await started(call(checked))
+        early = asyncio.create_task(call(checked))
+        await asyncio.sleep(0.1)
+        late = await call(checked)
+        app.opened.set()
+        return [(await early)[0], late[0], (await held[0])[0], (await call(checked))[0]]
+
+    early, late, held, after = asyncio.run(scenario())
+    assert (early, late, held, after) == (200, 503, 200, 200)
+
+
+def test_a_slow_upload_does_not_make_others_shed() -> None:
+    async def scenario() -> int:
+        app = Gate()
+        app.opened.set()
+        checked = guard(app, shed_after_s=0.05)
+        await started(call(checked, body_ends=False))
+        await asyncio.sleep(0.1)
+        return (await call(checked))[0]
+
+    assert asyncio.run(scenario()) == 200
+
+
+def test_error_bodies_keep_only_field_problem_and_location() -> None:
+    async def invalid(scope: Scope, receive: Any, send: Any) -> None:
+        problem = {"type": "missing", "loc": ["flights"], "msg": "Field required", "input": {"secret": 1},
+                   "url": "https://errors.pydantic.dev/2.13/v/missing"}  # fmt: skip
+        await send({"type": "http.response.start", "status": 400, "headers": JSON})
+        await send({"type": "http.response.body", "body": json.dumps({"detail": [problem]}).encode()})
+
+    status, headers, body = asyncio.run(call(guard(invalid)))
+    assert status == 400
+    assert body == {
+        "error": "invalid request: 1 problem(s)",
+        "detail": [{"type": "missing", "loc": ["flights"], "msg": "Field required"}],
+    }
+    assert headers[b"content-length"] == str(len(json.dumps(body, separators=(",", ":")))).encode()
+
+
+def test_a_server_error_body_says_only_internal_error() -> None:
+    async def failing(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 500, "headers": JSON})
+        await send({"type": "http.response.body", "body": b'Traceback (most recent call last): File "/app/x.py"'})
+
+    status, _, body = asyncio.run(call(guard(failing)))
+    assert (status, body) == (500, {"error": "internal error, see the server log", "detail": []})
+
+
+def test_shutdown_logs_requests_accepted_answered_and_cut(caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        app = Gate()
+        checked = guard(app)
+        held = await started(call(checked))
+        held[0].cancel()  # as the server cancels a request at its graceful-shutdown time-out
+        await asyncio.gather(*held, return_exceptions=True)
+        app.opened.set()
+        await call(checked)
+
+        async def lifespan(scope: Scope, receive: Any, send: Any) -> None:
+            await receive()
+
+        async def shutdown_event() -> dict[str, str]:
+            return {"type": "lifespan.shutdown"}
+
+        async def no_send(message: Any) -> None:
+            pass
+
+        checked.app = lifespan
+        await checked({"type": "lifespan"}, shutdown_event, no_send)
+
+    with caplog.at_level(logging.INFO, logger="bentoml.flight_delay"):
+        asyncio.run(scenario())
+    assert shutdown_counts(caplog.text) == [{"accepted": 2, "answered": 1, "cut": 1}]
