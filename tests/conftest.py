@@ -70,14 +70,18 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds
 
 
 @contextmanager
-def bentoml_serve(log: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`bentoml serve` of the store's latest model on a free port, its output in log: (URL, process) once ready."""
+def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`bentoml serve` of the store's latest model on a free port, its output in log: (URL, process) once ready.
+
+    env: variables to set for it, such as another BENTOML_HOME.
+    """
     port = free_port()
     command = [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port"]
     with log.open("wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [*command, str(port)],
             cwd=PROJECT_DIR,
+            env={**os.environ, **(env or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
         )

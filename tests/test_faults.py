@@ -1,15 +1,19 @@
 """Operator mistakes: the service refuses to start, in one line that says how to fix it, rather than serve."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from conftest import bentoml_serve
 
 from models.config import PROJECT_DIR
 from models.predictor import MODEL_FILE, expected_spec
+from models.schema import EXAMPLE_REQUEST
 
 pytestmark = pytest.mark.integration
 
@@ -26,15 +30,20 @@ def serve(store: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def store_with_model(store: Path, metadata: dict[str, Any]) -> Path:
-    """A model store holding one flight_delay model with the given metadata."""
-    code = (
-        "import bentoml, sys, json\n"
-        "with bentoml.models.create('flight_delay', metadata=json.loads(sys.argv[1])) as ref:\n"
-        f"    open(ref.path + '/{MODEL_FILE}', 'w').write('not a model')\n"
-    )
-    import json
+def store_with_model(store: Path, metadata: dict[str, Any], classifier: str = "'not a model'") -> Path:
+    """A model store holding one flight_delay model with the given metadata.
 
+    classifier: Python code whose value is stored as the model file (a string is written as text).
+    """
+    code = (
+        "import bentoml, joblib, json, sys\n"
+        "import numpy as np\n"
+        "from sklearn.ensemble import HistGradientBoostingClassifier\n"
+        f"classifier = {classifier}\n"
+        "with bentoml.models.create('flight_delay', metadata=json.loads(sys.argv[1])) as ref:\n"
+        f"    path = ref.path + '/{MODEL_FILE}'\n"
+        "    open(path, 'w').write(classifier) if isinstance(classifier, str) else joblib.dump(classifier, path)\n"
+    )
     subprocess.run(
         [sys.executable, "-c", code, json.dumps(metadata)],
         env={**os.environ, "BENTOML_HOME": str(store)},
@@ -76,3 +85,20 @@ def test_serve_with_incompatible_model_refuses(tmp_path: Path, metadata: dict[st
     assert "refusing to serve flight_delay:" in result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_failure_inside_the_model_answers_500_without_internals(tmp_path: Path) -> None:
+    """A classifier fitted on 3 features passes the metadata check and fails on every prediction."""
+    metadata = {"threshold": 0.5, "metrics": {}, "training_data": {}, "versions": {}, **expected_spec()}
+    broken = "HistGradientBoostingClassifier(max_iter=2).fit(np.arange(60.0).reshape(20, 3), [0, 1] * 10)"
+    store = store_with_model(tmp_path / "store", metadata, broken)
+    log = tmp_path / "serve.log"
+    with bentoml_serve(log, env={"BENTOML_HOME": str(store)}) as (url, _process):
+        answer = httpx.post(f"{url}/v1/prediction", json=EXAMPLE_REQUEST, timeout=30)
+        health = httpx.get(f"{url}/health", timeout=10)
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "internal error, see the server log", "detail": []}
+    for leak in ("Traceback", "File ", ".py", "/", "sklearn", "numpy", "features"):
+        assert leak not in answer.text
+    assert health.status_code == 200
+    assert "X has 9 features" in log.read_text(), "the server log must say what failed"
