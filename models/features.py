@@ -2,11 +2,14 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from models.schema import AIRLINES, DESTINATIONS, Flight
+
+if TYPE_CHECKING:  # pandas is for training only: importing it would add half a second to every service start
+    import pandas as pd
 
 # Column order of the feature matrix. NaN marks an optional field the caller did not give,
 # which HistGradientBoosting routes natively, so one model serves flights with and without them.
@@ -53,7 +56,7 @@ class FlightColumns:
         )
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> "FlightColumns":
+    def from_frame(cls, frame: "pd.DataFrame") -> "FlightColumns":
         """Columns of dataset rows (see models.data.load_flights); the month comes from Fecha-I."""
         scheduled = frame["Fecha-I"].to_numpy(dtype="datetime64[m]")
         return cls(

@@ -1,15 +1,17 @@
 """The trained classifier with its decision threshold: what train.py saves and service.py loads."""
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import joblib
 import numpy as np
-from sklearn.ensemble import HistGradientBoostingClassifier
 from threadpoolctl import ThreadpoolController
 
 from models.features import FEATURES, FlightColumns, encode
 from models.schema import AIRLINES, DESTINATIONS
+
+if TYPE_CHECKING:  # unpickling the model imports scikit-learn in the workers; `bentoml serve` itself never needs it
+    from sklearn.ensemble import HistGradientBoostingClassifier
 
 MODEL_FILE = "classifier.joblib"
 REQUIRED_METADATA = ("threshold", "features", "vocabularies", "metrics", "training_data", "versions")
@@ -23,7 +25,7 @@ class ModelError(Exception):
 class DelayPredictor:
     """Delay probabilities and 0/1 labels for batches of flights."""
 
-    classifier: HistGradientBoostingClassifier
+    classifier: "HistGradientBoostingClassifier"
     threshold: float
     threads: ThreadpoolController = field(default_factory=ThreadpoolController, repr=False, compare=False)
 
