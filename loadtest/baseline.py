@@ -6,14 +6,12 @@ validated with the same schema and predicted on its own, no batching.
     python loadtest/baseline.py --port 3001 --workers 2
 """
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import bentoml
-import uvicorn
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -50,11 +48,6 @@ async def ready(_: Request) -> Response:
 app = Starlette(routes=[Route("/v1/prediction", predict, methods=["POST"]), Route("/readyz", ready)])
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=3001, help="TCP port on 127.0.0.1")
-    parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
-    args = parser.parse_args()
-    uvicorn.run(
-        "baseline:app", app_dir=str(Path(__file__).parent), host="127.0.0.1", port=args.port, workers=args.workers,
-        loop="uvloop", http="httptools", access_log=False, log_level="warning",
-    )  # fmt: skip
+    from ceiling import serve  # the same server stack as the ceiling
+
+    serve("baseline:app", __doc__.split("\n")[0], 3001)

@@ -27,12 +27,17 @@ async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-de
     await send({"type": "http.response.body", "body": BODY})
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--port", type=int, default=3002, help="TCP port on 127.0.0.1")
+def serve(app: str, description: str, default_port: int) -> None:
+    """Run app ("module:attribute" of loadtest/) on the service's server stack, from the command line."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--port", type=int, default=default_port, help="TCP port on 127.0.0.1")
     parser.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
     args = parser.parse_args()
     uvicorn.run(
-        "ceiling:app", app_dir=str(Path(__file__).parent), host="127.0.0.1", port=args.port, workers=args.workers,
+        app, app_dir=str(Path(__file__).parent), host="127.0.0.1", port=args.port, workers=args.workers,
         loop="uvloop", http="httptools", access_log=False, log_level="warning",
     )  # fmt: skip
+
+
+if __name__ == "__main__":
+    serve("ceiling:app", __doc__.split("\n")[0], 3002)
