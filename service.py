@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from batching import cap_learned_wait
-from http_guard import RequestGuard, run_first
+from http_guard import RequestGuard, arrange_middlewares
 from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
 from models.features import FlightColumns
 from models.predictor import DelayPredictor, ModelError, check_metadata
@@ -118,17 +118,18 @@ class FlightDelay:
         return ChallengeResponse(predict=labels.tolist())
 
 
-refused = bentoml.metrics.Counter(
-    name="refused_requests",
-    documentation="Requests the guard refused before BentoML saw them (413, 415, 503), by status",
+guard_errors = bentoml.metrics.Counter(
+    name="guard_error_responses",
+    documentation="Error responses the request guard sent itself (413, 415, 503, 504), by status",
     labelnames=["status"],
 )
-run_first()
+arrange_middlewares(tracing=settings.tracing_sample_rate > 0)
 FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator returns a Service; its typing says class
     RequestGuard,
     routes=PREDICTION_ROUTES,
     max_body_bytes=settings.max_body_bytes,
     max_in_flight=settings.max_in_flight,
     shed_after_s=settings.shed_after_ms / 1000,
-    on_refusal=lambda status: refused.labels(status=str(status)).inc(),
+    timeout_s=settings.timeout_s,
+    on_error_response=lambda status: guard_errors.labels(status=str(status)).inc(),
 )

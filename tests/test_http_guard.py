@@ -29,8 +29,10 @@ class Gate:
         await send({"type": "http.response.body", "body": b"[]"})
 
 
-def guard(app: Any, max_in_flight: int = 100, shed_after_s: float = 60.0) -> RequestGuard:
-    return RequestGuard(app, (ROUTE,), max_body_bytes=1_000, max_in_flight=max_in_flight, shed_after_s=shed_after_s)
+def guard(app: Any, max_in_flight: int = 100, shed_after_s: float = 60.0, timeout_s: float = 60.0) -> RequestGuard:
+    return RequestGuard(
+        app, (ROUTE,), max_body_bytes=1_000, max_in_flight=max_in_flight, shed_after_s=shed_after_s, timeout_s=timeout_s
+    )
 
 
 async def call(
@@ -130,6 +132,19 @@ def test_requests_are_shed_while_the_oldest_has_waited_too_long() -> None:
 
     early, late, held, after = asyncio.run(scenario())
     assert (early, late, held, after) == (200, 503, 200, 200)
+
+
+def test_a_request_not_answered_in_time_gets_504_and_is_counted() -> None:
+    statuses: list[int] = []
+
+    async def scenario() -> tuple[int, dict[bytes, bytes], Any]:
+        checked = guard(Gate(), timeout_s=0.05)  # the gate never opens
+        checked.on_error_response = statuses.append
+        return await call(checked)
+
+    status, _, body = asyncio.run(scenario())
+    assert (status, body["error"]) == (504, "timed out")
+    assert statuses == [504]
 
 
 def test_a_slow_upload_does_not_make_others_shed() -> None:

@@ -111,10 +111,10 @@ def adaptive_batch_count(client: httpx.Client) -> tuple[float, float]:
 
 
 def test_refusals_are_counted_by_the_guard_before_bentoml_sees_them(client: httpx.Client) -> None:
-    before = metric(client, "refused_requests_total", 'status="415"')
+    before = metric(client, "guard_error_responses_total", 'status="415"')
     refused = client.post("/v1/prediction", content=b"x", headers={"content-type": "text/plain"})
     assert refused.status_code == 415
-    assert metric(client, "refused_requests_total", 'status="415"') == before + 1
+    assert metric(client, "guard_error_responses_total", 'status="415"') == before + 1
     assert metric(client, "bentoml_service_request_total", 'http_response_code="415"') == 0, "guard not outermost"
 
 
