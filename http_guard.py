@@ -38,6 +38,15 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 JSON_TYPES = (b"application/json",)
 KEPT_PROBLEM_KEYS = ("type", "loc", "msg")  # what a client needs; never "input", "ctx" or "url"
 RETRY_AFTER_SECONDS = b"1"
+REASONS = {  # the "error" of each error status, whoever sent it
+    400: "bad request",
+    404: "not found",
+    405: "method not allowed",
+    413: "request too large",
+    415: "unsupported media type",
+    503: "overloaded, retry shortly",
+    504: "timed out",
+}
 
 logger = logging.getLogger("bentoml.flight_delay")
 SHUTDOWN_LOG = "shutdown: %d requests accepted, %d answered, %d cut"
@@ -67,6 +76,7 @@ class RequestGuard:
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.shed_after_s = shed_after_s
+        self.too_large = f"the body must be at most {max_body_bytes} bytes"
         self.in_flight = 0  # one event loop per worker process: no lock needed
         self.waiting: OrderedDict[int, float] = OrderedDict()  # request number -> when its body was in, oldest first
         self.accepted = 0
@@ -82,19 +92,16 @@ class RequestGuard:
         headers = dict(scope["headers"])
         media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if media_type not in JSON_TYPES:
-            await self.answer_error(send, 415, "unsupported media type", "the request body must be JSON: send it "
-                                    "with Content-Type: application/json")  # fmt: skip
+            await self.answer_error(
+                send, 415, "the request body must be JSON: send it with Content-Type: application/json"
+            )
             return
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_body_bytes:
-            await self.answer_error(
-                send, 413, "request too large", f"the body must be at most {self.max_body_bytes} bytes"
-            )
+            await self.answer_error(send, 413, self.too_large)
             return
         if self.overloaded():
-            await self.answer_error(
-                send, 503, "overloaded, retry shortly", "the service is at capacity, retry after 1 s"
-            )
+            await self.answer_error(send, 503, "the service is at capacity, retry after 1 s")
             return
         self.in_flight += 1
         self.accepted += 1
@@ -105,23 +112,21 @@ class RequestGuard:
                 await self.app(scope, self.counting(receive, number), responding)
             self.answered += 1
         except BodyTooLargeError:
-            await self.answer_error(
-                send, 413, "request too large", f"the body must be at most {self.max_body_bytes} bytes"
-            )
+            await self.answer_error(send, 413, self.too_large)
             self.answered += 1
         except TimeoutError:
             if responding.started:  # too late for a 504: the client sees the connection close
                 raise
-            await self.answer_error(send, 504, "timed out", f"no answer within {self.timeout_s:g} s, retry later")
+            await self.answer_error(send, 504, f"no answer within {self.timeout_s:g} s, retry later")
             self.answered += 1
         finally:
             self.in_flight -= 1
             self.waiting.pop(number, None)
 
-    async def answer_error(self, send: Send, status: int, error: str, message: str) -> None:
+    async def answer_error(self, send: Send, status: int, message: str) -> None:
         """Answer with the guard's own error response, and count it."""
         self.on_error_response(status)
-        await respond(send, status, error, message)
+        await respond(send, status, message)
 
     def overloaded(self) -> bool:
         """Too many requests in flight, or the one waiting longest has waited too long."""
@@ -203,16 +208,7 @@ def clean_body(status: int, body: bytes) -> bytes:
     if status == 400 and isinstance(problems, list):
         kept = [{key: problem[key] for key in KEPT_PROBLEM_KEYS if key in problem} for problem in problems]
         return dump({"error": f"invalid request: {len(kept)} problem(s)", "detail": kept})
-    reasons = {
-        400: "bad request",
-        404: "not found",
-        405: "method not allowed",
-        413: "request too large",
-        415: "unsupported media type",
-        503: "overloaded, retry shortly",
-        504: "timed out",
-    }
-    reason = reasons.get(status, "internal error, see the server log" if status >= 500 else "request refused")
+    reason = REASONS.get(status, "internal error, see the server log" if status >= 500 else "request refused")
     return dump({"error": reason, "detail": []})
 
 
@@ -263,8 +259,9 @@ def dump(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, separators=(",", ":")).encode()
 
 
-async def respond(send: Send, status: int, error: str, message: str) -> None:
+async def respond(send: Send, status: int, message: str) -> None:
     """A complete JSON error response sent by the guard itself."""
+    error = REASONS[status]
     body = dump(
         {"error": error, "detail": [{"type": error.split(",")[0].replace(" ", "_"), "loc": [], "msg": message}]}
     )
