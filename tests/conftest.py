@@ -6,7 +6,6 @@ instead of the `bentoml serve` process these fixtures start.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,10 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 import train
 from models.config import PROJECT_DIR
 from models.data import STATS_PATH, synthetic_frame
+
+sys.path.insert(0, str(PROJECT_DIR / "loadtest"))  # the load-test tools the tests share
+
+from run import SERVERS, free_port  # how the service is started, everywhere
 
 SAMPLE_ROWS = 4_000
 STARTUP_SECONDS = 90
@@ -45,13 +48,6 @@ def trained_model(sample_csv: Path) -> str:
     import bentoml
 
     return str(bentoml.models.get("flight_delay:latest").tag)
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = STARTUP_SECONDS) -> None:
@@ -76,10 +72,9 @@ def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tupl
     env: variables to set for it, such as another BENTOML_HOME.
     """
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port"]
     with log.open("wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
-            [*command, str(port)],
+            [*SERVERS["service"], str(port)],
             cwd=PROJECT_DIR,
             env={**os.environ, **(env or {})},
             stdout=output,

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import bentoml_serve
+from run import SERVERS
 
 from models.config import PROJECT_DIR
 from models.predictor import MODEL_FILE, expected_spec
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.integration
 def serve(store: Path) -> subprocess.CompletedProcess[str]:
     """Run `bentoml serve` on a model store until it exits (it must, at once)."""
     return subprocess.run(
-        [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port", "0"],
+        [*SERVERS["service"], "0"],
         cwd=PROJECT_DIR,
         env={**os.environ, "BENTOML_HOME": str(store)},
         capture_output=True,

@@ -2,20 +2,15 @@
 
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from accounting_client import BackgroundLoad  # in loadtest/, put on the path by conftest
 from conftest import bentoml_serve
 
 from http_guard import shutdown_counts
-from models.config import PROJECT_DIR
 from models.schema import EXAMPLE_REQUEST
-
-sys.path.insert(0, str(PROJECT_DIR / "loadtest"))
-
-from accounting_client import BackgroundLoad
 
 pytestmark = pytest.mark.integration
 
