@@ -12,6 +12,7 @@ DEFAULT_DATA_PATH = PROJECT_DIR / "data" / "dataset_SCL.csv"
 SEED = 42
 TEST_SIZE = 0.33  # share of calendar days held out for evaluation
 CV_FOLDS = 5  # folds of the out-of-fold predictions that choose the threshold
+CALIBRATION_BINS = 10  # equal-count bins of the calibration error and the reliability diagram
 TARGET_RECALL = 0.65  # share of delayed flights the served threshold must catch on training data
 DELAY_MINUTES = 15  # a flight is late when it leaves more than this after schedule
 

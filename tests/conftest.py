@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -23,7 +24,8 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 
 import train
 from models.config import PROJECT_DIR
-from models.data import STATS_PATH, synthetic_frame
+from models.data import STATS_PATH, embedded_sample, synthetic_frame
+from models.predictor import DelayPredictor
 
 sys.path.insert(0, str(PROJECT_DIR / "loadtest"))  # the load-test tools the tests share
 
@@ -39,6 +41,12 @@ def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("data") / "sample.csv"
     synthetic_frame(json.loads(STATS_PATH.read_text()), rows=SAMPLE_ROWS).to_csv(path, index=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def sample_model() -> tuple[DelayPredictor, dict[str, Any]]:
+    """The predictor and hold-out metrics of train.py's procedure on the whole embedded sample (68,206 flights)."""
+    return train.train(embedded_sample()[0])
 
 
 @pytest.fixture(scope="session")

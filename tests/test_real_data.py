@@ -14,7 +14,7 @@ import pytest
 
 import train
 from models.config import DEFAULT_DATA_PATH
-from models.data import STATS_PATH, compute_stats, embedded_sample, load_flights
+from models.data import STATS_PATH, compute_stats, load_flights
 from models.features import FlightColumns
 from models.predictor import DelayPredictor
 
@@ -58,17 +58,43 @@ def test_all_fields_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any
     assert metrics["delayed"]["f1"] >= 0.40
 
 
-def test_sample_model_ranks_airlines_like_real_model(
-    real_flights: pd.DataFrame, real_model: tuple[DelayPredictor, dict[str, Any]]
+@pytest.mark.parametrize("view", train.VIEWS)
+def test_real_probabilities_are_calibrated_on_held_out_days(
+    real_model: tuple[DelayPredictor, dict[str, Any]], view: str
 ) -> None:
-    sample_model, _ = train.train(embedded_sample()[0])
+    metrics = real_model[1][view]
+    assert metrics["brier"] < metrics["base_rate_brier"]
+    assert metrics["calibration_error"] <= 0.02
+
+
+# The balanced-class-weights model this calibrated one replaced, on the same split (docs/model.md):
+# ROC AUC 0.6744 / 0.7131, F1 of delayed flights 0.368 / 0.406. Its required-only 0.6744 was the best
+# of four training seeds (0.6728 to 0.6744), so that floor is 0.673: the seeds' spread, not a loss.
+NO_WORSE_THAN = {"required_only": (0.673, 0.368), "all_fields": (0.713, 0.406)}
+
+
+@pytest.mark.parametrize("view", train.VIEWS)
+def test_real_ranking_and_labels_no_worse_than_balanced_weights(
+    real_model: tuple[DelayPredictor, dict[str, Any]], view: str
+) -> None:
+    metrics = real_model[1][view]
+    roc_auc, f1 = NO_WORSE_THAN[view]
+    assert metrics["roc_auc"] >= roc_auc
+    assert metrics["delayed"]["f1"] >= f1
+
+
+def test_sample_model_ranks_airlines_like_real_model(
+    real_flights: pd.DataFrame,
+    real_model: tuple[DelayPredictor, dict[str, Any]],
+    sample_model: tuple[DelayPredictor, dict[str, Any]],
+) -> None:
     columns = FlightColumns.from_frame(real_flights).without_optional()
     by_airline = (
         pd.DataFrame(
             {
                 "airline": real_flights["OPERA"].to_numpy(),
                 "real": real_model[0].probabilities(columns),
-                "sample": sample_model.probabilities(columns),
+                "sample": sample_model[0].probabilities(columns),
             }
         )
         .groupby("airline")[["real", "sample"]]

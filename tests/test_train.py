@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
+import numpy as np
 import pytest
 
 import train
-from models.config import PROJECT_DIR
+from models.config import CALIBRATION_BINS, PROJECT_DIR
 from models.predictor import REQUIRED_METADATA, DelayPredictor, ModelError, check_metadata, expected_spec
 
 
@@ -31,6 +32,42 @@ def test_train_saves_model_with_full_metadata(stored: Any) -> None:
         assert 0 <= view["roc_auc"] <= 1
         assert set(view["delayed"]) == {"precision", "recall", "f1", "support"}
     assert stored.info.labels == {"data": "real"}  # a CSV given with --data counts as real data
+
+
+def test_train_saves_calibration_metrics_and_reliability_plot(stored: Any) -> None:
+    for view in stored.info.metadata["metrics"].values():
+        assert {"mean_probability", "delay_rate", "brier", "base_rate_brier", "calibration_error"} <= set(view)
+        assert len(view["reliability"]) == CALIBRATION_BINS
+        assert sum(b["flights"] for b in view["reliability"]) == view["on_time"]["support"] + view["delayed"]["support"]
+    assert (Path(stored.path) / train.RELIABILITY_PLOT).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("view", train.VIEWS)
+def test_embedded_sample_probabilities_are_calibrated_on_held_out_days(
+    sample_model: tuple[DelayPredictor, dict[str, Any]], view: str
+) -> None:
+    metrics = sample_model[1][view]
+    assert metrics["brier"] < metrics["base_rate_brier"]
+    assert metrics["calibration_error"] <= 0.02
+
+
+def test_calibration_error_is_zero_when_every_bin_matches() -> None:
+    probability = np.repeat(np.linspace(0.05, 0.5, CALIBRATION_BINS), 100)
+    delayed = np.concatenate([np.arange(100) < round(p * 100) for p in np.linspace(0.05, 0.5, CALIBRATION_BINS)])
+    assert train.calibration_error(train.calibration_bins(delayed.astype(float), probability)) == pytest.approx(0)
+
+
+def test_calibration_error_of_a_constant_forecast_is_its_gap_to_the_rate() -> None:
+    delayed = (np.arange(1_000) % 5 == 0).astype(float)  # 20% delayed
+    bins = train.calibration_bins(delayed, np.full(1_000, 0.45))
+    assert [b["flights"] for b in bins] == [100] * CALIBRATION_BINS
+    assert train.calibration_error(bins) == pytest.approx(0.25)
+
+
+def test_train_plot_option_writes_reliability_diagram(sample_csv: Path, tmp_path: Path) -> None:
+    plot = tmp_path / "reliability.png"
+    assert train.main(["--data", str(sample_csv), "--plot", str(plot)]) == 0
+    assert plot.read_bytes().startswith(b"\x89PNG")
 
 
 def test_train_saved_model_loads_and_predicts(stored: Any) -> None:
