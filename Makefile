@@ -1,37 +1,59 @@
-# The README's commands. `make run` trains on whatever data is there and serves; `make test` runs the tests.
-PYTHON ?= python3
+# The README's commands: `make run` trains on whatever data is there and serves; `make test` runs the tests.
+# Everything runs in the project's virtual environment .venv, made on first use from the system's
+# python3 (Debian's is externally managed: pip refuses to install into it). PYTHON=/path/to/python
+# uses that interpreter and its environment instead, as it is.
 PORT ?= 3000
+VENV := .venv
+ifeq ($(origin PYTHON),undefined)
+PYTHON := $(VENV)/bin/python
+OWN_VENV := 1
+endif
+export PYTHON  # container/*.sh and their tests use the same interpreter
 
-.PHONY: install train serve run test lint audit loadtest ablation container container-test
+.DEFAULT_GOAL := help
+.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine
 
-install:  ## the pinned Python packages, for serving, training and testing
+help:  ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+ifdef OWN_VENV
+$(PYTHON):
+	@python3 -c 'import sys; sys.exit(not (3, 11) <= sys.version_info[:2] <= (3, 13))' || \
+	  { echo "error: Python 3.11 to 3.13 needed, python3 is $$(python3 -V 2>&1)" >&2; exit 2; }
+	@python3 -m venv $(VENV) || { rm -rf $(VENV); echo "error: python3 cannot make a virtual environment; on Debian or Ubuntu: apt-get install -y python3-venv" >&2; exit 2; }
+endif
+
+install: $(if $(OWN_VENV),$(PYTHON))  ## the pinned Python packages (serving, training and tests), into .venv
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 
 train: install  ## train on data/dataset_SCL.csv if present (or DATA=path), else the embedded sample
 	$(PYTHON) train.py $(if $(DATA),--data $(DATA))
 
-serve:  ## serve the latest trained model on PORT
+serve:  ## serve the latest trained model on PORT (3000)
 	$(PYTHON) -m bentoml serve service:FlightDelay --port $(PORT)
 
-run: train serve
+run: train serve  ## train, then serve on PORT: the first of the README's two commands
 
-test: install
+test: install  ## the whole test suite: the second of the README's two commands
 	$(PYTHON) -m pytest
 
-lint:
+lint: install  ## ruff and mypy
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && $(PYTHON) -m mypy .
 
 audit: install  ## pip-audit of the runtime packages; exit 1 vulnerable, 2 not all audited (no advisory DB)
 	$(PYTHON) dependency_audit.py
 
-loadtest:  ## the reference stress test with both baselines; needs wrk (apt-get install -y wrk)
+loadtest: install  ## the reference stress test with both baselines; needs wrk (apt-get install -y wrk)
 	$(PYTHON) loadtest/run.py --baselines
 
-ablation:  ## one knob at a time, in rounds: loadtest/results/ablation/ablation.md
+ablation: install  ## one knob at a time, in rounds: loadtest/results/ablation/ablation.md
 	$(PYTHON) loadtest/ablation.py
 
-container:  ## bento + image flight-delay:<version>; LOCAL_BASE=1 builds a Debian base here (no registry)
+container: install  ## bento + image flight-delay:<version>; LOCAL_BASE=1 builds a Debian base here (no registry)
 	container/build.sh
 
-container-test:  ## contract and stress tests against the image (IMAGE, PORT, DURATION)
+container-test: install  ## contract and stress tests against the image (IMAGE, PORT, DURATION)
 	container/test.sh
+
+fresh-machine:  ## the README's two commands in bare Debian 12 and 13 containers (DISTROS="bookworm trixie")
+	container/fresh-machine.sh $(DISTROS)
