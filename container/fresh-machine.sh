@@ -34,26 +34,26 @@ prerequisites=$(grep -m1 -E '^(sudo )?apt-get install .*python3-venv' "$work/src
 now() { date +%s; }
 step() { echo "[fresh-machine $distro] $*"; }
 
-base_image() {  # a bare Debian of the given release, built once per Docker engine
-  local image="flight-delay-fresh:$1" root
+base_image() {  # image $1: a bare Debian of release $2, built once per Docker engine
+  local image=$1 root
   if ! docker image inspect "$image" >/dev/null 2>&1; then
-    root="$work/root-$1"
-    step "debootstrap $1 (minbase)"
-    debootstrap --variant=minbase --include=ca-certificates "$1" "$root" \
+    root="$work/root-$2"
+    step "debootstrap $2 (minbase)"
+    debootstrap --variant=minbase --include=ca-certificates "$2" "$root" \
       "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
     cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/" 2>/dev/null || true
-    chroot "$root" update-ca-certificates >/dev/null
+    chroot "$root" update-ca-certificates >/dev/null 2>&1
     tar -C "$root" -c . | docker import \
       --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
       --change 'ENV SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt' \
       --change 'CMD ["/bin/bash"]' - "$image" >/dev/null
     rm -rf "$root"
   fi
-  echo "$image"
 }
 
 for distro in "${DISTROS[@]}"; do
-  image=$(base_image "$distro")
+  image="flight-delay-fresh:$distro"
+  base_image "$image" "$distro"
   started=$(now)
   docker run -d --name "$name" --network=host "$image" sleep infinity >/dev/null
   as_root() { docker exec "$name" sh -c "$1"; }
