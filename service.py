@@ -1,13 +1,14 @@
 """The flight-delay prediction service: the HTTP layer only (validate, batch, predict, respond)."""
 
 import gc
+from functools import cache
 from typing import Any
 
 import bentoml
 from _bentoml_sdk.io_models import IORootModel  # BentoML's own base of list outputs; pinned version
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from batching import cap_learned_wait
@@ -15,7 +16,7 @@ from http_guard import RequestGuard, arrange_middlewares
 from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
 from models.features import FlightColumns
 from models.predictor import DelayPredictor, ModelError, check_metadata
-from models.schema import ChallengeResponse, FlightList, Prediction, PredictionRequest
+from models.schema import EXAMPLE_REQUEST, ChallengeResponse, FlightList, Prediction, PredictionRequest
 
 settings = Settings()
 if settings.greedy_batching:
@@ -55,6 +56,81 @@ async def model_card(_: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().card)
 
 
+# The service's own API page, at / and /docs, instead of BentoML's (a page titled with the bento
+# name, "This is a Machine Learning Service created with BentoML", badges and a Google Tag Manager
+# frame loaded from the internet). It runs the Swagger UI that BentoML 1.4.40 ships and serves
+# under /static_content (an internal path, pinned by tests/test_api_page.py), so nothing loads
+# from another host; validatorUrl null keeps Swagger UI from calling validator.swagger.io.
+API_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <title>Flight delay at SCL: API</title>
+  <link rel="icon" type="image/png" href="/static_content/favicon-light-32x32.png">
+  <link rel="stylesheet" href="/static_content/swagger-ui.css">
+</head>
+<body>
+  <div id="swagger-ui"></div>
+  <script src="/static_content/swagger-ui-bundle.js"></script>
+  <script>
+    window.ui = SwaggerUIBundle({
+      url: "/docs.json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: null,
+      presets: [SwaggerUIBundle.presets.apis], layout: "BaseLayout",
+    });
+  </script>
+</body>
+</html>
+"""
+API_DESCRIPTION = """Will a flight leave Santiago de Chile (SCL) more than 15 minutes late?
+
+`POST /v1/prediction` answers, for each flight, `delay` (0 or 1) and `probability`, the calibrated
+chance of a delay over 15 minutes. `POST /predict` is the LATAM challenge's contract (labels only).
+A flight needs `OPERA`, `TIPOVUELO` and `MES`; `Fecha-I` and `SIGLADES` sharpen the prediction.
+Invalid input is answered with 400 and a `detail` naming each field; `GET /v1/model` lists the
+accepted airlines and cities, the model's metrics and its threshold. The version above is the tag
+of the model this service is running."""
+
+
+async def api_page(_: Request) -> HTMLResponse:
+    """The API page: Swagger UI over this service's own OpenAPI document."""
+    return HTMLResponse(API_PAGE)
+
+
+async def api_spec(_: Request) -> JSONResponse:
+    """The OpenAPI document of the service, named after it and its model, with its GET routes."""
+    return JSONResponse(openapi_document(bentoml.get_current_service().card["tag"]))
+
+
+@cache
+def openapi_document(model_tag: str) -> dict[str, Any]:
+    """BentoML's generated document of the prediction routes, with the service's own title,
+    description and version, and /health and /v1/model, which BentoML leaves out of it."""
+    spec: dict[str, Any] = FlightDelay.openapi_spec.asdict()  # type: ignore[attr-defined]  # a Service, typed as the class
+    spec["info"] = {"title": "Flight delay at SCL", "version": model_tag, "description": API_DESCRIPTION}
+    del spec["servers"]  # BentoML's "." shows as a one-choice server menu; without it, the page's own origin
+    app_tag = spec["tags"][0]  # BentoML's tag of the service's own routes
+    app_tag["description"] = "Predictions, and what the service is running."
+    paths = spec.pop("paths")
+    for route in PREDICTION_ROUTES:
+        body = paths[route]["post"]["requestBody"]["content"]["application/json"]
+        body["example"] = EXAMPLE_REQUEST  # the same example as the README and the tests
+    paths["/health"] = {"get": get_operation(health, app_tag["name"], {"status": "OK"})}
+    paths["/v1/model"] = {"get": get_operation(model_card, app_tag["name"], bentoml.get_current_service().card)}
+    public = [*PREDICTION_ROUTES, "/health", "/v1/model"]  # first, in the README's order
+    spec["paths"] = {**{route: paths.pop(route) for route in public}, **paths}
+    return spec
+
+
+def get_operation(endpoint: Any, tag: str, example: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI GET operation answering JSON, described by the endpoint's docstring."""
+    return {
+        "tags": [tag],
+        "description": endpoint.__doc__,
+        "operationId": f"flight_delay__{endpoint.__name__}",
+        "responses": {"200": {"description": "OK", "content": {"application/json": {"example": example}}}},
+    }
+
+
 class PredictionList(IORootModel[list[Prediction]]):
     """Response of /v1/prediction: one Prediction per flight, in request order.
 
@@ -65,7 +141,16 @@ class PredictionList(IORootModel[list[Prediction]]):
     media_type = "application/json"
 
 
-plain_routes = Starlette(routes=[Route("/health", health), Route("/v1/model", model_card)])
+# Mounted before BentoML's own routes, so /, /docs and /docs.json here take the place of BentoML's.
+plain_routes = Starlette(
+    routes=[
+        Route("/health", health),
+        Route("/v1/model", model_card),
+        Route("/", api_page),
+        Route("/docs", api_page),
+        Route("/docs.json", api_spec),
+    ]
+)
 
 
 @bentoml.asgi_app(plain_routes, path="/")
