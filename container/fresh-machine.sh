@@ -55,7 +55,7 @@ for distro in "${DISTROS[@]}"; do
   image="flight-delay-fresh:$distro"
   base_image "$image" "$distro"
   started=$(now)
-  docker run -d --name "$name" --network=host "$image" sleep infinity >/dev/null
+  docker run -d --init --name "$name" --network=host "$image" sleep infinity >/dev/null  # --init reaps make's exit
   as_root() { docker exec "$name" sh -c "$1"; }
   as_user() { docker exec -u "$user" -w "$workdir" "$name" sh -c "$1"; }
 
