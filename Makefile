@@ -11,7 +11,7 @@ endif
 export PYTHON  # container/*.sh and their tests use the same interpreter
 
 .DEFAULT_GOAL := help
-.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine
+.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine deploy-check
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -54,6 +54,9 @@ container: install  ## bento + image flight-delay:<version>; LOCAL_BASE=1 builds
 
 container-test: install  ## contract and stress tests against the image (IMAGE, PORT, DURATION)
 	container/test.sh
+
+deploy-check: install  ## render and validate the Kubernetes manifests, test the alert rules
+	$(PYTHON) -m pytest -q tests/test_deploy.py
 
 fresh-machine:  ## the README's two commands in bare Debian 12 and 13 containers (DISTROS="bookworm trixie")
 	container/fresh-machine.sh $(DISTROS)
