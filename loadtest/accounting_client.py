@@ -42,24 +42,32 @@ def parse_head(head: bytes) -> tuple[str, int, bool]:
     return status, int(fields.get("content-length", "0")), fields.get("connection") == "close"
 
 
-async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[str, bool]:
-    """Send one request and read its response: (outcome, whether the connection is still usable)."""
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[str, bool, bytes]:
+    """Send one request and read its response: (outcome, whether the connection is still usable, body)."""
     writer.write(request)
     try:
         await writer.drain()
         head = await reader.readuntil(b"\r\n\r\n")
     except CLOSED:
-        return "unanswered", False
+        return "unanswered", False, b""
     status, length, close = parse_head(head)
     try:
-        await reader.readexactly(length)
+        body = await reader.readexactly(length)
     except CLOSED:
-        return "cut", False
-    return status, not close
+        return "cut", False, b""
+    return status, not close, body
 
 
-async def connection(host: str, port: int, request: bytes, stop: threading.Event, counts: Counter[str]) -> None:
-    """One client connection sending requests back to back until stop is set, reconnecting as needed."""
+async def connection(
+    host: str, port: int, request: bytes, stop: threading.Event, counts: Counter[str], bodies: Counter[bytes]
+) -> None:
+    """One client connection sending requests back to back until stop is set, reconnecting as needed.
+
+    Counts each outcome in counts and each 200 answer's body in bodies (a model rollout tells the
+    old model's answers from the new one's by their bodies).
+    """
     streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
     fresh = True
     while not stop.is_set():
@@ -72,9 +80,11 @@ async def connection(host: str, port: int, request: bytes, stop: threading.Event
                 continue
             fresh = True
         try:
-            outcome, usable = await asyncio.wait_for(exchange(*streams, request), TIMEOUT_S)
+            outcome, usable, body = await asyncio.wait_for(exchange(*streams, request), TIMEOUT_S)
         except TimeoutError:
-            outcome, usable = "timed out", False
+            outcome, usable, body = "timed out", False, b""
+        if outcome == "200":
+            bodies[body] += 1
         if outcome == "unanswered":
             outcome += " on a new connection" if fresh else " on a reused connection"
         counts[outcome] += 1
@@ -86,14 +96,17 @@ async def connection(host: str, port: int, request: bytes, stop: threading.Event
         streams[1].close()
 
 
-async def load(url: str, connections: int, payload: dict[str, Any], stop: threading.Event) -> Counter[str]:
-    """`connections` clients posting payload to url until stop is set; outcome counts."""
+async def load(
+    url: str, connections: int, payload: dict[str, Any], stop: threading.Event
+) -> tuple[Counter[str], Counter[bytes]]:
+    """`connections` clients posting payload to url until stop is set; outcome counts and 200 bodies."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     request = request_bytes(host, port, parts.path or "/", payload)
     counts: Counter[str] = Counter()
-    await asyncio.gather(*(connection(host, port, request, stop, counts) for _ in range(connections)))
-    return counts
+    bodies: Counter[bytes] = Counter()
+    await asyncio.gather(*(connection(host, port, request, stop, counts, bodies) for _ in range(connections)))
+    return counts, bodies
 
 
 class BackgroundLoad:
@@ -102,11 +115,12 @@ class BackgroundLoad:
     def __init__(self, url: str, connections: int, payload: dict[str, Any]) -> None:
         self.stopping = threading.Event()
         self.counts: Counter[str] = Counter()
+        self.bodies: Counter[bytes] = Counter()
         self.thread = threading.Thread(target=self.run, args=(url, connections, payload))
         self.thread.start()
 
     def run(self, url: str, connections: int, payload: dict[str, Any]) -> None:
-        self.counts = asyncio.run(load(url, connections, payload, self.stopping))
+        self.counts, self.bodies = asyncio.run(load(url, connections, payload, self.stopping))
 
     def stop(self) -> Counter[str]:
         """Stop every connection after its current request; the outcome counts."""
