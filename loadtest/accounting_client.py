@@ -116,7 +116,7 @@ class BackgroundLoad:
         self.stopping = threading.Event()
         self.counts: Counter[str] = Counter()
         self.bodies: Counter[bytes] = Counter()
-        self.thread = threading.Thread(target=self.run, args=(url, connections, payload))
+        self.thread = threading.Thread(target=self.run, args=(url, connections, payload), daemon=True)
         self.thread.start()
 
     def run(self, url: str, connections: int, payload: dict[str, Any]) -> None:

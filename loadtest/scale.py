@@ -1,7 +1,8 @@
 """Scale-out drills: replicas of the image behind HAProxy, as the Kubernetes Deployment runs them; by hand.
 
     python loadtest/scale.py lb-cost         # 2 replicas x 1 worker via HAProxy vs 1 x 2 workers direct
-    python loadtest/scale.py utilization     # one 1-core replica: CPU use and p99 by connections
+    python loadtest/scale.py utilization     # one 1-core replica: CPU use and p99 at paced rates
+    python loadtest/scale.py cpu-per-request # its CPU idle and at 100 and 414 req/s, batching on and off
     python loadtest/scale.py rolling-update  # replace both replicas under load, as the Deployment does
     python loadtest/scale.py model-rollout --new-image flight-delay:NEW   # the same, to a new model
     python loadtest/scale.py sigkill         # SIGKILL one replica under load: failures, recovery
@@ -15,6 +16,7 @@ Needs a Docker engine (DOCKER_HOST), haproxy, prometheus and wrk.
 """
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -28,14 +30,14 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.error import URLError
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 from urllib.request import urlopen
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from accounting_client import BackgroundLoad  # noqa: E402
+from accounting_client import BackgroundLoad, exchange, request_bytes  # noqa: E402
 from report import failures, parse_summary  # noqa: E402
 from run import say, wrk  # noqa: E402
 
@@ -56,10 +58,10 @@ def port(slot: int) -> int:
     return 3100 + slot
 
 
-def ready(url: str) -> bool:
-    """Whether url/readyz answers 200 now."""
+def ready(url: str, path: str = "/readyz") -> bool:
+    """Whether url + path answers 200 now."""
     try:
-        with urlopen(f"{url}/readyz", timeout=1) as answer:
+        with urlopen(f"{url}{path}", timeout=1) as answer:
             return bool(answer.status == 200)
     except (URLError, OSError):
         return False
@@ -82,8 +84,10 @@ class Replicas:
         self.image = image
         self.running: dict[int, str] = {}
 
-    def start(self, slot: int, image: str | None = None, workers: int = 1, cpus: int = 1) -> float:
-        """Start a replica in slot; seconds until its /readyz answers."""
+    def start(
+        self, slot: int, image: str | None = None, workers: int = 1, cpus: int = 1, env: tuple[str, ...] = ()
+    ) -> float:
+        """Start a replica in slot (env: extra NAME=value settings); seconds until its /readyz answers."""
         name = f"flight-delay-scale-r{slot}"
         subprocess.run([*DOCKER, "rm", "-f", name], capture_output=True)
         started = time.monotonic()
@@ -92,7 +96,8 @@ class Replicas:
              f"--memory={128 + 320 * workers}m",  # the Deployment's limit rule (deploy/k8s/base/deployment.yaml)
              "--read-only", "--tmpfs", "/tmp", "-e", "BENTOML_HOME=/tmp/bentoml",  # its read-only root and emptyDir
              "--restart=on-failure",  # the kubelet restarts a container whose process died
-             "-e", f"BENTOML_PORT={port(slot)}", "-e", f"FLIGHT_DELAY_WORKERS={workers}", image or self.image],
+             "-e", f"BENTOML_PORT={port(slot)}", "-e", f"FLIGHT_DELAY_WORKERS={workers}",
+             *(f"--env={setting}" for setting in env), image or self.image],
             check=True, capture_output=True,
         )  # fmt: skip
         self.running[slot] = name
@@ -144,18 +149,27 @@ class Balancer:
 
     def states(self) -> dict[str, str]:
         """Each replica slot's state as HAProxy sees it: UP, DOWN, MAINT..."""
+        return {f"r{slot}": self.server_stats(f"r{slot}")["status"] for slot in SLOTS}
+
+    def server_stats(self, server: str) -> dict[str, str]:
+        """HAProxy's counters of one replica (show stat: econ connection errors, wretr retries, wredis...)."""
         rows = self.command("show stat").splitlines()
         header = rows[0].lstrip("# ").split(",")
         stats = [dict(zip(header, row.split(","), strict=False)) for row in rows[1:] if row]
-        return {s["svname"]: s["status"] for s in stats if s["pxname"] == "replicas" and s["svname"].startswith("r")}
+        return next(s for s in stats if s["pxname"] == "replicas" and s["svname"] == server)
 
     def remove(self, slot: int) -> None:
         """Take a replica out, as the endpoints controller does when its pod starts terminating."""
         self.command(f"set server replicas/r{slot} state maint")
 
     def add(self, slot: int) -> None:
-        """Let HAProxy's health check put a slot in service once its /readyz answers."""
+        """Let HAProxy's health check put a slot in service once its /readyz answers, as a new pod's readiness.
+
+        Marked down right after leaving maintenance: HAProxy would otherwise count it up ("UP 1/2")
+        until its checks fail, and send it requests before it listens.
+        """
         self.command(f"set server replicas/r{slot} state ready")
+        self.command(f"set server replicas/r{slot} health down")
 
     def stop(self) -> None:
         self.process.terminate()
@@ -172,7 +186,11 @@ class Prometheus:
              f"--storage.tsdb.path={directory / 'prometheus'}", f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        wait_until(lambda: ready(self.url), 30, "prometheus ready")
+        try:
+            wait_until(lambda: ready(self.url, "/-/ready"), 30, "prometheus ready")
+        except SystemExit:
+            self.stop()
+            raise
 
     def rates(self, start: float, end: float) -> dict[str, list[tuple[float, float]]]:
         """Requests per second to /v1/prediction of each replica over [start, end] (Unix time)."""
@@ -238,27 +256,92 @@ def lb_cost(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def utilization(args: argparse.Namespace) -> dict[str, Any]:
-    """One replica, 1 worker, 1 CPU: its CPU use (share of the core) and p99 at growing load."""
+    """One replica (1 worker, 1 CPU): its CPU use, as the HPA reads it, and p99 at paced request rates.
+
+    Paced (open-loop) load, so the rate, not the number of connections, sets the CPU use; latency is
+    counted from when each request was due, so a queue shows in it. The rates are shares of the
+    replica's capacity, measured first with wrk at 64 connections.
+    """
     points = []
     replicas = Replicas(args.image)
     try:
         replicas.start(1)
         url, name = f"http://127.0.0.1:{port(1)}", replicas.running[1]
         wrk(url, 5, 2, 8, 1, "warm-up")
-        for connections in (1, 2, 4, 8, 16, 32, 64):
-            before = cpu_seconds(name)
-            summary = parse_summary(
-                wrk(url, args.duration, min(connections, 4), connections, 1, f"{connections} connections")
-            )
-            used = (cpu_seconds(name) - before) / summary["duration_s"]
-            points.append({"connections": connections, "cpu_utilization": round(used, 3),
-                           "requests_per_s": summary["requests_per_s"], "p99_ms": summary["latency_ms"]["p99"],
-                           "p50_ms": summary["latency_ms"]["p50"], "failed": failures(summary)})  # fmt: skip
-            say(f"{connections} connections: CPU {used:.0%}, p99 {summary['latency_ms']['p99']:.1f} ms")
+        capacity = parse_summary(wrk(url, args.duration, 4, 64, 1, "capacity"))["requests_per_s"]
+        say(f"capacity: {capacity:,.0f} req/s")
+        for share in (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
+            rate = round(capacity * share)
+            before, started = cpu_seconds(name), time.monotonic()
+            latencies, failed = asyncio.run(paced(url, rate, args.duration))
+            used = (cpu_seconds(name) - before) / (time.monotonic() - started)
+            latencies.sort()
+            p50, p99 = (latencies[int(q * (len(latencies) - 1))] * 1000 for q in (0.5, 0.99))
+            points.append({"share_of_capacity": share, "requests_per_s": rate, "cpu_utilization": round(used, 3),
+                           "p50_ms": round(p50, 1), "p99_ms": round(p99, 1), "failed": failed})  # fmt: skip
+            say(f"{rate:,} req/s ({share:.0%}): CPU {used:.0%}, p50 {p50:.1f} ms, p99 {p99:.1f} ms, {failed} failed")
     finally:
         replicas.cleanup()
     plot_utilization(points, RESULTS / "utilization.png")
-    return {"duration_s": args.duration, "points": points}
+    return {"duration_s": args.duration, "capacity_requests_per_s": capacity, "points": points}
+
+
+def cpu_per_request(args: argparse.Namespace) -> dict[str, Any]:
+    """CPU use of one 1-core replica idle and at low paced rates, with adaptive batching on and off."""
+    runs = []
+    for settings in ((), ("FLIGHT_DELAY_BATCHING=false",)):
+        replicas = Replicas(args.image)
+        try:
+            replicas.start(1, env=settings)
+            url, name = f"http://127.0.0.1:{port(1)}", replicas.running[1]
+            time.sleep(3)
+            before, started = cpu_seconds(name), time.monotonic()
+            time.sleep(10)
+            run: dict[str, Any] = {"settings": list(settings) or ["as shipped"]}
+            run["idle"] = round((cpu_seconds(name) - before) / (time.monotonic() - started), 3)
+            for rate in (100, 414):
+                before, started = cpu_seconds(name), time.monotonic()
+                _latencies, failed = asyncio.run(paced(url, rate, 10))
+                used = (cpu_seconds(name) - before) / (time.monotonic() - started)
+                run[f"{rate}_req_s"] = {
+                    "cpu_utilization": round(used, 3),
+                    "cpu_ms_per_request": round(used / rate * 1000, 2),
+                    "failed": failed,
+                }
+            say(f"{run}")
+            runs.append(run)
+        finally:
+            replicas.cleanup()
+    return {"seconds_each": 10, "runs": runs}
+
+
+async def paced(url: str, rate: float, seconds: int, connections: int = 64) -> tuple[list[float], int]:
+    """EXAMPLE_REQUEST at a fixed rate over keep-alive connections: seconds from due to answered, and failures."""
+    parts = urlsplit(url)
+    host, number = parts.hostname or "127.0.0.1", parts.port or 80
+    request = request_bytes(host, number, "/v1/prediction", EXAMPLE_REQUEST)
+    loop = asyncio.get_running_loop()
+    start, total, taken = loop.time() + 0.5, int(rate * seconds), 0
+    latencies: list[float] = []
+    failed = 0
+
+    async def client() -> None:
+        nonlocal taken, failed
+        streams = await asyncio.open_connection(host, number)
+        while taken < total:
+            due = start + taken / rate
+            taken += 1
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            outcome, usable, _ = await exchange(*streams, request)
+            latencies.append(loop.time() - due)
+            failed += outcome != "200"
+            if not usable:
+                streams[1].close()
+                streams = await asyncio.open_connection(host, number)
+        streams[1].close()
+
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return latencies, failed
 
 
 def cpu_seconds(container: str) -> float:
@@ -348,24 +431,40 @@ def model_rollout(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def sigkill(args: argparse.Namespace) -> dict[str, Any]:
-    """SIGKILL one of two replicas under load: failed requests, time out of the balancer, time back."""
+    """SIGKILL one of two replicas under load: failed requests, the balancer's view, time until it serves again.
+
+    The container is restarted in place, as the kubelet restarts a container whose process died.
+    """
     with cluster(args.image, (1, 2)) as (replicas, balancer, _):
         load = BackgroundLoad(f"{LB_URL}/v1/prediction", args.connections, EXAMPLE_REQUEST)
         time.sleep(10)
+        before = balancer.server_stats("r1")
+        killed, states = time.monotonic(), []
         replicas.kill(1)
-        out = wait_until(lambda: balancer.states()["r1"].startswith("DOWN"), 30, "r1 out of the balancer", step=0.05)
-        back = wait_until(lambda: ready(f"http://127.0.0.1:{port(1)}"), 90, "r1 restarted") + out
-        serving = wait_until(lambda: balancer.states()["r1"] == "UP", 30, "r1 back in the balancer", step=0.05) + back
+        url = f"http://127.0.0.1:{port(1)}"
+        while time.monotonic() - killed < 60:  # the balancer's state of r1 every 50 ms, until it serves again
+            state, answers = balancer.states()["r1"], ready(url)
+            states.append((round(time.monotonic() - killed, 2), state, answers))
+            if answers and state == "UP" and any(not up for _, _, up in states):
+                break
+            time.sleep(0.05)
         time.sleep(10)
         counts = load.stop()
+        after = balancer.server_stats("r1")
+    gone = next((i for i, (_, _, up) in enumerate(states) if not up), len(states))  # r1 stopped answering
+    back = next((t for t, _, up in states[gone:] if up), None)  # and answered /readyz again
     return {
         "connections": args.connections,
         "outcomes": dict(counts),
         "requests": sum(counts.values()),
         "failed": sum(counts.values()) - counts["200"],
-        "seconds_until_out_of_balancer": round(out, 2),
-        "seconds_until_restarted_and_ready": round(back, 2),
-        "seconds_until_serving_again": round(serving, 2),
+        "seconds_until_balancer_saw_a_failed_check": next((t for t, state, _ in states if state != "UP"), None),
+        "seconds_until_out_of_balancer": next((t for t, state, _ in states if state.startswith("DOWN")), None),
+        "seconds_until_restarted_and_ready": back,
+        "seconds_until_serving_again": states[-1][0],
+        "r1_connection_errors": int(after["econ"] or 0) - int(before["econ"] or 0),
+        "r1_requests_redispatched": int(after["wredis"] or 0) - int(before["wredis"] or 0),
+        "r1_requests_retried": int(after["wretr"] or 0) - int(before["wretr"] or 0),
     }
 
 
@@ -395,7 +494,7 @@ def plot_traffic(
 
 
 def plot_utilization(points: list[dict[str, Any]], path: Path) -> None:
-    """p99 latency against CPU use of one 1-core replica."""
+    """p99 latency against CPU use of one 1-core replica, at paced rates."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -404,9 +503,9 @@ def plot_utilization(points: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6, 4))
     axes.plot([p["cpu_utilization"] * 100 for p in points], [p["p99_ms"] for p in points], marker="o")
     for p in points:
-        axes.annotate(f"{p['connections']} conn.", (p["cpu_utilization"] * 100, p["p99_ms"]), fontsize="x-small")
-    axes.set(xlabel="CPU use of the replica, % of its 1-core limit", ylabel="p99 latency, ms",
-             title="One replica (1 worker, 1 CPU) under growing load")  # fmt: skip
+        axes.annotate(f"{p['requests_per_s']:,} req/s", (p["cpu_utilization"] * 100, p["p99_ms"]), fontsize="x-small")
+    axes.set(xlabel="CPU use of the replica, % of its 1-core request", ylabel="p99 latency from due time, ms",
+             title="One replica (1 worker, 1 CPU), paced load")  # fmt: skip
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
@@ -416,6 +515,7 @@ def plot_utilization(points: list[dict[str, Any]], path: Path) -> None:
 DRILLS = {
     "lb-cost": lb_cost,
     "utilization": utilization,
+    "cpu-per-request": cpu_per_request,
     "rolling-update": rolling_update,
     "model-rollout": model_rollout,
     "sigkill": sigkill,
@@ -453,9 +553,9 @@ def markdown(outcome: dict[str, Any]) -> str:
         "",
     ]
     for key, value in outcome.items():
-        if key not in ("drill", "date", "events", "runs", "points"):
+        if key not in ("drill", "date", "events", "runs", "points") or (key == "runs" and isinstance(value, list)):
             lines.append(f"- {key.replace('_', ' ')}: {json.dumps(value) if isinstance(value, dict | list) else value}")
-    for run_name, runs in outcome.get("runs", {}).items():
+    for run_name, runs in (outcome["runs"] if isinstance(outcome.get("runs"), dict) else {}).items():
         lines.append(
             f"- {run_name}: "
             + ", ".join(
@@ -464,10 +564,14 @@ def markdown(outcome: dict[str, Any]) -> str:
             )
         )
     if points := outcome.get("points"):
-        lines += ["", "| connections | CPU use | req/s | p50 ms | p99 ms | failed |", "|---:|---:|---:|---:|---:|---:|"]
         lines += [
-            f"| {p['connections']} | {p['cpu_utilization']:.0%} | {p['requests_per_s']:,.0f} | {p['p50_ms']:.1f} | "
-            f"{p['p99_ms']:.1f} | {p['failed']} |"
+            "",
+            "| share of capacity | req/s | CPU use | p50 ms | p99 ms | failed |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {p['share_of_capacity']:.0%} | {p['requests_per_s']:,} | {p['cpu_utilization']:.0%} | "
+            f"{p['p50_ms']:.1f} | {p['p99_ms']:.1f} | {p['failed']} |"
             for p in points
         ]
     if events := outcome.get("events"):

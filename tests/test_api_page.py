@@ -107,8 +107,8 @@ def test_api_page_try_it_out_predicts_the_prefilled_example(browser: "object", s
     )
     operation.find_element(By.CSS_SELECTOR, ".opblock-summary-control").click()
     wait.until(lambda _: operation.find_elements(By.CSS_SELECTOR, ".try-out__btn"))[0].click()
-    body = json.loads(operation.find_element(By.CSS_SELECTOR, "textarea.body-param__text").get_attribute("value"))
-    assert body == EXAMPLE_REQUEST  # prefilled
+    prefilled = operation.find_element(By.CSS_SELECTOR, "textarea.body-param__text").get_attribute("value")
+    assert prefilled is not None and json.loads(prefilled) == EXAMPLE_REQUEST
     operation.find_element(By.CSS_SELECTOR, "button.execute").click()
     status = wait.until(
         lambda _: operation.find_elements(By.CSS_SELECTOR, ".live-responses-table tr.response td.response-col_status")

@@ -9,6 +9,7 @@ them are skipped, except in CI (CI set), where they fail. `make deploy-check` ru
 """
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -36,6 +37,8 @@ RULES_FILE = ALERTS_DIR / "flight-delay.rules.yml"
 RULES_TEST_FILE = ALERTS_DIR / "flight-delay.rules.test.yml"
 RUNBOOKS_DIR = PROJECT_DIR / "docs" / "runbooks"
 BUILD_SCRIPT = PROJECT_DIR / "container" / "build.sh"
+ADAPTER_RULES = K8S_DIR / "autoscaling" / "prometheus-adapter-rules.yaml"
+UTILIZATION_SWEEP = PROJECT_DIR / "loadtest" / "results" / "scale" / "utilization.json"
 
 APP_LABELS = {
     "app.kubernetes.io/name": "flight-delay",
@@ -290,6 +293,24 @@ def test_hpa_scales_the_deployment(objects: tuple[dict[str, Any], ...]) -> None:
     assert 2 <= hpa["minReplicas"] <= hpa["maxReplicas"]
     assert "replicas" not in deployment["spec"], "a fixed count would fight the HPA on every apply"
     assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300
+
+
+def test_hpa_targets_the_measured_per_core_rate_times_the_pod_cores(objects: tuple[dict[str, Any], ...]) -> None:
+    # The per-core rate is the 70%-of-capacity point of the committed sweep (loadtest/scale.py utilization).
+    sweep = json.loads(UTILIZATION_SWEEP.read_text())
+    per_core = next(point for point in sweep["points"] if point["share_of_capacity"] == 0.7)["requests_per_s"]
+    (metric,) = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
+    cores = cpu_cores(api_container(objects)["resources"]["limits"]["cpu"])
+    assert metric["type"] == "Pods"
+    assert int(metric["pods"]["target"]["averageValue"]) == cores * per_core
+
+
+def test_hpa_metric_is_the_one_the_adapter_rule_serves() -> None:
+    (rule,) = yaml.safe_load(ADAPTER_RULES.read_text())["rules"]
+    for variant in VARIANTS:
+        (metric,) = one(render(variant), "HorizontalPodAutoscaler")["spec"]["metrics"]
+        assert metric["pods"]["metric"]["name"] == rule["name"]["as"]
+    assert all(route in rule["metricsQuery"] for route in PREDICTION_ROUTES)
 
 
 def test_pdb_lets_one_pod_go_and_keeps_one_at_min_replicas(objects: tuple[dict[str, Any], ...]) -> None:

@@ -70,12 +70,12 @@ def test_scale_report_lists_figures_points_and_events() -> None:
             "date": "2026-11-28 01:00",
             "failed": 0,
             "outcomes": {"200": 10},
-            "points": [{"connections": 2, "cpu_utilization": 0.5, "requests_per_s": 900.0, "p50_ms": 2.0,
+            "points": [{"share_of_capacity": 0.4, "cpu_utilization": 0.5, "requests_per_s": 900, "p50_ms": 2.0,
                         "p99_ms": 6.5, "failed": 0}],
             "events": [{"t_s": 10.2, "event": "r3 ready"}],
         }
     )  # fmt: skip
     assert "python loadtest/scale.py rolling-update" in report
     assert "- failed: 0" in report and '- outcomes: {"200": 10}' in report
-    assert "| 2 | 50% | 900 | 2.0 | 6.5 | 0 |" in report
+    assert "| 40% | 900 | 50% | 2.0 | 6.5 | 0 |" in report
     assert "| 10.2 | r3 ready |" in report
