@@ -1,4 +1,5 @@
-"""Known vulnerabilities in the runtime dependencies: requirements.txt and everything it pulls in.
+"""Known vulnerabilities in what users run: requirements-train.txt (the service's requirements.txt and
+training's packages) and everything they pull in.
 
 pip-audit prints "No known vulnerabilities found" and exits 0 even when it could audit nothing
 (no advisory database reachable, every package skipped). This runs it and says how many packages
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REQUIREMENTS = Path(__file__).resolve().parent / "requirements.txt"
+REQUIREMENTS = Path(__file__).resolve().parent / "requirements-train.txt"
 
 
 def audit() -> list[dict[str, Any]]:

@@ -163,7 +163,7 @@ def format_report(metrics: dict[str, Any], threshold: float) -> str:
 
 def plot_reliability(metrics: dict[str, Any], path: Path) -> None:
     """The reliability diagram: predicted probability against observed delay rate per bin, both views."""
-    import matplotlib  # training-only (requirements-dev.txt); the serving image does not carry it
+    import matplotlib  # training-only (requirements-train.txt); the serving image does not carry it
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt

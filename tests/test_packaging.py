@@ -1,0 +1,48 @@
+"""What the bento (and so the image) carries: the serving code, and nothing that only training needs."""
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from models.config import PROJECT_DIR
+
+BENTOFILE = yaml.safe_load((PROJECT_DIR / "bentofile.yaml").read_text())
+TRAINING_ONLY = ("pandas", "matplotlib")  # requirements-train.txt
+# Refuses the training-only packages, as in the image, where they are not installed.
+BLOCK = (
+    "import sys, importlib.abc\n"
+    "class Block(importlib.abc.MetaPathFinder):\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    f"        if name.split('.')[0] in {TRAINING_ONLY!r}: raise ImportError(f'{{name}} is not in the image')\n"
+    "sys.meta_path.insert(0, Block())\n"
+)
+
+
+def requirement_names(file: str) -> set[str]:
+    """The package names a requirements file pins itself (not those of the files it includes)."""
+    lines = (line.split("#")[0].strip() for line in (PROJECT_DIR / file).read_text().splitlines())
+    return {line.split("==")[0].lower() for line in lines if line and not line.startswith("-r")}
+
+
+def test_serving_requirements_leave_out_training_only_packages() -> None:
+    assert BENTOFILE["python"]["requirements_txt"] == "./requirements.txt"
+    assert requirement_names("requirements.txt").isdisjoint(TRAINING_ONLY)
+    assert set(TRAINING_ONLY) <= requirement_names("requirements-train.txt")
+
+
+def test_bento_modules_import_without_training_only_packages(trained_model: str) -> None:
+    # service.py loads the latest model of the store: the test store, which trained_model fills.
+    modules = [path.removesuffix(".py").replace("/", ".") for path in BENTOFILE["include"]]
+    assert "service" in modules
+    script = BLOCK + "".join(f"import {module}\n" for module in modules)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_DIR, env=os.environ, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_import_blocker_refuses_training_only_packages() -> None:
+    result = subprocess.run([sys.executable, "-c", BLOCK + "import pandas\n"], capture_output=True, text=True)
+    assert result.returncode != 0 and "pandas is not in the image" in result.stderr
