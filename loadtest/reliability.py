@@ -7,6 +7,7 @@
     python loadtest/reliability.py sigterm       # SIGTERM under load: every request's outcome, seconds to exit
     python loadtest/reliability.py sigkill       # one worker killed under load: failed requests, recovery
     python loadtest/reliability.py after-burst   # latency of lone requests, idle and for 12 s after a burst
+    python loadtest/reliability.py lone          # one request at a time (http.client): 1, 100 and 1,000 flights
 
 Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it.
 """
@@ -270,6 +271,38 @@ def after_burst(_args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def lone(_args: argparse.Namespace) -> dict[str, Any]:
+    """Milliseconds of lone requests on an idle service, one keep-alive http.client connection, one at a time.
+
+    Flights from loadtest/flights.jsonl, the load test's pool; 200 requests of each size after 20 unmeasured.
+    """
+    from http.client import HTTPConnection
+
+    pool = [json.loads(line) for line in (HERE / "flights.jsonl").read_text().splitlines()]
+    sizes: dict[str, Any] = {}
+    with server("service") as (url, _process):
+        connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
+        for size in (1, 100, 1_000):
+            body = json.dumps({"flights": [pool[i % len(pool)] for i in range(size)]})
+            times = []
+            for attempt in range(220):
+                started = time.perf_counter()
+                connection.request("POST", "/v1/prediction", body, {"Content-Type": "application/json"})
+                answer = connection.getresponse()
+                answer.read()
+                assert answer.status == 200, answer.status
+                if attempt >= 20:
+                    times.append((time.perf_counter() - started) * 1000)
+            times.sort()
+            sizes[f"{size}_flights"] = {
+                "median_ms": round(statistics.median(times), 2),
+                "p99_ms": round(times[int(0.99 * (len(times) - 1))], 2),
+            }
+            say(f"{size} flights: {sizes[f'{size}_flights']}")
+        connection.close()
+    return {"requests_each": 200, **sizes}
+
+
 DRILLS = {
     "overload": overload,
     "big-request": big_request,
@@ -278,6 +311,7 @@ DRILLS = {
     "sigterm": sigterm,
     "sigkill": sigkill,
     "after-burst": after_burst,
+    "lone": lone,
 }
 
 
