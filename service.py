@@ -98,15 +98,18 @@ async def api_page(_: Request) -> HTMLResponse:
 
 async def api_spec(_: Request) -> JSONResponse:
     """The OpenAPI document of the service, named after it and its model, with its GET routes."""
-    return JSONResponse(openapi_document(bentoml.get_current_service().card["tag"]))
+    return JSONResponse(openapi_document())
 
 
 @cache
-def openapi_document(model_tag: str) -> dict[str, Any]:
+def openapi_document() -> dict[str, Any]:
     """BentoML's generated document of the prediction routes, with the service's own title,
-    description and version, and /health and /v1/model, which BentoML leaves out of it."""
+    description and version (the model's tag), and /health and /v1/model, which BentoML leaves out.
+
+    Built once per worker: it depends only on the code and the model the worker loaded."""
+    card = bentoml.get_current_service().card
     spec: dict[str, Any] = FlightDelay.openapi_spec.asdict()  # type: ignore[attr-defined]  # a Service, typed as the class
-    spec["info"] = {"title": "Flight delay at SCL", "version": model_tag, "description": API_DESCRIPTION}
+    spec["info"] = {"title": "Flight delay at SCL", "version": card["tag"], "description": API_DESCRIPTION}
     del spec["servers"]  # BentoML's "." shows as a one-choice server menu; without it, the page's own origin
     app_tag = spec["tags"][0]  # BentoML's tag of the service's own routes
     app_tag["description"] = "Predictions, and what the service is running."
@@ -115,7 +118,7 @@ def openapi_document(model_tag: str) -> dict[str, Any]:
         body = paths[route]["post"]["requestBody"]["content"]["application/json"]
         body["example"] = EXAMPLE_REQUEST  # the same example as the README and the tests
     paths["/health"] = {"get": get_operation(health, app_tag["name"], {"status": "OK"})}
-    paths["/v1/model"] = {"get": get_operation(model_card, app_tag["name"], bentoml.get_current_service().card)}
+    paths["/v1/model"] = {"get": get_operation(model_card, app_tag["name"], card)}
     public = [*PREDICTION_ROUTES, "/health", "/v1/model"]  # first, in the README's order
     spec["paths"] = {**{route: paths.pop(route) for route in public}, **paths}
     return spec
