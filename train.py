@@ -7,6 +7,7 @@ Without --data it reads data/dataset_SCL.csv when present, otherwise the embedde
 
 import argparse
 import platform
+import shutil
 import sys
 import time
 from importlib.metadata import version
@@ -249,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor.save(model_ref.path)
         plot_reliability(metrics, Path(model_ref.path) / RELIABILITY_PLOT)
     if args.plot:
-        plot_reliability(metrics, args.plot)
+        shutil.copyfile(Path(model_ref.path) / RELIABILITY_PLOT, args.plot)
     progress(f"done in {time.monotonic() - started:.0f} s")
     print(f"saved model {model_ref.tag}")
     return 0
