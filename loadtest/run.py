@@ -50,18 +50,23 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def ready(url: str, path: str = "/readyz") -> bool:
+    """Whether url + path answers 200 now."""
+    try:
+        with urlopen(f"{url}{path}", timeout=1) as answer:
+            return bool(answer.status == 200)
+    except (URLError, OSError):
+        return False
+
+
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None) -> None:
     """Poll /readyz until it answers 200."""
     deadline = time.monotonic() + STARTUP_SECONDS
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             sys.exit(f"the server exited with code {process.returncode} before it was ready")
-        try:
-            with urlopen(f"{url}/readyz", timeout=1) as answer:
-                if answer.status == 200:
-                    return
-        except (URLError, OSError):
-            pass
+        if ready(url):
+            return
         time.sleep(0.3)
     sys.exit(f"{url}/readyz did not answer 200 within {STARTUP_SECONDS} s")
 

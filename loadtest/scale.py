@@ -19,7 +19,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -28,10 +28,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.error import URLError
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urlsplit
-from urllib.request import urlopen
+from urllib.request import Request, urlopen
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -39,32 +38,24 @@ sys.path.insert(0, str(HERE.parent))
 
 from accounting_client import BackgroundLoad, exchange, request_bytes  # noqa: E402
 from report import failures, parse_summary  # noqa: E402
-from run import say, wrk  # noqa: E402
+from run import ready, say, wrk  # noqa: E402
 
 from models.config import PROJECT_DIR  # noqa: E402
 from models.schema import EXAMPLE_REQUEST  # noqa: E402
 
+T = TypeVar("T")
 RESULTS = HERE / "results" / "scale"
 LB_URL = "http://127.0.0.1:3100"
 SLOTS = (1, 2, 3, 4)  # replica rN listens on 3100 + N (deploy/local/haproxy.cfg)
 PROMETHEUS_PORT = 9390
 PRESTOP_S = 5  # the Deployment's preStop sleep (deploy/k8s/base/deployment.yaml)
 GRACE_S = 45  # its terminationGracePeriodSeconds (both pinned by tests/test_scale.py)
-DOCKER = [shutil.which("docker") or "docker"] if not Path("/usr/bin/docker").exists() else ["/usr/bin/docker"]
+DOCKER = ["/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"]  # Debian's client, as container/*.sh
 
 
 def port(slot: int) -> int:
     """The port of replica slot rN."""
     return 3100 + slot
-
-
-def ready(url: str, path: str = "/readyz") -> bool:
-    """Whether url + path answers 200 now."""
-    try:
-        with urlopen(f"{url}{path}", timeout=1) as answer:
-            return bool(answer.status == 200)
-    except (URLError, OSError):
-        return False
 
 
 def wait_until(condition: Callable[[], bool], seconds: float, what: str, step: float = 0.1) -> float:
@@ -115,7 +106,7 @@ class Replicas:
         pid = subprocess.run(
             [*DOCKER, "inspect", "-f", "{{.State.Pid}}", self.running[slot]], check=True, capture_output=True, text=True
         ).stdout.strip()
-        os.kill(int(pid), 9)
+        os.kill(int(pid), signal.SIGKILL)
 
     def cleanup(self) -> None:
         """Remove every replica this drill started."""
@@ -126,6 +117,8 @@ class Replicas:
 
 class Balancer:
     """HAProxy with deploy/local/haproxy.cfg, and its runtime API."""
+
+    SERVERS = tuple(f"r{slot}" for slot in SLOTS)
 
     def __init__(self, directory: Path) -> None:
         self.socket = directory / "haproxy.sock"
@@ -147,16 +140,17 @@ class Balancer:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
-    def states(self) -> dict[str, str]:
-        """Each replica slot's state as HAProxy sees it: UP, DOWN, MAINT..."""
-        return {f"r{slot}": self.server_stats(f"r{slot}")["status"] for slot in SLOTS}
-
-    def server_stats(self, server: str) -> dict[str, str]:
-        """HAProxy's counters of one replica (show stat: econ connection errors, wretr retries, wredis...)."""
+    def stats(self) -> dict[str, dict[str, str]]:
+        """HAProxy's state and counters of each replica (show stat: status, econ connection errors,
+        wretr retries, wredis redispatches...), by server name."""
         rows = self.command("show stat").splitlines()
         header = rows[0].lstrip("# ").split(",")
-        stats = [dict(zip(header, row.split(","), strict=False)) for row in rows[1:] if row]
-        return next(s for s in stats if s["pxname"] == "replicas" and s["svname"] == server)
+        servers = (dict(zip(header, row.split(","), strict=False)) for row in rows[1:] if row)
+        return {s["svname"]: s for s in servers if s["pxname"] == "replicas" and s["svname"] in self.SERVERS}
+
+    def states(self) -> dict[str, str]:
+        """Each replica slot's state as HAProxy sees it: UP, DOWN, MAINT..."""
+        return {name: server["status"] for name, server in self.stats().items()}
 
     def remove(self, slot: int) -> None:
         """Take a replica out, as the endpoints controller does when its pod starts terminating."""
@@ -266,15 +260,13 @@ def utilization(args: argparse.Namespace) -> dict[str, Any]:
     replicas = Replicas(args.image)
     try:
         replicas.start(1)
-        url, name = f"http://127.0.0.1:{port(1)}", replicas.running[1]
+        url, stat = f"http://127.0.0.1:{port(1)}", cpu_stat(replicas.running[1])
         wrk(url, 5, 2, 8, 1, "warm-up")
         capacity = parse_summary(wrk(url, args.duration, 4, 64, 1, "capacity"))["requests_per_s"]
         say(f"capacity: {capacity:,.0f} req/s")
         for share in (0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9):
             rate = round(capacity * share)
-            before, started = cpu_seconds(name), time.monotonic()
-            latencies, failed = asyncio.run(paced(url, rate, args.duration))
-            used = (cpu_seconds(name) - before) / (time.monotonic() - started)
+            (latencies, failed), used = cpu_use(stat, lambda: asyncio.run(paced(url, rate, args.duration)))  # noqa: B023
             latencies.sort()
             p50, p99 = (latencies[int(q * (len(latencies) - 1))] * 1000 for q in (0.5, 0.99))
             points.append({"share_of_capacity": share, "requests_per_s": rate, "cpu_utilization": round(used, 3),
@@ -293,16 +285,12 @@ def cpu_per_request(args: argparse.Namespace) -> dict[str, Any]:
         replicas = Replicas(args.image)
         try:
             replicas.start(1, env=settings)
-            url, name = f"http://127.0.0.1:{port(1)}", replicas.running[1]
+            url, stat = f"http://127.0.0.1:{port(1)}", cpu_stat(replicas.running[1])
             time.sleep(3)
-            before, started = cpu_seconds(name), time.monotonic()
-            time.sleep(10)
             run: dict[str, Any] = {"settings": list(settings) or ["as shipped"]}
-            run["idle"] = round((cpu_seconds(name) - before) / (time.monotonic() - started), 3)
+            run["idle"] = round(cpu_use(stat, lambda: time.sleep(10))[1], 3)
             for rate in (100, 414):
-                before, started = cpu_seconds(name), time.monotonic()
-                _latencies, failed = asyncio.run(paced(url, rate, 10))
-                used = (cpu_seconds(name) - before) / (time.monotonic() - started)
+                (_latencies, failed), used = cpu_use(stat, lambda: asyncio.run(paced(url, rate, 10)))  # noqa: B023
                 run[f"{rate}_req_s"] = {
                     "cpu_utilization": round(used, 3),
                     "cpu_ms_per_request": round(used / rate * 1000, 2),
@@ -344,15 +332,26 @@ async def paced(url: str, rate: float, seconds: int, connections: int = 64) -> t
     return latencies, failed
 
 
-def cpu_seconds(container: str) -> float:
-    """CPU seconds the container has used (cgroup v2 cpu.stat)."""
+def cpu_stat(container: str) -> Path:
+    """The container's cgroup v2 cpu.stat, looked up once: the lookup must not fall inside a measurement."""
     long_id = subprocess.run(
         [*DOCKER, "inspect", "-f", "{{.Id}}", container], check=True, capture_output=True, text=True
     ).stdout.strip()
     for stat in Path("/sys/fs/cgroup").glob(f"**/*{long_id}*/cpu.stat"):
+        return stat
+    sys.exit(f"no cgroup cpu.stat for {container}")
+
+
+def cpu_use(stat: Path, action: Callable[[], T]) -> tuple[T, float]:
+    """action()'s result, and the container's CPU use while it ran, in cores (as the HPA counts it)."""
+
+    def seconds() -> float:
         usage = next(line for line in stat.read_text().splitlines() if line.startswith("usage_usec"))
         return int(usage.split()[1]) / 1e6
-    sys.exit(f"no cgroup cpu.stat for {container}")
+
+    before, started = seconds(), time.monotonic()
+    result = action()
+    return result, (seconds() - before) / (time.monotonic() - started)
 
 
 def replace_all(
@@ -370,7 +369,8 @@ def replace_all(
         log.append({"t_s": at(), "event": f"r{old} out of the balancer; preStop {PRESTOP_S} s"})
         time.sleep(PRESTOP_S)
         log.append({"t_s": at(), "event": f"r{old} SIGTERM"})
-        log.append({"t_s": at(), "event": f"r{old} exited {replicas.terminate(old):.1f} s after SIGTERM"})
+        seconds = replicas.terminate(old)
+        log.append({"t_s": at(), "event": f"r{old} exited {seconds:.1f} s after SIGTERM"})
 
 
 def rollout(args: argparse.Namespace, new_image: str) -> dict[str, Any]:
@@ -411,8 +411,6 @@ def rollout(args: argparse.Namespace, new_image: str) -> dict[str, Any]:
 
 def post_example(url: str) -> bytes:
     """The body a replica answers EXAMPLE_REQUEST with."""
-    from urllib.request import Request
-
     request = Request(
         f"{url}/v1/prediction", data=json.dumps(EXAMPLE_REQUEST).encode(), headers={"Content-Type": "application/json"}
     )
@@ -438,7 +436,7 @@ def sigkill(args: argparse.Namespace) -> dict[str, Any]:
     with cluster(args.image, (1, 2)) as (replicas, balancer, _):
         load = BackgroundLoad(f"{LB_URL}/v1/prediction", args.connections, EXAMPLE_REQUEST)
         time.sleep(10)
-        before = balancer.server_stats("r1")
+        before = balancer.stats()["r1"]
         killed, states = time.monotonic(), []
         replicas.kill(1)
         url = f"http://127.0.0.1:{port(1)}"
@@ -450,7 +448,7 @@ def sigkill(args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.05)
         time.sleep(10)
         counts = load.stop()
-        after = balancer.server_stats("r1")
+        after = balancer.stats()["r1"]
     gone = next((i for i, (_, _, up) in enumerate(states) if not up), len(states))  # r1 stopped answering
     back = next((t for t, _, up in states[gone:] if up), None)  # and answered /readyz again
     return {
