@@ -140,3 +140,16 @@ def test_check_metadata_refuses_spec_mismatch(key: str, value: Any) -> None:
 
 def test_check_metadata_accepts_current_spec() -> None:
     check_metadata(valid_metadata())
+
+
+def test_calibration_study_reports_every_weighting_and_calibrator(
+    sample_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import calibration_study
+
+    assert calibration_study.main(["--data", str(sample_csv)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    for weights in calibration_study.WEIGHTS:
+        for calibrator in ("none", "isotonic", "platt"):
+            assert sum(row.split()[:2] == [weights, calibrator] for row in rows) == len(train.VIEWS)
+        assert sum(row.startswith(f"{weights:<10}ROC AUC over seeds") for row in rows) == len(train.VIEWS)
