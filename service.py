@@ -17,6 +17,7 @@ from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
 from models.features import FlightColumns
 from models.predictor import DelayPredictor, ModelError, check_metadata
 from models.schema import EXAMPLE_REQUEST, ChallengeResponse, FlightList, Prediction, PredictionRequest
+from prediction_route import PredictionRoute
 
 settings = Settings()
 if settings.greedy_batching:
@@ -211,7 +212,12 @@ guard_errors = bentoml.metrics.Counter(
     documentation="Error responses the request guard sent itself (413, 415, 503, 504), by status",
     labelnames=["status"],
 )
-arrange_middlewares(tracing=settings.tracing_sample_rate > 0)
+arrange_middlewares(
+    tracing=settings.tracing_sample_rate > 0,
+    inner=(PredictionRoute, {"route": PREDICTION_ROUTES[0], "api_name": "predict_batch"})
+    if settings.lean_route_applies()
+    else None,
+)
 FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator returns a Service; its typing says class
     RequestGuard,
     routes=PREDICTION_ROUTES,

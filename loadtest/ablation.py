@@ -50,6 +50,9 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("uvloop + httptools", "off", {"PYTHONPATH": "<shadow>"}, 200, 1),
     ("flights per request", "10", {}, 200, 10),
     ("flights per request", "100", {}, 200, 100),
+    ("lean route (prediction_route.py)", "off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 200, 1),
+    ("100 flights per request, 64 connections", "lean route on", {}, 64, 100),
+    ("100 flights per request, 64 connections", "lean route off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 64, 100),
     ("connections", "400", {}, 400, 1),
     ("connections", "800", {}, 800, 1),
     ("default", "again, last of the round", {}, 200, 1),  # shows any drift within a round

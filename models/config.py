@@ -42,3 +42,10 @@ class Settings(BaseSettings):
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
     metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
     gc_freeze: bool = True
+    lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see prediction_route.py
+
+    def lean_route_applies(self) -> bool:
+        """Whether /v1/prediction takes the lean path: asked for, and nothing it would skip is on
+        (the access log, or tracing of that route)."""
+        traced = self.tracing_sample_rate > 0 and PREDICTION_ROUTES[0] not in self.untraced_routes
+        return self.lean_route and not self.access_log and not traced

@@ -1,0 +1,144 @@
+"""The lean path of POST /v1/prediction: BentoML's batching dispatcher without its per-request framework.
+
+Under the reference load about half of a worker's CPU went to the framework around each request
+(docs/performance.md): Starlette's request objects and routing, BentoML's request context and API
+wrapper, and its metrics middleware looking up the labels of five metrics for every request. For
+the one hot route this ASGI middleware does the same work directly:
+
+- the body is validated by the API's own input model (`model_validate_json`, as BentoML does);
+- the flights go through `ServiceAppFactory.batch_infer`, so batches are formed, sized and counted
+  (`adaptive_batch_size`) by BentoML's CorkDispatcher and run in its worker thread, as before;
+- the answer is the API's own output model, serialized as BentoML does;
+- BentoML's own request metrics (`request_total`, `request_duration_seconds`, `request_in_progress`,
+  `last_request_timestamp_seconds`) are recorded with the same labels, their children looked up once.
+
+It sits right inside RequestGuard (`http_guard.arrange_middlewares`), so the guard's limits, time-out,
+error cleaning and shutdown accounting apply unchanged. Other routes and methods go through BentoML.
+It relies on BentoML 1.4.40 internals (pinned in requirements.txt): the app factory's `batch_infer`
+and `service.apis`, the metrics middleware's metric attributes and `_setup`, and the server context's
+names. tests/test_prediction_route.py pins each of them and compares the answers with BentoML's path.
+"""
+
+import json
+import logging
+from timeit import default_timer
+from typing import Any
+
+from bentoml._internal.context import server_context
+from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
+
+from http_guard import ASGIApp, Receive, Scope, Send
+
+logger = logging.getLogger("bentoml.flight_delay")
+UNEXPECTED = {"error": "An unexpected error has occurred, please check the server log."}  # BentoML's words
+
+
+class RequestMetrics:
+    """BentoML's request metrics of one route, recorded through children looked up once per status."""
+
+    def __init__(self, middleware: RunnerTrafficMetricsMiddleware, route: str) -> None:
+        if not middleware._is_setup:
+            middleware._setup()
+        self.middleware = middleware
+        self.labels = {
+            "endpoint": route,
+            "service_name": server_context.bento_name,
+            "service_version": server_context.bento_version,
+            "runner_name": server_context.service_name,
+        }
+        names = {key: self.labels[key] for key in ("service_name", "service_version", "runner_name")}
+        self.in_progress = middleware.metrics_request_in_progress.labels(**self.labels)
+        self.last_request = middleware.metrics_last_request_timestamp.labels(**names)
+        self.by_status: dict[int, tuple[Any, Any]] = {}
+
+    def record(self, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        children = self.by_status.get(status)
+        if children is None:
+            labels = {**self.labels, "http_response_code": status}
+            children = (
+                self.middleware.metrics_request_total.labels(**labels),
+                self.middleware.metrics_request_duration.labels(**labels),
+            )
+            self.by_status[status] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+class PredictionRoute:
+    """ASGI middleware answering POST `route` with the batched API `api_name` of BentoML's app `factory`."""
+
+    def __init__(self, app: ASGIApp, factory: Any, route: str, api_name: str) -> None:
+        self.app = app
+        self.factory = factory  # BentoML's ServiceAppFactory of this worker
+        self.route = route
+        self.api = factory.service.apis[api_name]
+        if not self.api.batchable:
+            raise ValueError(f"{api_name} is not batchable: BentoML's own path serves it")
+        self.api_name = api_name
+        self.metrics_middleware = app if isinstance(app, RunnerTrafficMetricsMiddleware) else None
+        if factory.enable_metrics and self.metrics_middleware is None:
+            raise RuntimeError("BentoML's metrics middleware is not where this BentoML version had it")
+        self.metrics: RequestMetrics | None = None
+        self.headers = [(b"content-type", b"application/json"), (b"server", f"BentoML Service/{factory.name}".encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != self.route or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        start = default_timer()
+        if self.metrics is None and self.metrics_middleware is not None:
+            self.metrics = RequestMetrics(self.metrics_middleware, self.route)
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.last_request.set_to_current_time()
+            metrics.in_progress.inc()
+        try:
+            body = await read_body(receive)
+            if body is None:  # the client left before sending its body
+                return
+            status, answer = await self.answer(body)
+            if metrics is not None:
+                metrics.record(status, max(default_timer() - start, 0))
+            headers = [*self.headers, (b"content-length", str(len(answer)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
+        finally:
+            if metrics is not None:
+                metrics.in_progress.dec()
+
+    async def answer(self, body: bytes) -> tuple[int, bytes]:
+        """Status and body of the answer, with the error bodies of BentoML's API wrapper (the guard cleans them)."""
+        try:
+            request = self.api.input_spec.model_validate_json(body or b"{}")
+            output = await self.factory.batch_infer(self.api_name, (), dict(request))
+            return 200, self.api.output_spec(output).model_dump_json().encode()
+        except ValidationError as exc:
+            detail = exc.errors(include_context=False, include_input=False, include_url=False)
+            return 400, dump({"error": f"{exc.error_count()} validation error for {exc.title}", "detail": detail})
+        except BentoMLException as exc:
+            logger.exception("prediction refused")
+            status = exc.error_code.value
+            return status, dump(UNEXPECTED if status >= 500 else {"error": str(exc)})
+        except Exception:
+            logger.exception("prediction failed")
+            return 500, dump(UNEXPECTED)
+
+
+async def read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None if the client disconnected first."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def dump(payload: dict[str, Any]) -> bytes:
+    """JSON bytes as BentoML's JSONResponse writes them."""
+    return json.dumps(payload).encode()
