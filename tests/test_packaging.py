@@ -46,3 +46,19 @@ def test_bento_modules_import_without_training_only_packages(trained_model: str)
 def test_import_blocker_refuses_training_only_packages() -> None:
     result = subprocess.run([sys.executable, "-c", BLOCK + "import pandas\n"], capture_output=True, text=True)
     assert result.returncode != 0 and "pandas is not in the image" in result.stderr
+
+
+def test_bento_includes_every_project_module_the_service_imports(trained_model: str) -> None:
+    script = (
+        "import sys, service\n"
+        f"root = {str(PROJECT_DIR)!r} + '/'\n"
+        "print('\\n'.join(sorted(m.__file__[len(root):] for m in list(sys.modules.values())\n"
+        "    if (getattr(m, '__file__', None) or '').startswith(root) and '/site-packages/' not in m.__file__)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT_DIR, env=os.environ, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported = set(result.stdout.split())
+    assert "prediction_route.py" in imported
+    assert imported <= set(BENTOFILE["include"])
