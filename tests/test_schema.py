@@ -1,13 +1,24 @@
 """Request validation rules of models.schema, and the one shared example."""
 
 import json
+from datetime import datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from models.config import PROJECT_DIR
-from models.schema import AIRLINES, DESTINATIONS, EXAMPLE_REQUEST, Flight, PredictionRequest
+from models.schema import (
+    AIRLINES,
+    DESTINATIONS,
+    EXAMPLE_REQUEST,
+    SCHEDULE_FORMATS,
+    Flight,
+    PredictionRequest,
+    parse_schedule,
+)
 
 VALID = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}
 
@@ -67,3 +78,61 @@ def test_example_request_is_the_one_in_readme_and_loadtest() -> None:
     compact = json.dumps(EXAMPLE_REQUEST, separators=(",", ":"))
     assert compact in (PROJECT_DIR / "README.md").read_text()
     assert compact in (PROJECT_DIR / "loadtest" / "script.lua").read_text()
+
+
+def strptime_verdict(value: str) -> datetime | None:
+    """The dataset's formats read by strptime: the reference parse_schedule must agree with."""
+    for fmt in SCHEDULE_FORMATS:
+        try:
+            return datetime.strptime(value, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def fast_verdict(value: str) -> datetime | None:
+    try:
+        return parse_schedule(value)  # type: ignore[no-any-return]
+    except ValueError:
+        return None
+
+
+# Strings near the dataset's formats: each part a number that may be out of range, too short or too
+# long, other separators, seconds or not, and odd characters (other digits, signs, spaces).
+PART = st.one_of(
+    st.integers(0, 99).map(lambda n: f"{n:02d}"), st.integers(0, 9).map(str), st.text("0123456789٣+- T", max_size=3)
+)
+NEAR_SCHEDULES = st.builds(
+    "{}{}{}{}{}{}{}{}{}{}".format,
+    st.one_of(st.integers(0, 9999).map(lambda n: f"{n:04d}"), st.text("0123456789+-", max_size=5)),
+    st.sampled_from(["-", "-", "-", "/", ""]),
+    PART,
+    st.just("-"),
+    PART,
+    st.sampled_from([" ", " ", " ", "T", "  ", "_"]),
+    PART,
+    st.just(":"),
+    PART,
+    st.one_of(st.just(""), PART.map(lambda part: f":{part}"), st.sampled_from([":00.5", "Z", "+00:00", " "])),
+)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.one_of(NEAR_SCHEDULES, st.text(max_size=25)))
+def test_schedule_parser_agrees_with_strptime_on_the_dataset_formats(value: str) -> None:
+    assert fast_verdict(value) == strptime_verdict(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2017-03-14 24:00",
+        "2017-02-29 10:00",
+        "2016-02-29 10:00",
+        "2017-03-14 08:30:60",
+        "2017-3-14 8:30",
+        "2017-03-14  08:30",
+    ],
+)
+def test_schedule_parser_agrees_with_strptime_at_the_edges(value: str) -> None:
+    assert fast_verdict(value) == strptime_verdict(value)
