@@ -8,7 +8,8 @@ the one hot route this ASGI middleware does the same work directly:
 - the body is validated by the API's own input model (`model_validate_json`, as BentoML does);
 - the flights go through `ServiceAppFactory.batch_infer`, so batches are formed, sized and counted
   (`adaptive_batch_size`) by BentoML's CorkDispatcher and run in its worker thread, as before;
-- the answer is the API's own output model, serialized as BentoML does;
+- the answer is serialized with the type of the API's own output model, by pydantic's Rust core
+  (BentoML dumps it to Python objects and then `json.dumps` them: 4x the time for 100 flights);
 - BentoML's own request metrics (`request_total`, `request_duration_seconds`, `request_in_progress`,
   `last_request_timestamp_seconds`) are recorded with the same labels, their children looked up once.
 
@@ -27,7 +28,7 @@ from typing import Any
 from bentoml._internal.context import server_context
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml.exceptions import BentoMLException
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from http_guard import ASGIApp, Receive, Scope, Send
 
@@ -78,6 +79,7 @@ class PredictionRoute:
         if not self.api.batchable:
             raise ValueError(f"{api_name} is not batchable: BentoML's own path serves it")
         self.api_name = api_name
+        self.serialize = TypeAdapter(self.api.output_spec.model_fields["root"].annotation).dump_json
         self.metrics_middleware = app if isinstance(app, RunnerTrafficMetricsMiddleware) else None
         if factory.enable_metrics and self.metrics_middleware is None:
             raise RuntimeError("BentoML's metrics middleware is not where this BentoML version had it")
@@ -114,7 +116,7 @@ class PredictionRoute:
         try:
             request = self.api.input_spec.model_validate_json(body or b"{}")
             output = await self.factory.batch_infer(self.api_name, (), dict(request))
-            return 200, self.api.output_spec(output).model_dump_json().encode()
+            return 200, self.serialize(output)
         except ValidationError as exc:
             detail = exc.errors(include_context=False, include_input=False, include_url=False)
             return 400, dump({"error": f"{exc.error_count()} validation error for {exc.title}", "detail": detail})

@@ -197,7 +197,8 @@ class FlightDelay:
         probabilities = self.predictor.probabilities(FlightColumns.from_flights(flights))
         labels = self.predictor.labels(probabilities)
         return [
-            Prediction(delay=int(label), probability=float(p)) for label, p in zip(labels, probabilities, strict=True)
+            Prediction(delay=label, probability=p)
+            for label, p in zip(labels.tolist(), probabilities.tolist(), strict=True)
         ]
 
     @bentoml.api(route=PREDICTION_ROUTES[1], input_spec=PredictionRequest)
