@@ -5,12 +5,17 @@ script.lua. The machine is shared and noisy, so every round runs all configurati
 each is compared with the default of its own round, and the table gives medians over the rounds:
 loadtest/results/ablation/ablation.md (and ablation.json with every run).
 
-    python loadtest/ablation.py [--rounds 3] [--duration 10] [--only KNOB ...]
+    python loadtest/ablation.py [--rounds 3] [--duration 10] [--only KNOB ...] [--against REV]
+
+--against REV measures a code change: each round also runs the code of git revision REV (checked
+out in a temporary worktree, same model store) under the reference load and under 100 flights per
+request at 64 connections, next to this checkout's.
 """
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from report import failures, parse_summary  # noqa: E402
-from run import say, server, wrk  # noqa: E402
+from run import PROJECT_DIR, say, server, wrk  # noqa: E402
 
 
 def shadow_fast_loops() -> str:
@@ -54,6 +59,9 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("100 flights per request, 64 connections", "lean route on", {}, 64, 100),
     ("100 flights per request, 64 connections", "lean route off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 64, 100),
     ("connections", "400", {}, 400, 1),
+    # code at another revision (--against): the value is replaced by "at REV"
+    ("code", "<revision>", {}, 200, 1),
+    ("code, 100 flights per request, 64 connections", "<revision>", {}, 64, 100),
     ("connections", "800", {}, 800, 1),
     ("default", "again, last of the round", {}, 200, 1),  # shows any drift within a round
 ]
@@ -84,21 +92,31 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per run (default 3)")
     parser.add_argument("--only", nargs="*", default=[], help="knobs to run, besides the default")
     parser.add_argument("--name", default="ablation", help="file name of the table and runs (default ablation)")
+    parser.add_argument("--against", help="git revision whose code to measure next to this checkout's")
     args = parser.parse_args()
     results = HERE / "results" / "ablation"
     results.mkdir(parents=True, exist_ok=True)
     shadow = shadow_fast_loops()
-    configs = [c for c in CONFIGS if c[0] == "default" or not args.only or c[0] in args.only]
+    configs = [c for c in CONFIGS if c[1] != "<revision>" and (c[0] == "default" or not args.only or c[0] in args.only)]
+    other = Path(tempfile.mkdtemp(prefix="ablation-code-")) / "checkout"
+    if args.against:
+        subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=PROJECT_DIR, check=True)
+        configs += [
+            (knob, f"at {args.against}", env, c, f) for knob, value, env, c, f in CONFIGS if value == "<revision>"
+        ]
     runs: list[dict[str, Any]] = []
     for round_number in range(1, args.rounds + 1):
         for number, (knob, value, env, connections, flights) in enumerate(configs, 1):
             env = {key: shadow if text == "<shadow>" else text for key, text in env.items()}
             say(f"round {round_number}/{args.rounds}, configuration {number}/{len(configs)}: {knob} = {value}")
-            with server("service", env) as (url, _):
+            code = other if value.startswith("at ") else PROJECT_DIR
+            with server("service", env, code=code) as (url, _):
                 wrk(url, args.warmup, 4, connections, flights, "warm-up")
                 summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}"))
             runs.append({"round": round_number, "knob": knob, "value": value, "env": env,
                          "connections": connections, "flights_per_request": flights, "summary": summary})  # fmt: skip
+    if args.against:
+        subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=PROJECT_DIR, check=True)
     default_rps = {r["round"]: r["summary"]["requests_per_s"] for r in runs if r["value"] == "as shipped"}
     lines = [
         f"Ablation, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} rounds of wrk -t4 "

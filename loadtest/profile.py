@@ -1,9 +1,10 @@
 """Where a worker's time goes under the reference load: py-spy samples, grouped by layer.
 
-    python loadtest/profile.py [--seconds 15]
+    python loadtest/profile.py [--seconds 15] [--connections 200] [--flights-per-request 1] [--name profile]
 
-Starts the service, drives it with wrk -t4 -c200, samples one worker with py-spy (needs root or
-ptrace rights) and writes loadtest/results/profile/profile.md with each layer's share of samples.
+Starts the service, drives it with wrk -t4 (200 connections, 1 flight per request unless told),
+samples one worker with py-spy (needs root or ptrace rights) and writes loadtest/results/profile/NAME.md
+with each layer's share of samples.
 """
 
 import argparse
@@ -24,11 +25,12 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model: scikit-learn predict", ("sklearn/",)),
     ("model: feature encoding (numpy)", ("models/features.py",)),
     ("request parsing and validation (pydantic)", ("model_validate", "from_http_request", "parse_request")),
-    ("response serialization", ("to_http_response", "serialize_model", "IterableResponse")),
+    ("response serialization", ("to_http_response", "serialize_model", "IterableResponse", "model_dump_json")),
     ("adaptive batching (dispatcher, thread hop)", ("dispatcher.py", "batch_infer", "anyio/", "to_thread")),
     ("metrics middleware (Prometheus)", ("instruments.py", "prometheus_client")),
     ("tracing middleware (OpenTelemetry)", ("opentelemetry",)),
     ("request guard (http_guard.py)", ("http_guard.py",)),
+    ("lean route (prediction_route.py)", ("prediction_route.py",)),
     ("BentoML app and context", ("_bentoml_impl/", "_bentoml_sdk/", "bentoml/_internal/")),
     ("Starlette routing and middleware", ("starlette/",)),
     ("uvicorn HTTP protocol (httptools)", ("uvicorn/",)),
@@ -47,13 +49,17 @@ def layer(stack: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=15, help="seconds sampled")
+    parser.add_argument("--connections", type=int, default=200, help="wrk connections (default 200)")
+    parser.add_argument("--flights-per-request", type=int, default=1, help="flights in each request (default 1)")
+    parser.add_argument("--name", default="profile", help="file name of the table (default profile)")
     args = parser.parse_args()
     results = HERE / "results" / "profile"
     results.mkdir(parents=True, exist_ok=True)
-    raw = results / "py-spy.raw.txt"
+    raw = results / f"{args.name}.py-spy.raw.txt"
     with server("service") as (url, process):
-        wrk(url, 3, 4, 200, 1, "warm-up")
-        thread, _box = in_background(wrk, url, args.seconds + 6, 4, 200, 1, "load")
+        load = (4, args.connections, args.flights_per_request)
+        wrk(url, 3, *load, "warm-up")
+        thread, _box = in_background(wrk, url, args.seconds + 6, *load, "load")
         time.sleep(3)
         worker = next(iter(workers(process.pid)))
         say(f"sampling worker {worker} for {args.seconds} s")
@@ -69,15 +75,15 @@ def main() -> None:
         shares[layer(stack.split(";"))] += int(count)
     total = sum(shares.values())
     lines = [
-        f"Profile of one worker under wrk -t4 -c200, {time.strftime('%Y-%m-%d')}, {total} py-spy samples; "
-        "`python loadtest/profile.py`",
+        f"Profile of one worker under wrk -t4 -c{args.connections}, {args.flights_per_request} flight(s) per request, "
+        f"{time.strftime('%Y-%m-%d')}, {total} py-spy samples; `python loadtest/profile.py {' '.join(sys.argv[1:])}`",
         "",
         "| layer | share of samples |",
         "|---|---:|",
         *(f"| {name} | {count / total:.1%} |" for name, count in shares.most_common()),
         "",
     ]
-    (results / "profile.md").write_text("\n".join(lines))
+    (results / f"{args.name}.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
 

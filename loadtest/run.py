@@ -73,17 +73,17 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None) -> None:
 
 @contextmanager
 def server(
-    kind: str, env: dict[str, str] | None = None, log: Path | None = None
+    kind: str, env: dict[str, str] | None = None, log: Path | None = None, code: Path = PROJECT_DIR
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start one of SERVERS on a free port, yield its base URL and process once ready, stop it afterwards.
 
-    Its output goes to log, if given.
+    Its output goes to log, if given; `code` is the project checkout it runs from.
     """
     port = free_port()
     with open(log or os.devnull, "wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [*SERVERS[kind], str(port)],
-            cwd=PROJECT_DIR,
+            cwd=code,
             env={**os.environ, **(env or {})},
             stdout=output,
             stderr=subprocess.STDOUT,
