@@ -32,10 +32,10 @@ from models.config import (
 )
 from models.data import DataError, embedded_sample, file_sha256, load_flights
 from models.features import FlightColumns, encode
-from models.predictor import DelayPredictor, expected_spec
+from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor, expected_spec, probability_gap
 
 VIEWS = ("required_only", "all_fields")  # (a) OPERA, TIPOVUELO, MES; (b) plus Fecha-I and SIGLADES
-PACKAGES = ("bentoml", "scikit-learn", "numpy", "pandas", "pydantic")
+PACKAGES = ("bentoml", "scikit-learn", "onnx", "onnxruntime", "numpy", "pandas", "pydantic")
 RELIABILITY_PLOT = "reliability.png"  # the reliability diagram, kept in the model's directory
 
 
@@ -159,6 +159,8 @@ def format_report(metrics: dict[str, Any], threshold: float) -> str:
             f"{view:<14}{m['mean_probability']:>8.3f}{m['delay_rate']:>8.3f}{m['brier']:>8.4f}"
             f"{m['base_rate_brier']:>17.4f}{m['calibration_error']:>19.4f}"
         )
+    gaps = ", ".join(f"{view} {metrics[view]['served_probability_gap']:.1e}" for view in VIEWS)
+    lines.append(f"served by ONNX Runtime; largest gap to scikit-learn's probabilities: {gaps}")
     return "\n".join(lines)
 
 
@@ -216,7 +218,13 @@ def train(flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any]]:
     predictor = DelayPredictor(fit(subset(columns, train_rows), delayed[train_rows]), threshold)
     progress("evaluating on the held-out days")
     base_rate = float(delayed[train_rows].mean())
-    return predictor, evaluate(predictor, subset(columns, test_rows), delayed[test_rows], base_rate)
+    held_out = subset(columns, test_rows)
+    metrics = evaluate(predictor, held_out, delayed[test_rows], base_rate)
+    progress("checking the served evaluator (ONNX Runtime) against scikit-learn on every held-out flight")
+    served = predictor.compiled()
+    for view, view_columns in zip(VIEWS, (held_out.without_optional(), held_out), strict=True):
+        metrics[view]["served_probability_gap"] = probability_gap(served, predictor, view_columns)
+    return predictor, metrics
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,12 +245,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     predictor, metrics = train(flights)
     print(format_report(metrics, predictor.threshold))
+    gap = max(metrics[view]["served_probability_gap"] for view in VIEWS)
+    if gap > MAX_PROBABILITY_GAP:  # a converter or runtime that evaluates the trees differently
+        print(
+            f"error: ONNX Runtime's probabilities differ from scikit-learn's by {gap:.2e}; not saved", file=sys.stderr
+        )
+        return 2
     metadata = {
         "threshold": predictor.threshold,
         "metrics": metrics,
         "training_data": training_data,
         "evaluation": {"hold_out": TEST_SIZE, "grouped_by": "calendar day of Fecha-I", "seed": SEED},
         "versions": {"python": platform.python_version(), **{name: version(name) for name in PACKAGES}},
+        "evaluator": {"served": "onnxruntime", "reference": "scikit-learn", "max_probability_gap": MAX_PROBABILITY_GAP},
         **expected_spec(),
     }
     labels = {"data": "real" if training_data["source"] != "embedded synthetic sample" else "synthetic"}

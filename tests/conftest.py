@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 # Before anything imports bentoml: the tests never read or write the user's own model store.
@@ -25,7 +26,8 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 import train
 from models.config import PROJECT_DIR
 from models.data import STATS_PATH, embedded_sample, synthetic_frame
-from models.predictor import DelayPredictor
+from models.features import FlightColumns
+from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
 
 sys.path.insert(0, str(PROJECT_DIR / "loadtest"))  # the load-test tools the tests share
 
@@ -33,6 +35,18 @@ from run import SERVERS, free_port  # how the service is started, everywhere
 
 SAMPLE_ROWS = 4_000
 STARTUP_SECONDS = 90
+
+
+def assert_same_answers(served: DelayPredictor, reference: DelayPredictor, columns: FlightColumns) -> None:
+    """The served predictor answers as the scikit-learn reference, with and without the optional fields:
+    probabilities within MAX_PROBABILITY_GAP, labels equal except where the reference's probability
+    lies within that gap of the threshold."""
+    for view in (columns.without_optional(), columns):
+        expected, got = reference.probabilities(view), served.probabilities(view)
+        assert np.abs(got - expected).max() <= MAX_PROBABILITY_GAP
+        decided = np.abs(expected - reference.threshold) > MAX_PROBABILITY_GAP
+        assert (served.labels(got)[decided] == reference.labels(expected)[decided]).all()
+        assert decided.mean() > 0.99  # the exception is rare, or the check would say little
 
 
 @pytest.fixture(scope="session")

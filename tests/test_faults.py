@@ -13,7 +13,7 @@ from conftest import bentoml_serve
 from run import SERVERS
 
 from models.config import PROJECT_DIR
-from models.predictor import MODEL_FILE, expected_spec
+from models.predictor import ONNX_FILE, expected_spec
 from models.schema import EXAMPLE_REQUEST
 
 pytestmark = pytest.mark.integration
@@ -34,19 +34,22 @@ def serve(store: Path) -> subprocess.CompletedProcess[str]:
 def store_with_model(store: Path, metadata: dict[str, Any], classifier: str = "'not a model'") -> Path:
     """A model store holding one flight_delay model with the given metadata.
 
-    classifier: Python code whose value is stored as the model file (a string is written as text).
+    classifier: Python code whose value is stored as the served model file (a string is written as
+    text, a scikit-learn model converted for ONNX Runtime).
     """
     code = (
-        "import bentoml, joblib, json, sys\n"
+        "import bentoml, json, sys\n"
+        "from models.predictor import to_onnx\n"
         "import numpy as np\n"
         "from sklearn.ensemble import HistGradientBoostingClassifier\n"
         f"classifier = {classifier}\n"
         "with bentoml.models.create('flight_delay', metadata=json.loads(sys.argv[1])) as ref:\n"
-        f"    path = ref.path + '/{MODEL_FILE}'\n"
-        "    open(path, 'w').write(classifier) if isinstance(classifier, str) else joblib.dump(classifier, path)\n"
+        f"    path = ref.path + '/{ONNX_FILE}'\n"
+        "    open(path, 'wb').write(classifier.encode() if isinstance(classifier, str) else to_onnx(classifier))\n"
     )
     subprocess.run(
         [sys.executable, "-c", code, json.dumps(metadata)],
+        cwd=PROJECT_DIR,
         env={**os.environ, "BENTOML_HOME": str(store)},
         check=True,
         capture_output=True,
@@ -65,13 +68,17 @@ def test_serve_without_model_refuses_and_says_how_to_train(tmp_path: Path) -> No
 @pytest.mark.parametrize(
     ("metadata", "message"),
     [
-        ({"threshold": 0.5}, "model metadata lacks features, vocabularies, metrics, training_data, versions"),
+        (
+            {"threshold": 0.5},
+            "model metadata lacks features, vocabularies, metrics, training_data, versions, evaluator",
+        ),
         (
             {
                 "threshold": 0.5,
                 "metrics": {},
                 "training_data": {},
                 "versions": {},
+                "evaluator": {},
                 **expected_spec(),
                 "features": ["x"],
             },
@@ -90,7 +97,14 @@ def test_serve_with_incompatible_model_refuses(tmp_path: Path, metadata: dict[st
 
 def test_a_failure_inside_the_model_answers_500_without_internals(tmp_path: Path) -> None:
     """A classifier fitted on 3 features passes the metadata check and fails on every prediction."""
-    metadata = {"threshold": 0.5, "metrics": {}, "training_data": {}, "versions": {}, **expected_spec()}
+    metadata = {
+        "threshold": 0.5,
+        "metrics": {},
+        "training_data": {},
+        "versions": {},
+        "evaluator": {},
+        **expected_spec(),
+    }
     broken = "HistGradientBoostingClassifier(max_iter=2).fit(np.arange(60.0).reshape(20, 3), [0, 1] * 10)"
     store = store_with_model(tmp_path / "store", metadata, broken)
     log = tmp_path / "serve.log"
@@ -99,7 +113,7 @@ def test_a_failure_inside_the_model_answers_500_without_internals(tmp_path: Path
         health = httpx.get(f"{url}/health", timeout=10)
     assert answer.status_code == 500
     assert answer.json() == {"error": "internal error, see the server log", "detail": []}
-    for leak in ("Traceback", "File ", ".py", "/", "sklearn", "numpy", "features"):
+    for leak in ("Traceback", "File ", ".py", "/", "onnxruntime", "numpy", "features"):
         assert leak not in answer.text
     assert health.status_code == 200
-    assert "X has 9 features" in log.read_text(), "the server log must say what failed"
+    assert "invalid dimensions for input: features" in log.read_text(), "the server log must say what failed"

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import assert_same_answers
 
 import train
 from models.config import DEFAULT_DATA_PATH
@@ -82,6 +83,13 @@ def test_real_ranking_and_labels_no_worse_than_balanced_weights(
     roc_auc, f1 = NO_WORSE_THAN[view]
     assert metrics["roc_auc"] >= roc_auc
     assert metrics["delayed"]["f1"] >= f1
+
+
+def test_served_model_answers_as_scikit_learn_on_every_real_flight(
+    real_flights: pd.DataFrame, real_model: tuple[DelayPredictor, dict[str, Any]]
+) -> None:
+    reference = real_model[0]
+    assert_same_answers(reference.compiled(), reference, FlightColumns.from_frame(real_flights))
 
 
 def test_sample_model_ranks_airlines_like_real_model(

@@ -9,10 +9,18 @@ from typing import Any
 import bentoml
 import numpy as np
 import pytest
+from conftest import assert_same_answers
 
 import train
 from models.config import CALIBRATION_BINS, PROJECT_DIR
-from models.predictor import REQUIRED_METADATA, DelayPredictor, ModelError, check_metadata, expected_spec
+from models.predictor import (
+    MAX_PROBABILITY_GAP,
+    REQUIRED_METADATA,
+    DelayPredictor,
+    ModelError,
+    check_metadata,
+    expected_spec,
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +88,29 @@ def test_train_saved_model_loads_and_predicts(stored: Any) -> None:
     assert ((probabilities > 0) & (probabilities < 1)).all()
 
 
+def test_served_model_answers_as_scikit_learn_on_every_flight(stored: Any, sample_csv: Path) -> None:
+    from models.data import load_flights
+    from models.features import FlightColumns
+
+    served = DelayPredictor.load(stored.path, stored.info.metadata)
+    reference = DelayPredictor.load_reference(stored.path, stored.info.metadata)
+    assert type(served.classifier).__name__ == "OnnxClassifier"
+    assert type(reference.classifier).__name__ == "HistGradientBoostingClassifier"
+    assert_same_answers(served, reference, FlightColumns.from_frame(load_flights(sample_csv)))
+    for view in stored.info.metadata["metrics"].values():  # measured by train.py on the held-out flights
+        assert 0 <= view["served_probability_gap"] <= MAX_PROBABILITY_GAP
+
+
+def test_train_refuses_to_save_when_the_served_evaluator_differs(
+    sample_csv: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(train, "MAX_PROBABILITY_GAP", 0.0)  # any float32 rounding is now too much
+    before = len(bentoml.models.list("flight_delay"))
+    assert train.main(["--data", str(sample_csv)]) == 2
+    assert "ONNX Runtime's probabilities differ from scikit-learn's" in capsys.readouterr().err
+    assert len(bentoml.models.list("flight_delay")) == before
+
+
 def test_train_without_dataset_uses_embedded_sample(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(train, "DEFAULT_DATA_PATH", tmp_path / "absent.csv")
     flights, source = train.load_training_data(None)
@@ -113,7 +144,7 @@ def test_train_bad_data_exits_2_with_one_line(tmp_path: Path, content: str | Non
 
 
 def valid_metadata() -> dict[str, Any]:
-    return {"threshold": 0.4, "metrics": {}, "training_data": {}, "versions": {}, **expected_spec()}
+    return {"threshold": 0.4, "metrics": {}, "training_data": {}, "versions": {}, "evaluator": {}, **expected_spec()}
 
 
 @pytest.mark.parametrize("missing", REQUIRED_METADATA)
