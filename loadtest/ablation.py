@@ -15,7 +15,6 @@ request at 64 connections, next to this checkout's.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from report import failures, parse_summary  # noqa: E402
-from run import PROJECT_DIR, say, server, wrk  # noqa: E402
+from run import PROJECT_DIR, checkout, say, server, wrk  # noqa: E402
 
 
 def shadow_fast_loops() -> str:
@@ -98,25 +97,22 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     shadow = shadow_fast_loops()
     configs = [c for c in CONFIGS if c[1] != "<revision>" and (c[0] == "default" or not args.only or c[0] in args.only)]
-    other = Path(tempfile.mkdtemp(prefix="ablation-code-")) / "checkout"
     if args.against:
-        subprocess.run(["git", "worktree", "add", "--detach", str(other), args.against], cwd=PROJECT_DIR, check=True)
         configs += [
             (knob, f"at {args.against}", env, c, f) for knob, value, env, c, f in CONFIGS if value == "<revision>"
         ]
     runs: list[dict[str, Any]] = []
-    for round_number in range(1, args.rounds + 1):
-        for number, (knob, value, env, connections, flights) in enumerate(configs, 1):
-            env = {key: shadow if text == "<shadow>" else text for key, text in env.items()}
-            say(f"round {round_number}/{args.rounds}, configuration {number}/{len(configs)}: {knob} = {value}")
-            code = other if value.startswith("at ") else PROJECT_DIR
-            with server("service", env, code=code) as (url, _):
-                wrk(url, args.warmup, 4, connections, flights, "warm-up")
-                summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}"))
-            runs.append({"round": round_number, "knob": knob, "value": value, "env": env,
-                         "connections": connections, "flights_per_request": flights, "summary": summary})  # fmt: skip
-    if args.against:
-        subprocess.run(["git", "worktree", "remove", "--force", str(other)], cwd=PROJECT_DIR, check=True)
+    with checkout(args.against) as other:
+        for round_number in range(1, args.rounds + 1):
+            for number, (knob, value, env, connections, flights) in enumerate(configs, 1):
+                env = {key: shadow if text == "<shadow>" else text for key, text in env.items()}
+                say(f"round {round_number}/{args.rounds}, configuration {number}/{len(configs)}: {knob} = {value}")
+                code = other if value.startswith("at ") else PROJECT_DIR
+                with server("service", env, code=code) as (url, _):
+                    wrk(url, args.warmup, 4, connections, flights, "warm-up")
+                    summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}"))
+                run = {"round": round_number, "knob": knob, "value": value, "env": env}
+                runs.append({**run, "connections": connections, "flights_per_request": flights, "summary": summary})
     default_rps = {r["round"]: r["summary"]["requests_per_s"] for r in runs if r["value"] == "as shipped"}
     lines = [
         f"Ablation, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} rounds of wrk -t4 "

@@ -8,6 +8,7 @@
     python loadtest/reliability.py sigkill       # one worker killed under load: failed requests, recovery
     python loadtest/reliability.py after-burst   # latency of lone requests, idle and for 12 s after a burst
     python loadtest/reliability.py lone          # one request at a time (http.client): 1, 100 and 1,000 flights
+    python loadtest/reliability.py lone --against REV   # the same, paired with the code of git revision REV
 
 Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it.
 """
@@ -33,7 +34,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from accounting_client import BackgroundLoad  # noqa: E402
 from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
-from run import say, server, wrk  # noqa: E402
+from run import PROJECT_DIR, checkout, say, server, wrk  # noqa: E402
 
 from http_guard import shutdown_counts  # noqa: E402
 from models.schema import EXAMPLE_REQUEST  # noqa: E402
@@ -271,16 +272,30 @@ def after_burst(_args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def lone(_args: argparse.Namespace) -> dict[str, Any]:
+def lone(args: argparse.Namespace) -> dict[str, Any]:
     """Milliseconds of lone requests on an idle service, one keep-alive http.client connection, one at a time.
 
-    Flights from loadtest/flights.jsonl, the load test's pool; 200 requests of each size after 20 unmeasured.
+    Flights from loadtest/flights.jsonl, the load test's pool; 200 requests of each size after 20
+    unmeasured. With --against REV, two rounds each of this checkout's code and REV's, alternating.
     """
+    if not args.against:
+        return {"requests_each": 200, **lone_requests(PROJECT_DIR)}
+    rounds: dict[str, list[dict[str, Any]]] = {"this checkout": [], f"at {args.against}": []}
+    with checkout(args.against) as other:
+        for _round in range(2):
+            for name, code in zip(rounds, (PROJECT_DIR, other), strict=True):
+                say(f"lone requests, {name}")
+                rounds[name].append(lone_requests(code))
+    return {"requests_each": 200, "rounds": rounds}
+
+
+def lone_requests(code: Path) -> dict[str, Any]:
+    """Median and p99 milliseconds of lone requests of 1, 100 and 1,000 flights to the service run from `code`."""
     from http.client import HTTPConnection
 
     pool = [json.loads(line) for line in (HERE / "flights.jsonl").read_text().splitlines()]
     sizes: dict[str, Any] = {}
-    with server("service") as (url, _process):
+    with server("service", code=code) as (url, _process):
         connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
         for size in (1, 100, 1_000):
             body = json.dumps({"flights": [pool[i % len(pool)] for i in range(size)]})
@@ -300,7 +315,7 @@ def lone(_args: argparse.Namespace) -> dict[str, Any]:
             }
             say(f"{size} flights: {sizes[f'{size}_flights']}")
         connection.close()
-    return {"requests_each": 200, **sizes}
+    return sizes
 
 
 DRILLS = {
@@ -319,6 +334,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("drill", choices=DRILLS)
     parser.add_argument("--minutes", type=int, default=10, help="soak length (default 10)")
+    parser.add_argument("--against", help="lone: also measure the code of this git revision, in the same run")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 connections need more than 1,024 files
@@ -327,7 +343,7 @@ def main() -> None:
     outcome = {"drill": args.drill, "date": time.strftime("%Y-%m-%d %H:%M"), **DRILLS[args.drill](args)}
     name = (
         args.drill if os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true") != "false" else f"{args.drill}-not-greedy"
-    )
+    ) + (f"-against-{args.against}" if args.against else "")
     (RESULTS / f"{name}.json").write_text(json.dumps(outcome, indent=2) + "\n")
     print(json.dumps({k: v for k, v in outcome.items() if k != "samples"}, indent=2))
 

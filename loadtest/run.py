@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -69,6 +70,24 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None) -> None:
             return
         time.sleep(0.3)
     sys.exit(f"{url}/readyz did not answer 200 within {STARTUP_SECONDS} s")
+
+
+@contextmanager
+def checkout(revision: str | None) -> Iterator[Path]:
+    """This checkout, or the project's code at a git revision in a temporary worktree (removed afterwards).
+
+    Either runs on the same model store, so a code change can be measured against the code before it.
+    """
+    if revision is None:
+        yield PROJECT_DIR
+        return
+    folder = Path(tempfile.mkdtemp(prefix="flight-delay-code-")) / "checkout"
+    git = ["git", "-C", str(PROJECT_DIR), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(folder), revision], check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run([*git, "remove", "--force", str(folder)], check=True)
 
 
 @contextmanager
