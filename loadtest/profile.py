@@ -23,6 +23,7 @@ from run import say, server, wrk  # noqa: E402
 # First match wins, from the innermost frame outwards: (layer, fragments of a frame's text).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("model: scikit-learn predict", ("sklearn/",)),
+    ("model: ONNX Runtime", ("models/predictor.py", "onnxruntime/")),
     ("model: feature encoding (numpy)", ("models/features.py",)),
     ("request parsing and validation (pydantic)", ("model_validate", "from_http_request", "parse_request")),
     ("response serialization", ("to_http_response", "serialize_model", "IterableResponse", "model_dump_json")),
@@ -30,6 +31,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics middleware (Prometheus)", ("instruments.py", "prometheus_client")),
     ("tracing middleware (OpenTelemetry)", ("opentelemetry",)),
     ("request guard (http_guard.py)", ("http_guard.py",)),
+    ("building the answers (service.py)", ("service.py",)),
     ("lean route (prediction_route.py)", ("prediction_route.py",)),
     ("BentoML app and context", ("_bentoml_impl/", "_bentoml_sdk/", "bentoml/_internal/")),
     ("Starlette routing and middleware", ("starlette/",)),
