@@ -15,12 +15,12 @@ the one hot route this ASGI middleware does the same work directly:
 
 It sits right inside RequestGuard (`http_guard.arrange_middlewares`), so the guard's limits, time-out,
 error cleaning and shutdown accounting apply unchanged. Other routes and methods go through BentoML.
-It relies on BentoML 1.4.40 internals (pinned in requirements.txt): the app factory's `batch_infer`
-and `service.apis`, the metrics middleware's metric attributes and `_setup`, and the server context's
-names. tests/test_prediction_route.py pins each of them and compares the answers with BentoML's path.
+It relies on BentoML 1.4.40 internals (pinned in requirements.txt): the app factory's `batch_infer`,
+`service.apis` and `enable_metrics`, the output model's `root` field, the metrics middleware's metric
+attributes and `_setup`, and the server context's names. tests/test_prediction_route.py pins each of
+them and compares the answers with BentoML's path.
 """
 
-import json
 import logging
 from timeit import default_timer
 from typing import Any
@@ -30,7 +30,7 @@ from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddle
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
-from http_guard import ASGIApp, Receive, Scope, Send
+from http_guard import ASGIApp, Receive, Scope, Send, dump
 
 logger = logging.getLogger("bentoml.flight_delay")
 UNEXPECTED = {"error": "An unexpected error has occurred, please check the server log."}  # BentoML's words
@@ -139,8 +139,3 @@ async def read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             return b"".join(chunks)
-
-
-def dump(payload: dict[str, Any]) -> bytes:
-    """JSON bytes as BentoML's JSONResponse writes them."""
-    return json.dumps(payload).encode()
