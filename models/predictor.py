@@ -9,6 +9,7 @@ both models, so the check can be repeated on any stored model, and the image car
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -71,9 +72,15 @@ class DelayPredictor:
         """1 where the probability reaches the threshold chosen at training time."""
         return (probabilities >= self.threshold).astype(np.int64)
 
+    @cached_property
+    def onnx_model(self) -> bytes:
+        """The scikit-learn model's trees as ONNX (training only), converted once: train.py checks
+        these very bytes against scikit-learn and `save` writes them."""
+        return to_onnx(self.classifier)
+
     def compiled(self) -> "DelayPredictor":
         """The same predictor evaluated by ONNX Runtime (training only: it converts a scikit-learn model)."""
-        return DelayPredictor(OnnxClassifier(to_onnx(self.classifier)), self.threshold)
+        return DelayPredictor(OnnxClassifier(self.onnx_model), self.threshold)
 
     def save(self, directory: str) -> None:
         """Write both models into a model-store directory (train.py's `bentoml.models.create`)."""
@@ -81,7 +88,7 @@ class DelayPredictor:
 
         joblib.dump(self.classifier, f"{directory}/{SKLEARN_FILE}")
         with open(f"{directory}/{ONNX_FILE}", "wb") as file:
-            file.write(to_onnx(self.classifier))
+            file.write(self.onnx_model)
 
     @classmethod
     def load(cls, directory: str, metadata: dict[str, Any]) -> "DelayPredictor":
