@@ -49,6 +49,13 @@ def assert_same_answers(served: DelayPredictor, reference: DelayPredictor, colum
         assert decided.mean() > 0.99  # the exception is rare, or the check would say little
 
 
+def assert_calibrated(metrics: dict[str, Any]) -> None:
+    """One view's held-out metrics show calibrated probabilities: a Brier score below the no-skill
+    forecast's and a calibration error of at most 0.02."""
+    assert metrics["brier"] < metrics["base_rate_brier"]
+    assert metrics["calibration_error"] <= 0.02
+
+
 @pytest.fixture(scope="session")
 def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic dataset with the real schema, written as CSV like the real file."""
