@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from models.config import PROJECT_DIR
@@ -34,15 +35,27 @@ def test_serving_requirements_leave_out_training_only_packages() -> None:
     assert set(TRAINING_ONLY.values()) - {"scipy"} <= requirement_names("requirements-train.txt")  # scipy: sklearn's
 
 
-def test_bento_modules_import_without_training_only_packages(trained_model: str) -> None:
-    # service.py loads the latest model of the store: the test store, which trained_model fills.
+@pytest.fixture(scope="module")
+def bento_imports(trained_model: str) -> subprocess.CompletedProcess[str]:
+    """A Python that refuses the training-only packages imports every module the bento includes and
+    prints the project files it loaded, one per line. service.py loads the latest model of the
+    store: the test store, which trained_model fills."""
     modules = [path.removesuffix(".py").replace("/", ".") for path in BENTOFILE["include"]]
     assert "service" in modules
-    script = BLOCK + "".join(f"import {module}\n" for module in modules)
-    result = subprocess.run(
+    script = (
+        BLOCK
+        + "".join(f"import {module}\n" for module in modules)
+        + f"root = {str(PROJECT_DIR)!r} + '/'\n"
+        + "print('\\n'.join(sorted(m.__file__[len(root):] for m in list(sys.modules.values())\n"
+        + "    if (getattr(m, '__file__', None) or '').startswith(root) and '/site-packages/' not in m.__file__)))\n"
+    )
+    return subprocess.run(
         [sys.executable, "-c", script], cwd=PROJECT_DIR, env=os.environ, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_bento_modules_import_without_training_only_packages(bento_imports: subprocess.CompletedProcess[str]) -> None:
+    assert bento_imports.returncode == 0, bento_imports.stderr[-3000:]
 
 
 def test_import_blocker_refuses_training_only_packages() -> None:
@@ -50,17 +63,10 @@ def test_import_blocker_refuses_training_only_packages() -> None:
     assert result.returncode != 0 and "pandas is not in the image" in result.stderr
 
 
-def test_bento_includes_every_project_module_the_service_imports(trained_model: str) -> None:
-    script = (
-        "import sys, service\n"
-        f"root = {str(PROJECT_DIR)!r} + '/'\n"
-        "print('\\n'.join(sorted(m.__file__[len(root):] for m in list(sys.modules.values())\n"
-        "    if (getattr(m, '__file__', None) or '').startswith(root) and '/site-packages/' not in m.__file__)))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=PROJECT_DIR, env=os.environ, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    imported = set(result.stdout.split())
+def test_bento_includes_every_project_module_the_service_imports(
+    bento_imports: subprocess.CompletedProcess[str],
+) -> None:
+    assert bento_imports.returncode == 0, bento_imports.stderr[-3000:]
+    imported = set(bento_imports.stdout.split())
     assert "prediction_route.py" in imported
     assert imported <= set(BENTOFILE["include"])
