@@ -3,9 +3,10 @@
 scikit-learn fits the trees; the service evaluates the same trees with ONNX Runtime. scikit-learn's
 `predict_proba` has a fixed cost of about 0.66 ms per call (a Python loop over the 100 trees),
 nearly all of a small batch's time; ONNX Runtime's is about 0.012 ms (docs/performance.md), and
-its probabilities differ from scikit-learn's by under 1e-6 (train.py measures the gap on every held-out flight, refuses to
-save above MAX_PROBABILITY_GAP and stores it; tests/test_train.py checks it again). The store keeps
-both models, so the check can be repeated on any stored model, and the image carries no scikit-learn.
+its probabilities differ from scikit-learn's by under 1e-6 (train.py measures the gap on every
+held-out flight, refuses to save above MAX_PROBABILITY_GAP and stores it; tests/test_train.py
+checks it again). The store keeps both models, so the check can be repeated on any stored model,
+and the image carries no scikit-learn.
 """
 
 from dataclasses import dataclass
