@@ -41,7 +41,7 @@ lint: install  ## ruff and mypy
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && $(PYTHON) -m mypy .
 
 audit: install  ## pip-audit of the runtime packages; exit 1 vulnerable, 2 not all audited (no advisory DB)
-	$(PYTHON) dependency_audit.py
+	$(PYTHON) tools/dependency_audit.py
 
 loadtest: install  ## the reference stress test with both baselines; needs wrk (apt-get install -y wrk)
 	$(PYTHON) loadtest/run.py --baselines

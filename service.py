@@ -11,13 +11,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from batching import cap_learned_wait
-from http_guard import RequestGuard, arrange_middlewares
 from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
 from models.features import FlightColumns
 from models.predictor import DelayPredictor, ModelError, check_metadata
 from models.schema import EXAMPLE_REQUEST, ChallengeResponse, FlightList, Prediction, PredictionRequest
-from prediction_route import PredictionRoute
+from serving.batching import cap_learned_wait
+from serving.guard import RequestGuard, arrange_middlewares
+from serving.lean_route import PredictionRoute
 
 settings = Settings()
 if settings.greedy_batching:

@@ -36,8 +36,8 @@ from accounting_client import BackgroundLoad  # noqa: E402
 from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
 from run import PROJECT_DIR, checkout, say, server, wrk  # noqa: E402
 
-from http_guard import shutdown_counts  # noqa: E402
 from models.schema import EXAMPLE_REQUEST  # noqa: E402
+from serving.guard import shutdown_counts  # noqa: E402
 
 RESULTS = HERE / "results" / "reliability"
 WORKER_MARK = "_bentoml_impl.worker.service"

@@ -30,7 +30,7 @@ class Settings(BaseSettings):
 
     workers: int | Literal["cpu_count"] = "cpu_count"
     batching: bool = True
-    greedy_batching: bool = True  # cap BentoML's learned batching wait: see batching.py
+    greedy_batching: bool = True  # cap BentoML's learned batching wait: see serving/batching.py
     max_batch_size: int = 256
     max_latency_ms: int = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
     max_in_flight: int = 512  # per worker; beyond it requests are shed at once with 503 (Retry-After)
@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
     metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
     gc_freeze: bool = True
-    lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see prediction_route.py
+    lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/lean_route.py
 
     def lean_route_applies(self) -> bool:
         """Whether /v1/prediction takes the lean path: asked for, and nothing it would skip is on

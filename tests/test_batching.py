@@ -1,8 +1,8 @@
-"""batching.py: BentoML's batching optimizer never holds a request back longer than the cap."""
+"""serving/batching.py: BentoML's batching optimizer never holds a request back longer than the cap."""
 
 from bentoml._internal.marshal.dispatcher import Optimizer
 
-from batching import MAX_WAIT_S, cap_learned_wait
+from serving.batching import MAX_WAIT_S, cap_learned_wait
 
 
 def test_cap_learned_wait_bounds_initial_estimates() -> None:

@@ -1,10 +1,10 @@
-"""dependency_audit.py: its exit code and summary say what pip-audit really audited."""
+"""tools/dependency_audit.py: its exit code and summary say what pip-audit really audited."""
 
 from typing import Any
 
 import pytest
 
-import dependency_audit
+from tools import dependency_audit
 
 CLEAN = {"name": "numpy", "version": "2.4.6", "vulns": []}
 SKIPPED = {"name": "bentoml", "skip_reason": "Dependency not found on PyPI and could not be audited: bentoml (1.4.40)"}

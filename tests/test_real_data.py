@@ -68,7 +68,7 @@ def test_real_probabilities_are_calibrated_on_held_out_days(
 
 # The balanced-class-weights model this calibrated one replaced, on the same split (docs/model.md):
 # ROC AUC 0.6744 / 0.7131, F1 of delayed flights 0.368 / 0.406. Its required-only 0.6744 was the best
-# of four training seeds (0.6728 to 0.6744; `python calibration_study.py --data ...` prints them), so that
+# of four training seeds (0.6728 to 0.6744; `python studies/calibration_study.py --data ...` prints them), so that
 # floor is 0.673: the seeds' spread, not a loss.
 NO_WORSE_THAN = {"required_only": (0.673, 0.368), "all_fields": (0.713, 0.406)}
 

@@ -9,8 +9,8 @@ import pytest
 from accounting_client import BackgroundLoad  # in loadtest/, put on the path by conftest
 from conftest import bentoml_serve
 
-from http_guard import shutdown_counts
 from models.schema import EXAMPLE_REQUEST
+from serving.guard import shutdown_counts
 
 pytestmark = pytest.mark.integration
 

@@ -174,7 +174,7 @@ def test_check_metadata_accepts_current_spec() -> None:
 def test_calibration_study_reports_every_weighting_and_calibrator(
     sample_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import calibration_study
+    from studies import calibration_study
 
     assert calibration_study.main(["--data", str(sample_csv)]) == 0
     rows = capsys.readouterr().out.splitlines()

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from http_guard import RequestGuard, Scope, shutdown_counts
+from serving.guard import RequestGuard, Scope, shutdown_counts
 
 ROUTE = "/v1/prediction"
 JSON = [(b"content-type", b"application/json")]

@@ -1,6 +1,6 @@
 """Why the served model has no class weights: the comparison behind docs/model.md, on train.py's own split.
 
-    python calibration_study.py [--data PATH]
+    python studies/calibration_study.py [--data PATH]
 
 For balanced and no class weights: held-out calibration error and ROC AUC of the raw probabilities
 and of an isotonic or Platt (logistic on the log-odds) calibrator fitted out of fold on training
@@ -17,6 +17,8 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules, run as a script
 
 import train
 from models.config import CV_FOLDS, SEED, TEST_SIZE

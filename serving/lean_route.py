@@ -13,11 +13,11 @@ the one hot route this ASGI middleware does the same work directly:
 - BentoML's own request metrics (`request_total`, `request_duration_seconds`, `request_in_progress`,
   `last_request_timestamp_seconds`) are recorded with the same labels, their children looked up once.
 
-It sits right inside RequestGuard (`http_guard.arrange_middlewares`), so the guard's limits, time-out,
+It sits right inside RequestGuard (`serving.guard.arrange_middlewares`), so the guard's limits, time-out,
 error cleaning and shutdown accounting apply unchanged. Other routes and methods go through BentoML.
 It relies on BentoML 1.4.40 internals (pinned in requirements.txt): the app factory's `batch_infer`,
 `service.apis` and `enable_metrics`, the output model's `root` field, the metrics middleware's metric
-attributes and `_setup`, and the server context's names. tests/test_prediction_route.py pins each of
+attributes and `_setup`, and the server context's names. tests/test_lean_route.py pins each of
 them and compares the answers with BentoML's path.
 """
 
@@ -30,7 +30,7 @@ from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddle
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
-from http_guard import ASGIApp, Receive, Scope, Send, dump
+from serving.guard import ASGIApp, Receive, Scope, Send, dump
 
 logger = logging.getLogger("bentoml.flight_delay")
 UNEXPECTED = {"error": "An unexpected error has occurred, please check the server log."}  # BentoML's words

@@ -1,5 +1,5 @@
 """The lean path of POST /v1/prediction answers as BentoML's own path does, records the same metrics,
-and sits where prediction_route.py says, on the BentoML internals it relies on."""
+and sits where serving/lean_route.py says, on the BentoML internals it relies on."""
 
 import os
 import re
@@ -99,8 +99,8 @@ def test_lean_route_sits_inside_the_guard_and_outside_bentoml_middlewares(traine
     from _bentoml_impl.loader import load
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 
-    from http_guard import RequestGuard
-    from prediction_route import PredictionRoute
+    from serving.guard import RequestGuard
+    from serving.lean_route import PredictionRoute
 
     app = load("service:FlightDelay", standalone_load=True).to_asgi()  # as a BentoML worker builds it
     layers = [middleware.cls for middleware in app.user_middleware]

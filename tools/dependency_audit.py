@@ -5,7 +5,7 @@ pip-audit prints "No known vulnerabilities found" and exits 0 even when it could
 (no advisory database reachable, every package skipped). This runs it and says how many packages
 were really audited:
 
-    python dependency_audit.py    # exit 0: all audited, none vulnerable; 1: vulnerable; 2: some not audited
+    python tools/dependency_audit.py    # exit 0: all audited, none vulnerable; 1: vulnerable; 2: some not audited
 """
 
 import json

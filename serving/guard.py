@@ -227,7 +227,7 @@ def arrange_middlewares(tracing: bool, inner: tuple[Any, dict[str, Any]] | None 
     and without its tracing middleware unless requests are traced.
 
     BentoML 1.4.40 puts middlewares added with `add_asgi_middleware` inside its own; this reaches
-    into its app factory (pinned in requirements.txt; tests/test_prediction_route.py checks the order).
+    into its app factory (pinned in requirements.txt; tests/test_lean_route.py checks the order).
     Paired 20-s runs of the reference load: 1,684 and 1,668 req/s as BentoML arranges them, 2,137
     and 2,158 without the time-out and tracing middlewares (p99 250 ms -> 147 ms).
     """

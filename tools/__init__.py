@@ -1,0 +1,1 @@
+"""Helpers that CI and `make` run beside the service: the dependency audit."""
