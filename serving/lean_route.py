@@ -11,13 +11,14 @@ the one hot route this ASGI middleware does the same work directly:
 - the answer is serialized with the type of the API's own output model, by pydantic's Rust core
   (BentoML dumps it to Python objects and then `json.dumps` them: 4x the time for 100 flights);
 - BentoML's own request metrics (`request_total`, `request_duration_seconds`, `request_in_progress`,
-  `last_request_timestamp_seconds`) are recorded with the same labels, their children looked up once.
+  `last_request_timestamp_seconds`) are recorded with the same labels, through the route's
+  `serving.metrics.RequestMetrics` of the metrics middleware right inside it.
 
 It sits right inside RequestGuard (`serving.guard.arrange_middlewares`), so the guard's limits, time-out,
 error cleaning and shutdown accounting apply unchanged. Other routes and methods go through BentoML.
 It relies on BentoML 1.4.40 internals (pinned in requirements.txt): the app factory's `batch_infer`,
-`service.apis` and `enable_metrics`, the output model's `root` field, the metrics middleware's metric
-attributes and `_setup`, and the server context's names. tests/test_lean_route.py pins each of
+`service.apis` and `enable_metrics`, and the output model's `root` field (the metrics' own reliance is
+written down in serving/metrics.py). tests/test_lean_route.py pins each of
 them and compares the answers with BentoML's path.
 """
 
@@ -25,47 +26,14 @@ import logging
 from timeit import default_timer
 from typing import Any
 
-from bentoml._internal.context import server_context
-from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
 from serving.guard import ASGIApp, Receive, Scope, Send, dump
+from serving.metrics import BoundedTrafficMetrics, RequestMetrics
 
 logger = logging.getLogger("bentoml.flight_delay")
 UNEXPECTED = {"error": "An unexpected error has occurred, please check the server log."}  # BentoML's words
-
-
-class RequestMetrics:
-    """BentoML's request metrics of one route, recorded through children looked up once per status."""
-
-    def __init__(self, middleware: RunnerTrafficMetricsMiddleware, route: str) -> None:
-        if not middleware._is_setup:
-            middleware._setup()
-        self.middleware = middleware
-        self.labels = {
-            "endpoint": route,
-            "service_name": server_context.bento_name,
-            "service_version": server_context.bento_version,
-            "runner_name": server_context.service_name,
-        }
-        names = {key: self.labels[key] for key in ("service_name", "service_version", "runner_name")}
-        self.in_progress = middleware.metrics_request_in_progress.labels(**self.labels)
-        self.last_request = middleware.metrics_last_request_timestamp.labels(**names)
-        self.by_status: dict[int, tuple[Any, Any]] = {}
-
-    def record(self, status: int, seconds: float) -> None:
-        """Count one answered request and its duration."""
-        children = self.by_status.get(status)
-        if children is None:
-            labels = {**self.labels, "http_response_code": status}
-            children = (
-                self.middleware.metrics_request_total.labels(**labels),
-                self.middleware.metrics_request_duration.labels(**labels),
-            )
-            self.by_status[status] = children
-        children[0].inc()
-        children[1].observe(seconds)
 
 
 class PredictionRoute:
@@ -80,7 +48,7 @@ class PredictionRoute:
             raise ValueError(f"{api_name} is not batchable: BentoML's own path serves it")
         self.api_name = api_name
         self.serialize = TypeAdapter(self.api.output_spec.model_fields["root"].annotation).dump_json
-        self.metrics_middleware = app if isinstance(app, RunnerTrafficMetricsMiddleware) else None
+        self.metrics_middleware = app if isinstance(app, BoundedTrafficMetrics) else None
         if factory.enable_metrics and self.metrics_middleware is None:
             raise RuntimeError("BentoML's metrics middleware is not where this BentoML version had it")
         self.metrics: RequestMetrics | None = None
@@ -92,7 +60,7 @@ class PredictionRoute:
             return
         start = default_timer()
         if self.metrics is None and self.metrics_middleware is not None:
-            self.metrics = RequestMetrics(self.metrics_middleware, self.route)
+            self.metrics = self.metrics_middleware.route_metrics(self.route)
         metrics = self.metrics
         if metrics is not None:
             metrics.last_request.set_to_current_time()
