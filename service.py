@@ -11,15 +11,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from models.config import MODEL_NAME, PREDICTION_ROUTES, Settings
+from models.config import MODEL_NAME, PREDICTION_ROUTES, BadSettingError, Settings
 from models.features import FlightColumns
 from models.predictor import DelayPredictor, ModelError, check_metadata
 from models.schema import EXAMPLE_REQUEST, ChallengeResponse, FlightList, Prediction, PredictionRequest
+from serving import connections
 from serving.batching import cap_learned_wait
 from serving.guard import RequestGuard, arrange_middlewares
 from serving.lean_route import PredictionRoute
 
-settings = Settings()
+try:
+    settings = Settings.from_environment()
+except BadSettingError as exc:
+    raise SystemExit(f"refusing to start: {exc}") from None
 if settings.greedy_batching:
     cap_learned_wait()
 CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies")  # shown by /v1/model
@@ -146,15 +150,14 @@ class PredictionList(IORootModel[list[Prediction]]):
 
 
 # Mounted before BentoML's own routes, so /, /docs and /docs.json here take the place of BentoML's.
-plain_routes = Starlette(
-    routes=[
-        Route("/health", health),
-        Route("/v1/model", model_card),
-        Route("/", api_page),
-        Route("/docs", api_page),
-        Route("/docs.json", api_spec),
-    ]
-)
+PLAIN_ROUTES = [
+    Route("/health", health),
+    Route("/v1/model", model_card),
+    Route("/", api_page),
+    Route("/docs", api_page),
+    Route("/docs.json", api_spec),
+]
+plain_routes = Starlette(routes=list(PLAIN_ROUTES))
 
 
 @bentoml.asgi_app(plain_routes, path="/")
@@ -216,8 +219,24 @@ guard_errors = bentoml.metrics.Counter(
     documentation="Error responses the request guard sent itself (413, 415, 503, 504), by status",
     labelnames=["status"],
 )
+connections_closed = bentoml.metrics.Counter(
+    name="connections_closed",
+    documentation="Connections the worker closed itself, by reason: "
+    "idle, request_deadline (408), evicted or refused (at the connection cap)",
+    labelnames=["reason"],
+)
+connections.install(
+    connections.Limits(
+        idle_s=settings.idle_timeout_s,
+        request_s=settings.request_timeout_s,
+        max_connections=settings.max_connections,
+        on_close=lambda reason: connections_closed.labels(reason=reason).inc(),
+    )
+)
+BENTOML_ROUTES = ("/livez", "/healthz", "/readyz", "/schema.json")  # BentoML's own (/metrics is not counted)
 arrange_middlewares(
     tracing=settings.tracing_sample_rate > 0,
+    metric_routes=frozenset([*PREDICTION_ROUTES, *(route.path for route in PLAIN_ROUTES), *BENTOML_ROUTES]),
     inner=(PredictionRoute, {"route": PREDICTION_ROUTES[0], "api_name": "predict_batch"})
     if settings.lean_route_applies()
     else None,

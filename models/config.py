@@ -1,9 +1,11 @@
 """Constants shared by training and serving, and the one settings object read from the environment."""
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 MODEL_NAME = "flight_delay"
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -21,31 +23,65 @@ PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 
 
 class Settings(BaseSettings):
-    """Serving knobs, read from FLIGHT_DELAY_* environment variables.
+    """Serving knobs, read from FLIGHT_DELAY_* environment variables and checked at start
+    (`Settings.from_environment`).
 
     The defaults are the fast configuration measured in the README's stress-test section.
     """
 
     model_config = SettingsConfigDict(env_prefix="FLIGHT_DELAY_")
 
-    workers: int | Literal["cpu_count"] = "cpu_count"
+    workers: PositiveInt | Literal["cpu_count"] = "cpu_count"
     batching: bool = True
     greedy_batching: bool = True  # cap BentoML's learned batching wait: see serving/batching.py
-    max_batch_size: int = 256
-    max_latency_ms: int = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
-    max_in_flight: int = 512  # per worker; beyond it requests are shed at once with 503 (Retry-After)
-    shed_after_ms: int = 1_000  # while a request has waited longer for its answer, new ones get 503
-    timeout_s: int = 30
-    max_body_bytes: int = 1_048_576  # 1,000 flights with every field take about 120 KB
+    max_batch_size: Annotated[int, Field(ge=2)] = 256  # BentoML refuses 1
+    max_latency_ms: PositiveInt = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
+    max_in_flight: PositiveInt = 512  # per worker; beyond it requests are shed at once with 503 (Retry-After)
+    shed_after_ms: PositiveInt = 1_000  # while a request has waited longer for its answer, new ones get 503
+    timeout_s: PositiveInt = 30
+    max_body_bytes: PositiveInt = 1_048_576  # 1,000 flights with every field take about 120 KB
+    # Connections (serving/connections.py). Idle: uvicorn's own keep-alive default. Request: a
+    # 1,000-flight body (120 KB) over "Slow 3G" (400 kbit/s, 2 s round trips) takes 2.4 s to send
+    # plus about 5 round trips of TCP slow start and the request's own: about 14 s.
+    idle_timeout_s: PositiveFloat = 5.0
+    request_timeout_s: PositiveFloat = 20.0
+    max_connections: PositiveInt = 4_096  # per worker, and at most its open-file limit less a reserve
     access_log: bool = False
-    tracing_sample_rate: float = 0.0
+    tracing_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
     metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
     gc_freeze: bool = True
     lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/lean_route.py
 
+    @classmethod
+    def from_environment(cls) -> "Settings":
+        """The settings, or BadSettingError with one line per bad variable: its name, its value and what
+        is accepted (a crash-looping pod shows that line, not a traceback)."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems: dict[str, list[str]] = {}
+            for error in exc.errors(include_url=False):
+                problems.setdefault(str(error["loc"][0]), []).append(error["msg"][0].lower() + error["msg"][1:])
+            raise BadSettingError(
+                "\n".join(refusal(field, " or ".join(messages)) for field, messages in problems.items())
+            ) from None
+        except SettingsError as exc:  # a list that is not JSON
+            field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+            raise BadSettingError(refusal(field, "a JSON list of strings")) from None
+
     def lean_route_applies(self) -> bool:
-        """Whether /v1/prediction takes the lean path: asked for, and nothing it would skip is on
-        (the access log, or tracing of that route)."""
+        """Whether /v1/prediction takes the lean path: asked for, batched (it hands flights to BentoML's
+        batching dispatcher), and nothing it would skip is on (the access log, or tracing of that route)."""
         traced = self.tracing_sample_rate > 0 and PREDICTION_ROUTES[0] not in self.untraced_routes
-        return self.lean_route and not self.access_log and not traced
+        return self.lean_route and self.batching and not self.access_log and not traced
+
+
+class BadSettingError(ValueError):
+    """A FLIGHT_DELAY_* variable holds a value the service does not accept."""
+
+
+def refusal(field: str, accepted: str) -> str:
+    """The one line that refuses a setting."""
+    variable = f"FLIGHT_DELAY_{field.upper()}"
+    return f"{variable}={os.environ.get(variable, '')!r} is not accepted: {accepted}"
