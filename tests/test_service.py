@@ -3,14 +3,18 @@
 Every refused input is in test_bad_input.py."""
 
 import asyncio
+import os
 import re
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from models.config import MAX_FLIGHTS
-from models.schema import AIRLINES, DESTINATIONS, EXAMPLE_REQUEST
+from models.features import FlightColumns
+from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
+from models.schema import AIRLINES, DESTINATIONS, EXAMPLE_REQUEST, Flight
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +57,22 @@ def test_prediction_larger_than_batch_limit_is_answered_whole(client: httpx.Clie
     assert len(answers) == MAX_FLIGHTS
     singles = [client.post("/v1/prediction", json={"flights": [f]}).json()[0] for f in flights[:: MAX_FLIGHTS // 20]]
     assert answers[:: MAX_FLIGHTS // 20] == singles
+
+
+def test_prediction_is_the_trained_models_own_probability(client: httpx.Client, request: pytest.FixtureRequest) -> None:
+    """The service serves the model train.py saved, and answers with its offline probabilities and labels."""
+    if os.environ.get("FLIGHT_DELAY_URL"):
+        pytest.skip("the service at FLIGHT_DELAY_URL serves a model that is not in this test store")
+    import bentoml
+
+    trained = bentoml.models.get(request.getfixturevalue("trained_model"))
+    assert client.get("/v1/model").json()["tag"] == str(trained.tag)
+    offline = DelayPredictor.load(trained.path, trained.info.metadata)  # as service.py loads it
+    flights = varied_flights(300)
+    probabilities = offline.probabilities(FlightColumns.from_flights([Flight.model_validate(f) for f in flights]))
+    served = client.post("/v1/prediction", json={"flights": flights}).json()
+    assert np.abs(np.array([answer["probability"] for answer in served]) - probabilities).max() <= MAX_PROBABILITY_GAP
+    assert [answer["delay"] for answer in served] == offline.labels(probabilities).tolist()
 
 
 def test_predict_challenge_route_returns_labels(client: httpx.Client) -> None:
@@ -111,6 +131,9 @@ def adaptive_batch_count(client: httpx.Client) -> tuple[float, float]:
 
 
 def test_refusals_are_counted_by_the_guard_before_bentoml_sees_them(client: httpx.Client) -> None:
+    assert client.post("/v1/prediction", json=EXAMPLE_REQUEST).status_code == 200
+    # BentoML's request counter exists and counts, so its zero below means "not seen", not "not found"
+    assert metric(client, "bentoml_service_request_total", 'http_response_code="200"') > 0
     before = metric(client, "guard_error_responses_total", 'status="415"')
     refused = client.post("/v1/prediction", content=b"x", headers={"content-type": "text/plain"})
     assert refused.status_code == 415
