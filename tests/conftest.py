@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import numpy as np
@@ -54,6 +54,13 @@ def assert_calibrated(metrics: dict[str, Any]) -> None:
     forecast's and a calibration error of at most 0.02."""
     assert metrics["brier"] < metrics["base_rate_brier"]
     assert metrics["calibration_error"] <= 0.02
+
+
+def skip_unless_ci(reason: str) -> NoReturn:
+    """Skip a test whose tool or data is missing here; under CI (CI set), fail instead: CI runs every test."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test: {reason}")
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,8 @@ import re
 import shutil
 import subprocess
 
-import pytest
 import yaml
+from conftest import skip_unless_ci
 from scale import GRACE_S, PRESTOP_S, SLOTS, markdown, port  # in loadtest/, put on the path by conftest
 
 from models.config import PROJECT_DIR
@@ -19,9 +19,7 @@ def tool(name: str) -> str:
     """The path of a command-line tool; skipped where it is missing, except in CI, which must have it."""
     path = shutil.which(name)
     if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must have {name}: see .ci/run")
-        pytest.skip(f"{name} is not installed")
+        skip_unless_ci(f"{name} is not installed (.ci/run installs it)")
     return path
 
 
