@@ -1,0 +1,138 @@
+"""Every FLIGHT_DELAY_* knob works against the real server: each one flipped from its default serves
+the default's answers, a bad value stops the start with one line, and the guard's 503 and 504 come
+from the real server when its limits are set small."""
+
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import bentoml_serve
+from run import SERVERS  # in loadtest/, put on the path by conftest
+
+from models.config import PROJECT_DIR, Settings
+from models.schema import EXAMPLE_REQUEST
+
+pytestmark = pytest.mark.integration
+
+# One flipped value per knob: each differs from its default (test_knob_table_flips_every_setting).
+FLIPPED = {
+    "WORKERS": "1",
+    "BATCHING": "false",
+    "GREEDY_BATCHING": "false",
+    "MAX_BATCH_SIZE": "2",
+    "MAX_LATENCY_MS": "1000",
+    "MAX_IN_FLIGHT": "8",
+    "SHED_AFTER_MS": "200",
+    "TIMEOUT_S": "5",
+    "MAX_BODY_BYTES": "65536",
+    "IDLE_TIMEOUT_S": "2",
+    "REQUEST_TIMEOUT_S": "5",
+    "MAX_CONNECTIONS": "64",
+    "ACCESS_LOG": "true",
+    "TRACING_SAMPLE_RATE": "0.5",
+    "UNTRACED_ROUTES": '["/health"]',
+    "METRICS": "false",
+    "GC_FREEZE": "false",
+    "LEAN_ROUTE": "false",
+}
+THOUSAND_FLIGHTS = {"flights": EXAMPLE_REQUEST["flights"] * 500}
+
+
+def answers(url: str) -> tuple[object, object]:
+    """The service's answers to the example request on both prediction routes."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        served = [http.post(route, json=EXAMPLE_REQUEST) for route in ("/v1/prediction", "/predict")]
+    assert [answer.status_code for answer in served] == [200, 200]
+    return served[0].json(), served[1].json()
+
+
+def test_knob_table_flips_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert set(FLIPPED) == {field.upper() for field in Settings.model_fields}
+    default = Settings()
+    for knob, value in FLIPPED.items():
+        monkeypatch.setenv(f"FLIGHT_DELAY_{knob}", value)
+        flipped = Settings.from_environment()
+        monkeypatch.delenv(f"FLIGHT_DELAY_{knob}")
+        assert getattr(flipped, knob.lower()) != getattr(default, knob.lower()), knob
+
+
+@pytest.mark.parametrize("knob", sorted(FLIPPED))
+def test_service_with_knob_flipped_is_ready_and_answers_as_the_default(
+    knob: str, service_url: str, tmp_path: Path
+) -> None:
+    expected = answers(service_url)
+    with bentoml_serve(tmp_path / "serve.log", {f"FLIGHT_DELAY_{knob}": FLIPPED[knob]}) as (url, _process):
+        assert answers(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepted"),
+    [
+        ("FLIGHT_DELAY_WORKERS", "zero", "input should be a valid integer"),
+        ("FLIGHT_DELAY_MAX_BATCH_SIZE", "1", "greater than or equal to 2"),
+        ("FLIGHT_DELAY_TIMEOUT_S", "-1", "greater than 0"),
+        ("FLIGHT_DELAY_MAX_BODY_BYTES", "lots", "input should be a valid integer"),
+        ("FLIGHT_DELAY_UNTRACED_ROUTES", "/health", "a JSON list of strings"),
+        ("FLIGHT_DELAY_TRACING_SAMPLE_RATE", "2", "less than or equal to 1"),
+    ],
+)
+def test_bad_setting_stops_the_start_with_one_line(
+    trained_model: str, variable: str, value: str, accepted: str
+) -> None:
+    result = subprocess.run(
+        [*SERVERS["service"], "0"],
+        cwd=PROJECT_DIR,
+        env={**os.environ, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1, lines  # no traceback
+    assert lines[0].startswith(f"refusing to start: {variable}={value!r} is not accepted: ")
+    assert accepted in lines[0]
+
+
+def concurrent_posts(url: str, count: int) -> list[httpx.Response]:
+    """`count` 1,000-flight predictions sent at once, one connection each."""
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(timeout=60) as http:
+            return http.post(f"{url}/v1/prediction", json=THOUSAND_FLIGHTS)
+
+    with ThreadPoolExecutor(count) as pool:
+        return list(pool.map(post, range(count)))
+
+
+def test_real_server_sheds_with_503_and_retry_after_beyond_its_in_flight_limit(
+    trained_model: str, tmp_path: Path
+) -> None:
+    env = {"FLIGHT_DELAY_WORKERS": "1", "FLIGHT_DELAY_MAX_IN_FLIGHT": "1"}
+    with bentoml_serve(tmp_path / "serve.log", env) as (url, _process):
+        responses = concurrent_posts(url, 24)
+    statuses = {response.status_code for response in responses}
+    assert statuses == {200, 503}
+    shed = [response for response in responses if response.status_code == 503]
+    assert all(response.headers["retry-after"] == "1" for response in shed)
+    assert shed[0].json()["error"] == "overloaded, retry shortly"
+
+
+def test_real_server_answers_504_past_its_time_out(trained_model: str, tmp_path: Path) -> None:
+    env = {  # batches of 2 flights make each 1,000-flight request slow; nothing is shed
+        "FLIGHT_DELAY_WORKERS": "1",
+        "FLIGHT_DELAY_TIMEOUT_S": "1",
+        "FLIGHT_DELAY_MAX_BATCH_SIZE": "2",
+        "FLIGHT_DELAY_MAX_IN_FLIGHT": "1000",
+        "FLIGHT_DELAY_SHED_AFTER_MS": "600000",
+    }
+    with bentoml_serve(tmp_path / "serve.log", env) as (url, _process):
+        responses = concurrent_posts(url, 32)
+        assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200  # still serving afterwards
+    timed_out = [response for response in responses if response.status_code == 504]
+    assert timed_out, sorted(response.status_code for response in responses)
+    assert {response.status_code for response in responses} <= {200, 504}
+    assert timed_out[0].json()["error"] == "timed out"
