@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-REQUIREMENTS = Path(__file__).resolve().parent / "requirements-train.txt"
+REQUIREMENTS = Path(__file__).resolve().parent.parent / "requirements-train.txt"  # at the project root
 
 
 def audit() -> list[dict[str, Any]]:
