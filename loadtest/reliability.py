@@ -9,6 +9,8 @@
     python loadtest/reliability.py after-burst   # latency of lone requests, idle and for 12 s after a burst
     python loadtest/reliability.py lone          # one request at a time (http.client): 1, 100 and 1,000 flights
     python loadtest/reliability.py lone --against REV   # the same, paired with the code of git revision REV
+    python loadtest/reliability.py slow-clients  # 30,000 slow connections of each kind for 60 s, direct and via HAProxy
+    python loadtest/reliability.py path-flood    # 100,000 requests to random paths: /metrics before and after
 
 Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it.
 """
@@ -19,9 +21,12 @@ import os
 import resource
 import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,9 @@ sys.path.insert(0, str(HERE.parent))
 from accounting_client import BackgroundLoad  # noqa: E402
 from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
 from run import PROJECT_DIR, checkout, say, server, wrk  # noqa: E402
+from slow_client import KINDS  # noqa: E402
 
+from models.config import Settings  # noqa: E402
 from models.schema import EXAMPLE_REQUEST  # noqa: E402
 from serving.guard import shutdown_counts  # noqa: E402
 
@@ -289,6 +296,169 @@ def lone(args: argparse.Namespace) -> dict[str, Any]:
     return {"requests_each": 200, "rounds": rounds}
 
 
+ATTACKERS = 3  # processes of slow_client.py: a process may hold 20,000 open files here
+ATTACK_CONNECTIONS = 30_000
+ATTACK_SECONDS = 60
+PROBE_EVERY_S = 0.25  # one new-connection, one-flight request every 250 ms during the attack
+PROBE_SOURCE = "127.0.0.2"  # the probes' own address, so a front's per-source limit tells them from the attacker
+FRONT_REQUEST_DEADLINE_S = 10  # deploy/local/haproxy.cfg: timeout http-request
+PROBE_BODY = json.dumps({"flights": EXAMPLE_REQUEST["flights"][:1]})
+
+
+def probe_new_connection(host: str, port: int) -> float | None:
+    """Milliseconds a one-flight prediction takes on a new connection from PROBE_SOURCE; None if it fails."""
+    from http.client import HTTPConnection
+
+    connection = HTTPConnection(host, port, timeout=10, source_address=(PROBE_SOURCE, 0))
+    started = time.perf_counter()
+    try:
+        connection.request("POST", "/v1/prediction", PROBE_BODY, {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        ok = answer.status == 200
+    except OSError:
+        ok = False
+    finally:
+        connection.close()
+    return (time.perf_counter() - started) * 1000 if ok else None
+
+
+def percentile(values: list[float], share: float) -> float | None:
+    """The value at `share` of the sorted values (nearest rank), or None for none."""
+    ordered = sorted(values)
+    return round(ordered[min(int(share * len(ordered)), len(ordered) - 1)], 1) if ordered else None
+
+
+def slow_attack(url: str, kind: str, deadline_s: float, service: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """ATTACK_CONNECTIONS slow connections of `kind` against `url` for ATTACK_SECONDS, with probes on new
+    connections meanwhile; then how long the server kept the slow connections, the workers' memory and
+    the recovery."""
+    host, port = url.removeprefix("http://").split(":")
+    command = [sys.executable, str(HERE / "slow_client.py"), kind, host, port]
+    attackers = [
+        subprocess.Popen([*command, str(ATTACK_CONNECTIONS // ATTACKERS), str(ATTACK_SECONDS)], stdout=subprocess.PIPE)
+        for _ in range(ATTACKERS)
+    ]
+    memory: list[float] = []
+    started = time.monotonic()
+    with ThreadPoolExecutor(64) as pool:
+        futures = []
+        while (elapsed := time.monotonic() - started) < ATTACK_SECONDS:
+            futures.append(pool.submit(probe_new_connection, host, int(port)))
+            if len(futures) % int(1 / PROBE_EVERY_S) == 0:
+                memory.append(sum(w.memory_info().rss for w in workers(service.pid).values()) / 2**20)
+            time.sleep(max(0.0, len(futures) * PROBE_EVERY_S - elapsed))
+        latencies = [future.result() for future in futures]
+    reports = [json.loads(attacker.communicate()[0]) for attacker in attackers]
+    stopped = time.monotonic()
+    recovery = None
+    while time.monotonic() - stopped < 10:
+        if (latency := probe_new_connection(host, int(port))) is not None and latency < 50:
+            recovery = {"seconds_after_attack": round(time.monotonic() - stopped, 2), "latency_ms": round(latency, 1)}
+            break
+        time.sleep(0.1)
+    lifetimes: dict[float, int] = {}
+    stats: dict[str, int] = {}
+    for report in reports:
+        for seconds, count in report["lifetimes_s"].items():
+            lifetimes[float(seconds)] = lifetimes.get(float(seconds), 0) + count
+        for key, count in report["stats"].items():
+            stats[key] = stats.get(key, 0) + count
+    closed = sum(lifetimes.values())
+    answered = [latency for latency in latencies if latency is not None]
+    held = [sum(values) for values in zip(*(report["held_per_second"] for report in reports), strict=False)]
+    say(f"{kind}: {len(answered)}/{len(latencies)} probes answered, {closed} slow connections closed")
+    return {
+        "attacker": {"connections": ATTACK_CONNECTIONS, "processes": ATTACKERS, "seconds": ATTACK_SECONDS},
+        "probes": {
+            "sent": len(latencies),
+            "answered": len(answered),
+            "answered_share": round(len(answered) / len(latencies), 4),
+            "p50_ms": percentile(answered, 0.5),
+            "p99_ms": percentile(answered, 0.99),
+        },
+        "slow_connections": {
+            "held_by_attacker_median": percentile([float(h) for h in held], 0.5),
+            "held_by_attacker_max": max(held, default=0),
+            "closed_by_server": closed,
+            "deadline_s": deadline_s,
+            "closed_within_deadline_plus_1_s": round(
+                sum(n for seconds, n in lifetimes.items() if seconds <= deadline_s + 1) / closed, 4
+            )
+            if closed
+            else None,
+            "closed_at_once_under_0_1_s": sum(n for seconds, n in lifetimes.items() if seconds < 0.1),
+            "longest_s": max(lifetimes, default=None),
+            "outcomes": stats,
+        },
+        "workers_memory_mib": {"max": round(max(memory), 1), "median": percentile(memory, 0.5)},
+        "recovery": recovery,
+    }
+
+
+def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
+    """Each slow kind of slow_client.py at 30,000 connections for 60 s, straight at the service and
+    through the HAProxy front of deploy/local/haproxy.cfg (the service as its replica r1)."""
+    from scale import SLOTS, Balancer, port
+
+    settings = Settings()
+    deadlines = {"silent": settings.idle_timeout_s, "slow-headers": settings.request_timeout_s}
+    outcome: dict[str, Any] = {"direct": {}, "haproxy": {}}
+    kinds = args.kinds or list(KINDS)
+    with tempfile.TemporaryDirectory() as directory, server("service", port=port(SLOTS[0])) as (url, process):
+        for kind in kinds:
+            outcome["direct"][kind] = slow_attack(url, kind, deadlines.get(kind, settings.request_timeout_s), process)
+        balancer = Balancer(Path(directory))
+        try:
+            wait_until_up = time.monotonic() + 15
+            while balancer.states().get("r1") != "UP" and time.monotonic() < wait_until_up:
+                time.sleep(0.2)
+            for kind in kinds:
+                outcome["haproxy"][kind] = slow_attack("http://127.0.0.1:3100", kind, FRONT_REQUEST_DEADLINE_S, process)
+        finally:
+            balancer.stop()
+    return outcome
+
+
+def metrics_snapshot(url: str, service: subprocess.Popen[bytes]) -> dict[str, Any]:
+    """/metrics' size, series and scrape time, the workers' memory and the metric files on disk."""
+    started = time.perf_counter()
+    text = httpx.get(f"{url}/metrics", timeout=120).text
+    scrape_s = time.perf_counter() - started
+    procs = workers(service.pid)
+    directory = Path(next(iter(procs.values())).environ()["PROMETHEUS_MULTIPROC_DIR"])
+    return {
+        "bytes": len(text.encode()),
+        "series": sum(1 for line in text.splitlines() if line and not line.startswith("#")),
+        "scrape_ms": round(scrape_s * 1000, 1),
+        "workers_rss_mib": sorted(round(w.memory_info().rss / 2**20, 1) for w in procs.values()),
+        "metric_files_bytes": sum(f.stat().st_size for f in directory.iterdir()),
+    }
+
+
+def path_flood(args: argparse.Namespace) -> dict[str, Any]:
+    """100,000 requests to paths never seen before (loadtest/random_paths.lua): /metrics before and after."""
+    with server("service") as (url, process):
+        wrk(url, 2, 2, 20, 1, "warm-up")  # every route's series exist before the first snapshot
+        before = metrics_snapshot(url, process)
+        command = [
+            "wrk",
+            "-t2",
+            "-c20",
+            "-d120s",
+            "-s",
+            str(HERE / "random_paths.lua"),
+            url,
+            "--",
+            str(args.paths // 2),
+        ]
+        flood = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+        say(flood)
+        after = metrics_snapshot(url, process)
+    requests = int(flood.split(" requests in ")[0].split()[-1])
+    return {"requests": requests, "before": before, "after": after}
+
+
 def lone_requests(code: Path) -> dict[str, Any]:
     """Median and p99 milliseconds of lone requests of 1, 100 and 1,000 flights to the service run from `code`."""
     from http.client import HTTPConnection
@@ -319,6 +489,8 @@ def lone_requests(code: Path) -> dict[str, Any]:
 
 
 DRILLS = {
+    "slow-clients": slow_clients,
+    "path-flood": path_flood,
     "overload": overload,
     "big-request": big_request,
     "heavy-overload": heavy_overload,
@@ -335,6 +507,8 @@ def main() -> None:
     parser.add_argument("drill", choices=DRILLS)
     parser.add_argument("--minutes", type=int, default=10, help="soak length (default 10)")
     parser.add_argument("--against", help="lone: also measure the code of this git revision, in the same run")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, help="slow-clients: only these kinds (default: all)")
+    parser.add_argument("--paths", type=int, default=100_000, help="path-flood: requests (default 100,000)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 connections need more than 1,024 files

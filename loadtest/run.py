@@ -92,13 +92,18 @@ def checkout(revision: str | None) -> Iterator[Path]:
 
 @contextmanager
 def server(
-    kind: str, env: dict[str, str] | None = None, log: Path | None = None, code: Path = PROJECT_DIR
+    kind: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    code: Path = PROJECT_DIR,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Start one of SERVERS on a free port, yield its base URL and process once ready, stop it afterwards.
+    """Start one of SERVERS on `port` (default: a free one), yield its base URL and process once ready,
+    stop it afterwards.
 
     Its output goes to log, if given; `code` is the project checkout it runs from.
     """
-    port = free_port()
+    port = port or free_port()
     with open(log or os.devnull, "wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [*SERVERS[kind], str(port)],

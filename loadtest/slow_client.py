@@ -1,0 +1,104 @@
+"""The attacker of the slow-client drills: one process holding thousands of connections that never
+finish a request, each reopened 1 s after the server closes it, so the attack keeps its size.
+
+    python loadtest/slow_client.py KIND HOST PORT CONNECTIONS SECONDS   # prints one JSON line
+
+A process here may hold 20,000 open files, so `reliability.py slow-clients` runs several. The line
+reports how long the server kept each connection (histogram in 0.1 s), what it answered first, how
+many connects failed, and how many connections the process held, once a second.
+"""
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Kind:
+    """What a slow connection sends at once, then every `every_s` seconds."""
+
+    head: bytes
+    trickle: bytes
+    every_s: float
+
+
+POST = b"POST /v1/prediction HTTP/1.1\r\nHost: attacker\r\nContent-Type: application/json\r\n"
+KINDS = {
+    "silent": Kind(b"", b"", 4),  # connects and sends nothing
+    "slow-headers": Kind(POST, b"X-Slow: 1\r\n", 4),  # one header line every 4 s, never the blank line
+    "slow-body": Kind(POST + b"Content-Length: 100000\r\n\r\n", b" ", 4),  # one body byte every 4 s
+    # A large body at a steady 2 KB/s: each read arrives in time, so only a deadline on the whole request ends it.
+    "large-body": Kind(POST + b"Content-Length: 1000000\r\n\r\n", b" " * 2048, 1),
+}
+REOPEN_AFTER_S = 1.0
+
+
+async def hold(kind: Kind, host: str, port: int, until: float, lifetimes: Counter[float], stats: Counter[str]) -> None:
+    """Keep one slow connection open until `until`, reopening it after each close."""
+    while time.monotonic() < until:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            stats["connect_failed"] += 1
+            await asyncio.sleep(REOPEN_AFTER_S)
+            continue
+        opened = time.monotonic()
+        stats["open"] += 1
+        first = b""
+        closed = "drill_end"
+        try:
+            writer.write(kind.head)
+            while time.monotonic() < until:
+                try:
+                    chunk = await asyncio.wait_for(reader.read(4096), kind.every_s)
+                except TimeoutError:
+                    writer.write(kind.trickle)
+                    continue
+                if not chunk:
+                    closed = "closed"
+                    break
+                first = first or chunk
+        except OSError:
+            closed = "reset"
+        finally:
+            stats["open"] -= 1
+            writer.close()
+        if closed != "drill_end":
+            lifetimes[round(time.monotonic() - opened, 1)] += 1
+            answer = first[9:12].decode(errors="replace") if first.startswith(b"HTTP/") else "none"
+            stats[f"{closed}_answer_{answer}"] += 1
+            await asyncio.sleep(REOPEN_AFTER_S)
+
+
+async def attack(kind: Kind, host: str, port: int, connections: int, seconds: float) -> dict[str, object]:
+    """`connections` slow connections for `seconds`; the process's report."""
+    until = time.monotonic() + seconds
+    lifetimes: Counter[float] = Counter()
+    stats: Counter[str] = Counter()
+    tasks = []
+    for _ in range(connections):  # opened at about 2,000/s, as a single attacking host would
+        tasks.append(asyncio.create_task(hold(kind, host, port, until, lifetimes, stats)))
+        if len(tasks) % 100 == 0:
+            await asyncio.sleep(0.05)
+    held = []
+    while time.monotonic() < until:
+        held.append(stats["open"])
+        await asyncio.sleep(1)
+    await asyncio.gather(*tasks)
+    return {"held_per_second": held, "lifetimes_s": dict(lifetimes), "stats": dict(stats)}
+
+
+def main(argv: list[str]) -> None:
+    kind, host, port, connections, seconds = argv
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    report = asyncio.run(attack(KINDS[kind], host, int(port), int(connections), float(seconds)))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
