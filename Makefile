@@ -43,16 +43,16 @@ lint: install  ## ruff and mypy
 audit: install  ## pip-audit of the runtime packages; exit 1 vulnerable, 2 not all audited (no advisory DB)
 	$(PYTHON) tools/dependency_audit.py
 
-loadtest: install  ## the reference stress test with both baselines; needs wrk (apt-get install -y wrk)
+loadtest: install  ## the reference stress test with both baselines, into loadtest/results/reference-<today>/; needs wrk (apt-get install -y wrk)
 	$(PYTHON) loadtest/run.py --baselines
 
-ablation: install  ## one knob at a time, in rounds: loadtest/results/ablation/ablation.md
+ablation: install  ## one knob at a time, in rounds: loadtest/results/ablation/ablation-<today>.md
 	$(PYTHON) loadtest/ablation.py
 
 container: install  ## bento + image flight-delay:<version>; LOCAL_BASE=1 builds a Debian base here (no registry)
 	container/build.sh
 
-container-test: install  ## contract and stress tests against the image (IMAGE, PORT, DURATION)
+container-test: install  ## contract and stress tests against the image (IMAGE, PORT, DURATION, NAME=<today>)
 	container/test.sh
 
 deploy-check: install  ## render and validate the Kubernetes manifests, test the alert rules

@@ -2,14 +2,20 @@
 # make container-test: run the image with --network=host, time it to /readyz, check it runs as a
 # non-root user, run the HTTP contract tests and the stress test against it (and against
 # `bentoml serve` on the host, for the ratio), then time a clean SIGTERM shutdown. The container is
-# always stopped and removed, on failure or Ctrl-C too.
-#   IMAGE=flight-delay:latest PORT=3300 DURATION=45 container/test.sh
+# always stopped and removed, on failure or Ctrl-C too. The stress results go to
+# loadtest/results/container-NAME/ and container-host-NAME/ (NAME: today's date unless given); it
+# refuses to start if either exists, so a rerun never replaces a cited run.
+#   IMAGE=flight-delay:latest PORT=3300 DURATION=45 NAME=2026-12-03 container/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-flight-delay:latest}
 PORT=${PORT:-3300}
 DURATION=${DURATION:-45}
 CONNECTIONS=${CONNECTIONS:-200}
+NAME=${NAME:-$(date +%F)}
+for folder in "container-$NAME" "container-host-$NAME"; do
+  [ ! -e "loadtest/results/$folder" ] || { echo "loadtest/results/$folder exists: NAME=... to write elsewhere" >&2; exit 2; }
+done
 name="flight-delay-test-$$"
 url="http://127.0.0.1:$PORT"
 PYTHON=${PYTHON:-$(command -v python3)}  # before PATH changes below
@@ -38,13 +44,15 @@ echo "[container-test] ready in ${ready} s, running as uid $user, image $((size 
 
 FLIGHT_DELAY_URL="$url" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_service.py tests/test_bad_input.py
 
-"$PYTHON" loadtest/run.py --url "$url" --duration "$DURATION" --connections "$CONNECTIONS" --name container
-"$PYTHON" loadtest/run.py --duration "$DURATION" --connections "$CONNECTIONS" --name container-host
-"$PYTHON" - <<'PY'
+"$PYTHON" loadtest/run.py --url "$url" --duration "$DURATION" --connections "$CONNECTIONS" --name "container-$NAME"
+"$PYTHON" loadtest/run.py --duration "$DURATION" --connections "$CONNECTIONS" --name "container-host-$NAME"
+NAME="$NAME" "$PYTHON" - <<'PY'
 import json
+import os
 from pathlib import Path
-runs = {name: json.loads(Path(f"loadtest/results/{name}/summary.json").read_text())["runs"]["service"]
-        for name in ("container", "container-host")}
+summaries = {place: Path(f"loadtest/results/{place}-{os.environ['NAME']}/summary.json")
+             for place in ("container", "container-host")}
+runs = {place: json.loads(path.read_text())["runs"]["service"] for place, path in summaries.items()}
 ratio = runs["container"]["requests_per_s"] / runs["container-host"]["requests_per_s"]
 print(f"[container-test] container {runs['container']['requests_per_s']:,.0f} req/s, "
       f"host {runs['container-host']['requests_per_s']:,.0f} req/s: {ratio:.2f}x")

@@ -3,9 +3,10 @@
 Each configuration starts a fresh service with its environment, warms it up and runs wrk with
 script.lua. The machine is shared and noisy, so every round runs all configurations back to back,
 each is compared with the default of its own round, and the table gives medians over the rounds:
-loadtest/results/ablation/ablation.md (and ablation.json with every run).
+loadtest/results/ablation/NAME.md (and NAME.json with every run; NAME defaults to ablation-YYYY-MM-DD,
+today; existing files are refused unless --overwrite).
 
-    python loadtest/ablation.py [--rounds 3] [--duration 10] [--only KNOB ...] [--against REV]
+    python loadtest/ablation.py [--rounds 3] [--duration 10] [--only KNOB ...] [--against REV] [--name NAME]
 
 --against REV measures a code change: each round also runs the code of git revision REV (checked
 out in a temporary worktree, same model store) under the reference load and under 100 flights per
@@ -15,6 +16,7 @@ request at 64 connections, next to this checkout's.
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -25,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from report import failures, parse_summary  # noqa: E402
-from run import PROJECT_DIR, checkout, say, server, wrk  # noqa: E402
+from run import PROJECT_DIR, checkout, dated, say, server, unused, wrk  # noqa: E402
 
 
 def shadow_fast_loops() -> str:
@@ -83,6 +85,13 @@ def row(knob: str, value: str, runs: list[dict[str, Any]], ratios: list[float], 
     )
 
 
+def command(args: argparse.Namespace) -> str:
+    """The command line that repeats this ablation, every option spelt out."""
+    words = ["python", "loadtest/ablation.py", "--rounds", str(args.rounds), "--duration", str(args.duration)]
+    words += ["--warmup", str(args.warmup), *(["--only", *args.only] if args.only else [])]
+    return shlex.join([*words, *(["--against", args.against] if args.against else []), "--name", args.name])
+
+
 def main() -> None:
     """Run every configuration, round after round, and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -90,10 +99,14 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="seconds measured per run (default 10)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up per run (default 3)")
     parser.add_argument("--only", nargs="*", default=[], help="knobs to run, besides the default")
-    parser.add_argument("--name", default="ablation", help="file name of the table and runs (default ablation)")
+    parser.add_argument(
+        "--name", default=dated("ablation"), help="file name of the table and runs (default ablation-TODAY)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the table and runs if they exist")
     parser.add_argument("--against", help="git revision whose code to measure next to this checkout's")
     args = parser.parse_args()
     results = HERE / "results" / "ablation"
+    unused(results / f"{args.name}.md", results / f"{args.name}.json", overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)
     shadow = shadow_fast_loops()
     configs = [c for c in CONFIGS if c[1] != "<revision>" and (c[0] == "default" or not args.only or c[0] in args.only)]
@@ -117,7 +130,7 @@ def main() -> None:
     lines = [
         f"Ablation, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} rounds of wrk -t4 "
         f"-d{args.duration}s (-c200 unless the row says otherwise) after a {args.warmup} s warm-up, "
-        "medians over the rounds; `python loadtest/ablation.py`",
+        f"medians over the rounds; `{command(args)}`",
         "",
         "| knob | value | req/s | flights/s | req/s vs default of the same round (min to max) | p50 ms | p99 ms | "
         "errors (all rounds) |",

@@ -1,10 +1,11 @@
 """Where a worker's time goes under the reference load: py-spy samples, grouped by layer.
 
-    python loadtest/profile.py [--seconds 15] [--connections 200] [--flights-per-request 1] [--name profile]
+    python loadtest/profile.py [--seconds 15] [--connections 200] [--flights-per-request 1] [--name NAME]
 
 Starts the service, drives it with wrk -t4 (200 connections, 1 flight per request unless told),
 samples one worker with py-spy (needs root or ptrace rights) and writes loadtest/results/profile/NAME.md
-with each layer's share of samples.
+with each layer's share of samples (NAME defaults to profile-YYYY-MM-DD, today; existing files are
+refused unless --overwrite).
 """
 
 import argparse
@@ -18,7 +19,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from reliability import in_background, workers  # noqa: E402
-from run import say, server, wrk  # noqa: E402
+from run import dated, say, server, unused, wrk  # noqa: E402
 
 # First match wins, from the innermost frame outwards: (layer, fragments of a frame's text).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -53,11 +54,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15, help="seconds sampled")
     parser.add_argument("--connections", type=int, default=200, help="wrk connections (default 200)")
     parser.add_argument("--flights-per-request", type=int, default=1, help="flights in each request (default 1)")
-    parser.add_argument("--name", default="profile", help="file name of the table (default profile)")
+    parser.add_argument("--name", default=dated("profile"), help="file name of the table (default profile-TODAY)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the table and samples if they exist")
     args = parser.parse_args()
     results = HERE / "results" / "profile"
-    results.mkdir(parents=True, exist_ok=True)
     raw = results / f"{args.name}.py-spy.raw.txt"
+    unused(results / f"{args.name}.md", raw, overwrite=args.overwrite)
+    results.mkdir(parents=True, exist_ok=True)
     with server("service") as (url, process):
         load = (4, args.connections, args.flights_per_request)
         wrk(url, 3, *load, "warm-up")

@@ -4,7 +4,9 @@
     python loadtest/run.py --baselines          # then the per-request baseline and the Python ceiling
     python loadtest/run.py --url http://127.0.0.1:3000 --duration 10 --connections 50 --name ci
 
-Writes loadtest/results/NAME/: TARGET.wrk.txt (raw wrk output), summary.json, report.md, plot.png.
+Writes loadtest/results/NAME/ (default reference-YYYY-MM-DD, today): TARGET.wrk.txt (raw wrk output),
+summary.json, report.md, plot.png. A folder that exists is refused, unless --overwrite: the docs cite
+committed runs by folder, and a rerun must not silently replace one.
 Exits 1 when the service answered anything but 2xx or wrk saw socket errors; never on throughput.
 """
 
@@ -42,6 +44,18 @@ SERVERS = {
 def say(message: str) -> None:
     """A progress line."""
     print(f"[loadtest {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def dated(prefix: str) -> str:
+    """prefix-YYYY-MM-DD with today's date: the default name of a results folder or file."""
+    return f"{prefix}-{time.strftime('%Y-%m-%d')}"
+
+
+def unused(*paths: Path, overwrite: bool = False) -> None:
+    """Exit with one line if any of paths exists, unless overwrite: a rerun never replaces a cited result."""
+    taken = [path.relative_to(PROJECT_DIR).as_posix() for path in paths if path.exists()]
+    if taken and not overwrite:
+        sys.exit(f"already there: {', '.join(taken)}; choose another --name, or --overwrite to replace")
 
 
 def free_port() -> int:
@@ -179,7 +193,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up before measuring (default 5)")
     parser.add_argument("--flights-per-request", type=int, default=1, help="flights in each request (default 1)")
     parser.add_argument("--baselines", action="store_true", help="also run the per-request baseline and the ceiling")
-    parser.add_argument("--name", default="reference", help="results folder under loadtest/results/")
+    parser.add_argument(
+        "--name", default=dated("reference"), help="results folder under loadtest/results/ (default reference-TODAY)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the results folder if it exists")
     return parser.parse_args(argv)
 
 
@@ -189,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed: apt-get install -y wrk")
     results = HERE / "results" / args.name
+    unused(results, overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, Any]] = {}
     if args.url:
