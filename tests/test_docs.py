@@ -1,12 +1,16 @@
-"""The Markdown documentation: every relative link and image resolves, and the README stays a front door."""
+"""The Markdown documentation: every relative link and image resolves, the README stays a front door, and
+the figures and settings the docs state are those of the code and of the result files they cite."""
 
+import json
 import re
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from report import SOCKET_ERRORS  # in loadtest/, put on the path by conftest
 
-from models.config import PROJECT_DIR
+from models.config import PROJECT_DIR, Settings
 
 README_MAX_LINES = 160
 EXTERNAL_SCHEMES = ("http://", "https://", "mailto:")
@@ -65,3 +69,62 @@ def test_readme_links_every_docs_page() -> None:
 def test_readme_is_at_most_160_lines() -> None:
     lines = len((PROJECT_DIR / "README.md").read_text().splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; move details into docs/"
+
+
+def table_rows(markdown: str, first_line: str) -> list[list[str]]:
+    """The cells of each body row of the Markdown table that follows first_line, backticks and bold removed."""
+    lines = markdown[markdown.index(first_line) :].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|---"))
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip().strip("`").replace("**", "") for cell in line.strip("|").split(" | ")])
+    return rows
+
+
+def documented(default: Any) -> str:
+    """A setting's default as the configuration table writes it: true/false, JSON lists, numbers as Python."""
+    if isinstance(default, bool):
+        return str(default).lower()
+    return json.dumps(default) if isinstance(default, list) else str(default)
+
+
+def test_configuration_table_lists_every_setting_with_its_default() -> None:
+    """A setting added, renamed or given a new default in models/config.py shows in docs/configuration.md."""
+    page = (PROJECT_DIR / "docs" / "configuration.md").read_text()
+    table = {row[0]: row[1] for row in table_rows(page, "| variable | default | meaning |")}
+    prefix = Settings.model_config["env_prefix"]
+    settings = {f"{prefix}{name.upper()}": documented(field.default) for name, field in Settings.model_fields.items()}
+    assert table == settings
+
+
+README_TARGETS = {  # the README's row names of the runs in summary.json
+    "this service": "service",
+    "per-request baseline (Starlette)": "baseline",
+    "Python ceiling (constant JSON)": "ceiling",
+}
+
+
+def test_readme_stress_test_figures_are_those_of_the_run_it_cites() -> None:
+    """Each figure of the README's stress-test table equals the summary.json of the results folder it links."""
+    readme = (PROJECT_DIR / "README.md").read_text()
+    section = readme[readme.index("**Stress test**") :]
+    folder = re.search(r"\(loadtest/results/([^/)]+)/report\.md\)", section.split("\n|")[0])
+    assert folder, "the stress-test paragraph links no loadtest/results/<name>/report.md"
+    runs = json.loads((PROJECT_DIR / "loadtest" / "results" / folder[1] / "summary.json").read_text())["runs"]
+    rows = table_rows(section, "| target | requests in 45 s |")
+    assert [README_TARGETS[row[0]] for row in rows] == list(runs)
+    service_rate = runs["service"]["requests_per_s"]
+    for row in rows:
+        run = runs[README_TARGETS[row[0]]]
+        latency = run["latency_ms"]
+        assert row[1:] == [
+            f"{run['requests']:,}",
+            f"{run['requests_per_s']:,.0f}",
+            *(f"{latency[p]:.1f}" for p in ("p50", "p90", "p99", "p99_9")),
+            str(run["non_2xx"]),
+            str(sum(run["errors"][kind] for kind in SOCKET_ERRORS)),
+            f"{run['requests_per_s'] / service_rate:.2f}x",
+        ], row[0]
+        assert round(run["duration_s"]) == 45
