@@ -10,8 +10,10 @@
   validation library's documentation (they carry its version), inputs or tracebacks;
 - more requests in flight in this worker than `max_in_flight`, or one of them waiting for its
   answer longer than `shed_after_s`: 503 at once, so a spike is shed quickly instead of queueing
-  into client time-outs; every 503 carries `Retry-After`. The wait counts from the end of the
-  body, so a client that uploads slowly cannot make the worker shed everyone else;
+  into client time-outs; every 503 carries `Retry-After`. A request is admitted, and counted, only
+  once its body is in, and its wait counts from then: clients that upload slowly cannot fill the
+  in-flight limit or make the worker shed everyone else (30,000 slow uploads left 125 of 240 new
+  requests answered when they counted); serving/connections.py bounds them instead;
 - no answer within `timeout_s`: 504 (BentoML's own time-out middleware costs a task and a timer that
   outlives the request, for every request);
 - at shutdown, one log line per worker: requests accepted, answered, and cut (accepted, not answered).
@@ -60,6 +62,10 @@ SHUTDOWN_LOG = "shutdown: %d requests accepted, %d answered, %d cut"
 class BodyTooLargeError(Exception):
     """The request body passed the size limit while streaming in."""
 
+    def __init__(self, more_body: bool) -> None:
+        super().__init__()
+        self.more_body = more_body  # whether the client has more of it to send (to drain)
+
 
 class RequestGuard:
     """Wraps the service's ASGI app; `routes` are the paths whose requests are checked."""
@@ -107,29 +113,52 @@ class RequestGuard:
                 await drain(receive)
             await self.answer_error(send, 413, self.too_large)
             return
-        if self.overloaded():
-            await self.answer_error(send, 503, "the service is at capacity, retry after 1 s")
-            return
-        self.in_flight += 1
-        self.accepted += 1
-        number = self.accepted
         responding = CleanErrors(send)
+        number = 0  # the request's number once admitted: its body is in and it was not shed
         try:
             async with asyncio.timeout(self.timeout_s):
-                await self.app(scope, self.counting(receive, number), responding)
+                body = await self.read_body(receive)
+                if body is None:  # the client left before its body was in
+                    return
+                if self.overloaded():
+                    await self.answer_error(send, 503, "the service is at capacity, retry after 1 s")
+                    return
+                self.in_flight += 1
+                self.accepted += 1
+                number = self.accepted
+                self.waiting[number] = time.monotonic()
+                await self.app(scope, replaying(body, receive), responding)
             self.answered += 1
-        except BodyTooLargeError:
-            await drain(receive)
+        except BodyTooLargeError as exc:
+            if exc.more_body:
+                await drain(receive)
             await self.answer_error(send, 413, self.too_large)
-            self.answered += 1
         except TimeoutError:
             if responding.started:  # too late for a 504: the client sees the connection close
                 raise
             await self.answer_error(send, 504, f"no answer within {self.timeout_s:g} s, retry later")
-            self.answered += 1
+            if number:
+                self.answered += 1
         finally:
-            self.in_flight -= 1
-            self.waiting.pop(number, None)
+            if number:
+                self.in_flight -= 1
+                self.waiting.pop(number, None)
+
+    async def read_body(self, receive: Receive) -> bytes | None:
+        """The whole body, or None if the client disconnected first; BodyTooLargeError past the limit."""
+        chunks = []
+        seen = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body_bytes:
+                raise BodyTooLargeError(message.get("more_body", False))
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
 
     async def answer_error(self, send: Send, status: int, message: str) -> None:
         """Answer with the guard's own error response, and count it."""
@@ -157,22 +186,6 @@ class RequestGuard:
             return message
 
         return receive_reporting
-
-    def counting(self, receive: Receive, number: int) -> Receive:
-        """`receive` that stops a chunked body once it passes the limit, and starts the request's wait when it ends."""
-        seen = 0
-
-        async def receive_counted() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > self.max_body_bytes:
-                raise BodyTooLargeError
-            if message["type"] == "http.request" and not message.get("more_body"):
-                self.waiting[number] = time.monotonic()
-            return message
-
-        return receive_counted
 
 
 class CleanErrors:
@@ -229,6 +242,16 @@ def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
     elif status == 413:
         headers.append((b"connection", b"close"))
     return headers
+
+
+def replaying(body: bytes, receive: Receive) -> Receive:
+    """`receive` that gives the body already read, whole, then passes on to the server's."""
+    pending: list[Message] = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive_replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return receive_replayed
 
 
 async def drain(receive: Receive) -> None:

@@ -159,6 +159,20 @@ def test_a_slow_upload_does_not_make_others_shed() -> None:
     assert asyncio.run(scenario()) == 200
 
 
+def test_slow_uploads_do_not_fill_the_in_flight_limit() -> None:
+    """A request counts in flight only once its body is in: 30,000 slow uploads otherwise shed half
+    of the requests sent meanwhile (loadtest/reliability.py slow-clients, slow-body, 2026-12-03)."""
+
+    async def scenario() -> int:
+        app = Gate()
+        app.opened.set()
+        checked = guard(app, max_in_flight=2)
+        await started(*(call(checked, body_ends=False) for _ in range(5)))
+        return (await call(checked))[0]
+
+    assert asyncio.run(scenario()) == 200
+
+
 def test_error_bodies_keep_only_field_problem_and_location() -> None:
     async def invalid(scope: Scope, receive: Any, send: Any) -> None:
         problem = {"type": "missing", "loc": ["flights"], "msg": "Field required", "input": {"secret": 1},
