@@ -305,8 +305,8 @@ FRONT_REQUEST_DEADLINE_S = 10  # deploy/local/haproxy.cfg: timeout http-request
 PROBE_BODY = json.dumps({"flights": EXAMPLE_REQUEST["flights"][:1]})
 
 
-def probe_new_connection(host: str, port: int) -> float | None:
-    """Milliseconds a one-flight prediction takes on a new connection from PROBE_SOURCE; None if it fails."""
+def probe_new_connection(host: str, port: int) -> float | str:
+    """Milliseconds a one-flight prediction takes on a new connection from PROBE_SOURCE, or why it failed."""
     from http.client import HTTPConnection
 
     connection = HTTPConnection(host, port, timeout=10, source_address=(PROBE_SOURCE, 0))
@@ -315,12 +315,19 @@ def probe_new_connection(host: str, port: int) -> float | None:
         connection.request("POST", "/v1/prediction", PROBE_BODY, {"Content-Type": "application/json"})
         answer = connection.getresponse()
         answer.read()
-        ok = answer.status == 200
-    except OSError:
-        ok = False
+        outcome: float | str = (time.perf_counter() - started) * 1000 if answer.status == 200 else str(answer.status)
+    except OSError as exc:
+        outcome = type(exc).__name__
     finally:
         connection.close()
-    return (time.perf_counter() - started) * 1000 if ok else None
+    return outcome
+
+
+def closes(url: str) -> dict[str, float]:
+    """The service's own count of the connections it closed, by reason (connections_closed_total)."""
+    lines = httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
+    prefix = "connections_closed_total{"
+    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)}
 
 
 def percentile(values: list[float], share: float) -> float | None:
@@ -329,11 +336,14 @@ def percentile(values: list[float], share: float) -> float | None:
     return round(ordered[min(int(share * len(ordered)), len(ordered) - 1)], 1) if ordered else None
 
 
-def slow_attack(url: str, kind: str, deadline_s: float, service: subprocess.Popen[bytes]) -> dict[str, Any]:
+def slow_attack(
+    url: str, kind: str, deadline_s: float, service: subprocess.Popen[bytes], service_url: str
+) -> dict[str, Any]:
     """ATTACK_CONNECTIONS slow connections of `kind` against `url` for ATTACK_SECONDS, with probes on new
-    connections meanwhile; then how long the server kept the slow connections, the workers' memory and
-    the recovery."""
+    connections meanwhile; then how long the slow connections were kept (as the attacker saw it, and
+    the service's own closes by reason), the workers' memory and the recovery."""
     host, port = url.removeprefix("http://").split(":")
+    closes_before = closes(service_url)
     command = [sys.executable, str(HERE / "slow_client.py"), kind, host, port]
     attackers = [
         subprocess.Popen([*command, str(ATTACK_CONNECTIONS // ATTACKERS), str(ATTACK_SECONDS)], stdout=subprocess.PIPE)
@@ -348,12 +358,13 @@ def slow_attack(url: str, kind: str, deadline_s: float, service: subprocess.Pope
             if len(futures) % int(1 / PROBE_EVERY_S) == 0:
                 memory.append(sum(w.memory_info().rss for w in workers(service.pid).values()) / 2**20)
             time.sleep(max(0.0, len(futures) * PROBE_EVERY_S - elapsed))
-        latencies = [future.result() for future in futures]
+        outcomes = [future.result() for future in futures]
     reports = [json.loads(attacker.communicate()[0]) for attacker in attackers]
     stopped = time.monotonic()
+    closes_after = closes(service_url)
     recovery = None
     while time.monotonic() - stopped < 10:
-        if (latency := probe_new_connection(host, int(port))) is not None and latency < 50:
+        if isinstance(latency := probe_new_connection(host, int(port)), float) and latency < 50:
             recovery = {"seconds_after_attack": round(time.monotonic() - stopped, 2), "latency_ms": round(latency, 1)}
             break
         time.sleep(0.1)
@@ -365,17 +376,27 @@ def slow_attack(url: str, kind: str, deadline_s: float, service: subprocess.Pope
         for key, count in report["stats"].items():
             stats[key] = stats.get(key, 0) + count
     closed = sum(lifetimes.values())
-    answered = [latency for latency in latencies if latency is not None]
+    answered = [outcome for outcome in outcomes if isinstance(outcome, float)]
+    failed = [outcome for outcome in outcomes if isinstance(outcome, str)]
     held = [sum(values) for values in zip(*(report["held_per_second"] for report in reports), strict=False)]
-    say(f"{kind}: {len(answered)}/{len(latencies)} probes answered, {closed} slow connections closed")
+    say(f"{kind}: {len(answered)}/{len(outcomes)} probes answered, {closed} slow connections closed")
     return {
-        "attacker": {"connections": ATTACK_CONNECTIONS, "processes": ATTACKERS, "seconds": ATTACK_SECONDS},
+        "attacker": {
+            "connections": ATTACK_CONNECTIONS,
+            "processes": ATTACKERS,
+            "seconds": ATTACK_SECONDS,
+            "own_loop_lag_s_max": max(report["loop_lag_s_max"] for report in reports),
+        },
         "probes": {
-            "sent": len(latencies),
+            "sent": len(outcomes),
             "answered": len(answered),
-            "answered_share": round(len(answered) / len(latencies), 4),
+            "answered_share": round(len(answered) / len(outcomes), 4),
+            "failed_by_reason": {reason: failed.count(reason) for reason in sorted(set(failed))},
             "p50_ms": percentile(answered, 0.5),
             "p99_ms": percentile(answered, 0.99),
+        },
+        "service_closes_by_reason": {
+            reason: int(count - closes_before.get(reason, 0)) for reason, count in closes_after.items()
         },
         "slow_connections": {
             "held_by_attacker_median": percentile([float(h) for h in held], 0.5),
@@ -399,7 +420,7 @@ def slow_attack(url: str, kind: str, deadline_s: float, service: subprocess.Pope
 def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
     """Each slow kind of slow_client.py at 30,000 connections for 60 s, straight at the service and
     through the HAProxy front of deploy/local/haproxy.cfg (the service as its replica r1)."""
-    from scale import SLOTS, Balancer, port
+    from scale import LB_URL, SLOTS, Balancer, port
 
     settings = Settings()
     deadlines = {"silent": settings.idle_timeout_s, "slow-headers": settings.request_timeout_s}
@@ -407,14 +428,15 @@ def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
     kinds = args.kinds or list(KINDS)
     with tempfile.TemporaryDirectory() as directory, server("service", port=port(SLOTS[0])) as (url, process):
         for kind in kinds:
-            outcome["direct"][kind] = slow_attack(url, kind, deadlines.get(kind, settings.request_timeout_s), process)
+            deadline = deadlines.get(kind, settings.request_timeout_s)
+            outcome["direct"][kind] = slow_attack(url, kind, deadline, process, url)
         balancer = Balancer(Path(directory))
         try:
             wait_until_up = time.monotonic() + 15
             while balancer.states().get("r1") != "UP" and time.monotonic() < wait_until_up:
                 time.sleep(0.2)
             for kind in kinds:
-                outcome["haproxy"][kind] = slow_attack("http://127.0.0.1:3100", kind, FRONT_REQUEST_DEADLINE_S, process)
+                outcome["haproxy"][kind] = slow_attack(LB_URL, kind, FRONT_REQUEST_DEADLINE_S, process, url)
         finally:
             balancer.stop()
     return outcome
