@@ -105,14 +105,23 @@ def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds
 def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """`bentoml serve` of the store's latest model on a free port, its output in log: (URL, process) once ready.
 
-    env: variables to set for it, such as another BENTOML_HOME.
+    env: variables to set for it. Unless it names a BENTOML_HOME, the service gets one of its own
+    beside the log, sharing the test store's models: BentoML keeps the Prometheus files of all
+    workers under it and clears them at start, which would blank another running service's /metrics.
     """
+    env = dict(env or {})
+    if "BENTOML_HOME" not in env:
+        home = log.parent / "bentoml-home"
+        home.mkdir(exist_ok=True)
+        if not (home / "models").exists():
+            (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+        env["BENTOML_HOME"] = str(home)
     port = free_port()
     with log.open("wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [*SERVERS["service"], str(port)],
             cwd=PROJECT_DIR,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **env},
             stdout=output,
             stderr=subprocess.STDOUT,
         )

@@ -108,10 +108,14 @@ def test_lean_route_sits_inside_the_guard_and_outside_bentoml_middlewares(traine
 
     from serving.guard import RequestGuard
     from serving.lean_route import PredictionRoute
+    from serving.metrics import BoundedTrafficMetrics
 
     app = load("service:FlightDelay", standalone_load=True).to_asgi()  # as a BentoML worker builds it
     layers = [middleware.cls for middleware in app.user_middleware]
-    assert layers[:3] == [RequestGuard, PredictionRoute, RunnerTrafficMetricsMiddleware]
+    assert layers[:3] == [RequestGuard, PredictionRoute, BoundedTrafficMetrics]  # in place of BentoML's own
+    assert RunnerTrafficMetricsMiddleware not in layers and issubclass(
+        BoundedTrafficMetrics, RunnerTrafficMetricsMiddleware
+    )
     assert not {"TimeoutMiddleware", "OpenTelemetryMiddleware"} & {cls.__name__ for cls in layers}
     guard = app.build_middleware_stack().app  # inside Starlette's ServerErrorMiddleware
     assert isinstance(guard, RequestGuard) and isinstance(guard.app, PredictionRoute)
