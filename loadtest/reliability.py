@@ -337,13 +337,14 @@ def percentile(values: list[float], share: float) -> float | None:
 
 
 def slow_attack(
-    url: str, kind: str, deadline_s: float, service: subprocess.Popen[bytes], service_url: str
+    url: str, kind: str, deadline_s: float, service: subprocess.Popen[bytes], service_url: str, balancer: Any = None
 ) -> dict[str, Any]:
     """ATTACK_CONNECTIONS slow connections of `kind` against `url` for ATTACK_SECONDS, with probes on new
     connections meanwhile; then how long the slow connections were kept (as the attacker saw it, and
     the service's own closes by reason), the workers' memory and the recovery."""
     host, port = url.removeprefix("http://").split(":")
     closes_before = closes(service_url)
+    front_before = balancer.stats()["r1"] if balancer else {}
     command = [sys.executable, str(HERE / "slow_client.py"), kind, host, port]
     attackers = [
         subprocess.Popen([*command, str(ATTACK_CONNECTIONS // ATTACKERS), str(ATTACK_SECONDS)], stdout=subprocess.PIPE)
@@ -362,6 +363,7 @@ def slow_attack(
     reports = [json.loads(attacker.communicate()[0]) for attacker in attackers]
     stopped = time.monotonic()
     closes_after = closes(service_url)
+    front = balancer.stats()["r1"] if balancer else {}
     recovery = None
     while time.monotonic() - stopped < 10:
         if isinstance(latency := probe_new_connection(host, int(port)), float) and latency < 50:
@@ -395,6 +397,10 @@ def slow_attack(
             "p50_ms": percentile(answered, 0.5),
             "p99_ms": percentile(answered, 0.99),
         },
+        # HAProxy's view of the service: times its health check took it out, seconds out, failed connections
+        "front_to_service": {key: int(front[key]) - int(front_before[key]) for key in ("chkdown", "downtime", "econ")}
+        if balancer
+        else None,
         "service_closes_by_reason": {
             reason: int(count - closes_before.get(reason, 0)) for reason, count in closes_after.items()
         },
@@ -426,8 +432,9 @@ def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
     deadlines = {"silent": settings.idle_timeout_s, "slow-headers": settings.request_timeout_s}
     outcome: dict[str, Any] = {"direct": {}, "haproxy": {}}
     kinds = args.kinds or list(KINDS)
+    fronts = args.fronts or ["direct", "haproxy"]
     with tempfile.TemporaryDirectory() as directory, server("service", port=port(SLOTS[0])) as (url, process):
-        for kind in kinds:
+        for kind in kinds if "direct" in fronts else []:
             deadline = deadlines.get(kind, settings.request_timeout_s)
             outcome["direct"][kind] = slow_attack(url, kind, deadline, process, url)
         balancer = Balancer(Path(directory))
@@ -435,8 +442,8 @@ def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
             wait_until_up = time.monotonic() + 15
             while balancer.states().get("r1") != "UP" and time.monotonic() < wait_until_up:
                 time.sleep(0.2)
-            for kind in kinds:
-                outcome["haproxy"][kind] = slow_attack(LB_URL, kind, FRONT_REQUEST_DEADLINE_S, process, url)
+            for kind in kinds if "haproxy" in fronts else []:
+                outcome["haproxy"][kind] = slow_attack(LB_URL, kind, FRONT_REQUEST_DEADLINE_S, process, url, balancer)
         finally:
             balancer.stop()
     return outcome
@@ -530,6 +537,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=int, default=10, help="soak length (default 10)")
     parser.add_argument("--against", help="lone: also measure the code of this git revision, in the same run")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="slow-clients: only these kinds (default: all)")
+    parser.add_argument("--fronts", nargs="+", choices=["direct", "haproxy"], help="slow-clients: only these")
     parser.add_argument("--paths", type=int, default=100_000, help="path-flood: requests (default 100,000)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -540,6 +548,7 @@ def main() -> None:
     name = (
         args.drill if os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true") != "false" else f"{args.drill}-not-greedy"
     ) + (f"-against-{args.against}" if args.against else "")
+    name += "".join(f"-{part}" for part in (args.fronts or []) + (args.kinds or []))  # a part of a drill, apart
     (RESULTS / f"{name}.json").write_text(json.dumps(outcome, indent=2) + "\n")
     print(json.dumps({k: v for k, v in outcome.items() if k != "samples"}, indent=2))
 
