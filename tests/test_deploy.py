@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from conftest import skip_unless_ci
 
 from models.config import PREDICTION_ROUTES, PROJECT_DIR, Settings
 from models.schema import EXAMPLE_REQUEST
+from serving.monitoring import EXPORT_EVERY_S
 
 KUBERNETES_VERSION = "1.32"  # the oldest Kubernetes the manifests must apply to
 K8S_DIR = PROJECT_DIR / "deploy" / "k8s"
@@ -483,12 +485,33 @@ def test_a_misspelt_probe_path_is_not_answered(client: httpx.Client, path: str) 
 
 
 RULE_GROUPS: list[dict[str, Any]] = yaml.safe_load(RULES_FILE.read_text())["groups"]
-ALERTS: dict[str, dict[str, Any]] = {rule["alert"]: rule for group in RULE_GROUPS for rule in group["rules"]}
+ALERTS: dict[str, dict[str, Any]] = {
+    rule["alert"]: rule for group in RULE_GROUPS for rule in group["rules"] if "alert" in rule
+}
+RECORDS: dict[str, dict[str, Any]] = {
+    rule["record"]: rule for group in RULE_GROUPS for rule in group["rules"] if "record" in rule
+}
 RULE_TESTS: list[dict[str, Any]] = yaml.safe_load(RULES_TEST_FILE.read_text())["tests"]
 
 
-def test_alert_rules_are_one_group_named_after_the_service() -> None:
-    assert [group["name"] for group in RULE_GROUPS] == ["flight-delay.rules"]
+def test_rule_groups_are_named_after_the_service() -> None:
+    assert [group["name"] for group in RULE_GROUPS] == ["flight-delay.rules", "flight-delay.monitoring.rules"]
+
+
+def test_recording_rules_follow_the_level_metric_operations_naming() -> None:
+    assert RECORDS
+    assert all(re.fullmatch(r"[a-z_]+:flight_delay_[a-z_]+:[a-z0-9]+", name) for name in RECORDS)
+
+
+def test_drift_rule_test_expects_the_services_own_js_distance() -> None:
+    """The promtool case's expected score is models.quality.js_distance of the same counts."""
+    import numpy as np
+
+    from models.quality import js_distance
+
+    case = next(test for test in RULE_TESTS if test["name"] == "drift is scored from the pods' summed counts")
+    expected = case["promql_expr_test"][0]["exp_samples"][0]["value"]
+    assert expected == pytest.approx(js_distance(np.array([2.0, 1.0, 0.0]), np.array([1.0, 1.0, 0.0])), abs=1e-12)
 
 
 @pytest.mark.parametrize("alert", sorted(ALERTS))
@@ -544,15 +567,18 @@ def exported_labels(metrics_text: str) -> dict[str, set[str]]:
 def test_alert_rule_metrics_and_labels_are_exported_by_the_service(client: httpx.Client) -> None:
     assert client.post(PREDICTION_ROUTES[0], json=EXAMPLE_REQUEST).status_code == 200
     assert client.post(PREDICTION_ROUTES[0], content="x", headers={"Content-Type": "text/plain"}).status_code == 415
+    time.sleep(EXPORT_EVERY_S + 0.5)  # the monitoring counts reach /metrics once a second
     exported = exported_labels(client.get("/metrics").text)  # the 415 makes the guard's counter appear
     used = {
         (metric, label)
-        for rule in ALERTS.values()
+        for rule in [*ALERTS.values(), *RECORDS.values()]
         for metric, matchers in SELECTOR.findall(rule["expr"])
         if not metric.startswith("kube_")  # kube-state-metrics, not the service
         for label in {*MATCHER.findall(matchers), ""} - SCRAPE_LABELS
     }
     assert used, "no service metric found in the rules"
+    used |= {(metric, label) for metric in ("flight_delay_input_flights_total", "flight_delay_reference_share")
+             for label in ("model", "input", "value")}  # summed by in the recording rules  # fmt: skip
     missing = {
         (metric, label) for metric, label in used if metric not in exported or label not in {*exported[metric], ""}
     }
