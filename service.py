@@ -5,6 +5,7 @@ from functools import cache
 from typing import Any
 
 import bentoml
+import numpy as np
 from _bentoml_sdk.io_models import IORootModel  # BentoML's own base of list outputs; pinned version
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -12,13 +13,14 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from models.config import MODEL_NAME, PREDICTION_ROUTES, BadSettingError, Settings
-from models.features import FlightColumns
+from models.features import FlightColumns, encode
 from models.predictor import DelayPredictor, ModelError, check_metadata
 from models.schema import EXAMPLE_REQUEST, ChallengeResponse, FlightList, Prediction, PredictionRequest
 from serving import connections
 from serving.batching import cap_learned_wait
 from serving.guard import RequestGuard, arrange_middlewares
 from serving.lean_route import PredictionRoute
+from serving.monitoring import Monitor, pod_report
 
 try:
     settings = Settings.from_environment()
@@ -26,7 +28,7 @@ except BadSettingError as exc:
     raise SystemExit(f"refusing to start: {exc}") from None
 if settings.greedy_batching:
     cap_learned_wait()
-CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies")  # shown by /v1/model
+CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies", "reference")  # /v1/model
 # The container's base. A distro BentoML does not know skips its apt-get of build-essential and
 # git (633 MB of the image): every dependency installs from a wheel. bentofile.yaml's base_image wins.
 IMAGE = bentoml.images.Image(base_image="python:3.11-slim", distro="debian-wheels-only")
@@ -57,8 +59,18 @@ async def health(_: Request) -> JSONResponse:
 
 
 async def model_card(_: Request) -> JSONResponse:
-    """What the service is running: tag, training data, metrics, threshold and vocabularies."""
+    """What the service is running: tag, training data, metrics, threshold, vocabularies and the
+    training distributions that live traffic is compared with."""
     return JSONResponse(bentoml.get_current_service().card)
+
+
+async def monitoring(_: Request) -> JSONResponse:
+    """This pod's predictions since its workers started (all workers): each input's drift from the
+    training data and the quality expected from the probabilities. A null score: fewer than 1,000
+    flights with that input so far, or an input not judged by design (docs/monitoring.md)."""
+    if not settings.monitoring or not settings.metrics:
+        return JSONResponse({"error": "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS"}, 404)
+    return JSONResponse(pod_report(bentoml.get_current_service().card))
 
 
 # The service's own API page, at / and /docs, instead of BentoML's (a page titled with the bento
@@ -96,6 +108,16 @@ accepted airlines and cities, the model's metrics and its threshold. The version
 of the model this service is running."""
 
 
+MONITORING_EXAMPLE = {  # the shape of GET /v1/monitoring, for the API page (one input shown of seven)
+    "model": "flight_delay:<version>",
+    "predictions": {"flights": 120000, "since": "2026-12-03T08:00:00+00:00"},
+    "drift": {"airline": {"score": 0.031, "threshold": 0.1, "drifted": False, "flights": 120000, "missing": 0}},
+    "estimated": {"delay_rate": 0.183, "brier": 0.139, "roc_auc": 0.71, "precision": 0.3, "recall": 0.65, "f1": 0.41},
+    "outcomes": {"flights": 0, "delay_rate": None, "brier": None, "calibration_error": None, "roc_auc": None},
+    "reference": {"delay_rate": 0.1812, "brier": 0.1327, "roc_auc": 0.7154},
+}
+
+
 async def api_page(_: Request) -> HTMLResponse:
     """The API page: Swagger UI over this service's own OpenAPI document."""
     return HTMLResponse(API_PAGE)
@@ -124,7 +146,8 @@ def openapi_document() -> dict[str, Any]:
         body["example"] = EXAMPLE_REQUEST  # the same example as the README and the tests
     paths["/health"] = {"get": get_operation(health, app_tag["name"], {"status": "OK"})}
     paths["/v1/model"] = {"get": get_operation(model_card, app_tag["name"], card)}
-    public = [*PREDICTION_ROUTES, "/health", "/v1/model"]  # first, in the README's order
+    paths["/v1/monitoring"] = {"get": get_operation(monitoring, app_tag["name"], MONITORING_EXAMPLE)}
+    public = [*PREDICTION_ROUTES, "/health", "/v1/model", "/v1/monitoring"]  # first, in the README's order
     spec["paths"] = {**{route: paths.pop(route) for route in public}, **paths}
     return spec
 
@@ -153,6 +176,7 @@ class PredictionList(IORootModel[list[Prediction]]):
 PLAIN_ROUTES = [
     Route("/health", health),
     Route("/v1/model", model_card),
+    Route("/v1/monitoring", monitoring),
     Route("/", api_page),
     Route("/docs", api_page),
     Route("/docs.json", api_spec),
@@ -179,6 +203,11 @@ class FlightDelay:
     def __init__(self) -> None:
         info = self.model.info
         self.predictor = DelayPredictor.load(self.model.path, info.metadata)
+        self.monitor = (
+            Monitor(info.metadata["reference"], self.predictor.threshold, str(info.tag))
+            if settings.monitoring and settings.metrics
+            else None
+        )
         if settings.gc_freeze:
             gc.freeze()  # libraries and model live as long as the worker: keep them out of every collection
         self.card: dict[str, Any] = {
@@ -200,7 +229,7 @@ class FlightDelay:
         # Sync, so BentoML runs each batch in its worker thread. Async (on the event loop) was measured:
         # 1.17x the flights/s at 100 per request and faster lone requests, but under 2,000 connections
         # the busier loop accepts connections later and clients time out more (docs/performance.md).
-        probabilities = self.predictor.probabilities(FlightColumns.from_flights(flights))
+        probabilities = self.probabilities(flights)
         labels = self.predictor.labels(probabilities)
         return [
             Prediction(delay=label, probability=p)
@@ -210,8 +239,16 @@ class FlightDelay:
     @bentoml.api(route=PREDICTION_ROUTES[1], input_spec=PredictionRequest)
     def predict(self, flights: FlightList) -> ChallengeResponse:
         """The LATAM challenge's contract: one 0/1 label per flight under "predict"."""
-        labels = self.predictor.labels(self.predictor.probabilities(FlightColumns.from_flights(flights)))
+        labels = self.predictor.labels(self.probabilities(flights))
         return ChallengeResponse(predict=labels.tolist())
+
+    def probabilities(self, flights: FlightList) -> np.ndarray:
+        """Encode, predict and count a batch (the counts feed /v1/monitoring and /metrics)."""
+        features = encode(FlightColumns.from_flights(flights))
+        probabilities = self.predictor.scores(features)
+        if self.monitor is not None:
+            self.monitor.count(features, probabilities)
+        return probabilities
 
 
 guard_errors = bentoml.metrics.Counter(

@@ -31,8 +31,9 @@ from models.config import (
     TEST_SIZE,
 )
 from models.data import DataError, embedded_sample, file_sha256, load_flights
-from models.features import FlightColumns, encode
+from models.features import MONITORED, FlightColumns, category_counts, encode
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor, expected_spec, probability_gap
+from models.quality import probability_bins, probability_edges
 
 VIEWS = ("required_only", "all_fields")  # (a) OPERA, TIPOVUELO, MES; (b) plus Fecha-I and SIGLADES
 PACKAGES = ("bentoml", "scikit-learn", "onnx", "onnxruntime", "numpy", "pandas", "pydantic")
@@ -206,8 +207,25 @@ def load_training_data(path: Path | None) -> tuple[pd.DataFrame, dict[str, Any]]
     return flights, {"source": str(path), "sha256": file_sha256(path), "rows": len(flights)}
 
 
-def train(flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any]]:
-    """Split by day, choose the threshold, fit, and evaluate on the held-out days."""
+def reference(predictor: DelayPredictor, columns: FlightColumns, metrics: dict[str, Any]) -> dict[str, Any]:
+    """What live traffic is compared with (serving/monitoring.py): the training flights' monitored
+    inputs and probabilities, counted as the service counts them, and the held-out quality."""
+    features = encode(columns)
+    probabilities = predictor.scores(features)
+    edges = probability_edges(probabilities)
+    held_out = metrics[VIEWS[-1]]  # all fields given, as the training flights
+    return {
+        "flights": len(probabilities),
+        "inputs": {name: counts.tolist() for name, counts in zip(MONITORED, category_counts(features), strict=True)},
+        "probability_edges": [round(float(edge), 6) for edge in edges],
+        "probability_counts": np.bincount(probability_bins(edges, probabilities), minlength=len(edges) + 1).tolist(),
+        "held_out": {key: held_out[key] for key in ("delay_rate", "brier", "roc_auc")},
+    }
+
+
+def train(flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
+    """Split by day, choose the threshold, fit, and evaluate on the held-out days; the predictor,
+    its held-out metrics and its reference for monitoring."""
     columns, delayed = FlightColumns.from_frame(flights), flights["delayed"].to_numpy()
     days = flights["Fecha-I"].dt.strftime("%Y-%m-%d").to_numpy()
     splitter = GroupShuffleSplit(n_splits=1, test_size=TEST_SIZE, random_state=SEED)
@@ -224,7 +242,7 @@ def train(flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any]]:
     served = predictor.compiled()
     for view, view_columns in zip(VIEWS, (held_out.without_optional(), held_out), strict=True):
         metrics[view]["served_probability_gap"] = probability_gap(served, predictor, view_columns)
-    return predictor, metrics
+    return predictor, metrics, reference(served, subset(columns, train_rows), metrics)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    predictor, metrics = train(flights)
+    predictor, metrics, monitoring_reference = train(flights)
     print(format_report(metrics, predictor.threshold))
     gap = max(metrics[view]["served_probability_gap"] for view in VIEWS)
     if gap > MAX_PROBABILITY_GAP:  # a converter or runtime that evaluates the trees differently
@@ -258,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "evaluation": {"hold_out": TEST_SIZE, "grouped_by": "calendar day of Fecha-I", "seed": SEED},
         "versions": {"python": platform.python_version(), **{name: version(name) for name in PACKAGES}},
         "evaluator": {"served": "onnxruntime", "reference": "scikit-learn", "max_probability_gap": MAX_PROBABILITY_GAP},
+        "reference": monitoring_reference,
         **expected_spec(),
     }
     labels = {"data": "real" if training_data["source"] != "embedded synthetic sample" else "synthetic"}

@@ -50,6 +50,7 @@ class Settings(BaseSettings):
     tracing_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
     metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
+    monitoring: bool = True  # drift and expected quality of the predictions (serving/monitoring.py); needs metrics
     gc_freeze: bool = True
     lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/lean_route.py
 

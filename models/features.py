@@ -27,6 +27,20 @@ FEATURES: tuple[str, ...] = (
     "destination",  # code in DESTINATIONS
 )
 
+# The inputs monitored for drift (serving/monitoring.py), read as categories: each one's number of
+# values; a NaN (an optional field not given) counts in one more slot. minute_of_day and day_of_year
+# are finer copies of hour and of month and day: not monitored, by design.
+MONITORED: dict[str, int] = {
+    "airline": len(AIRLINES),
+    "international": 2,
+    "month": 13,  # 1..12; slot 0 unused
+    "hour": 24,
+    "weekday": 7,
+    "day_of_month": 32,  # 1..31; slot 0 unused
+    "destination": len(DESTINATIONS),
+}
+_MONITORED_COLUMNS = [(FEATURES.index(name), size) for name, size in MONITORED.items()]
+
 _AIRLINE_CODE = {name: code for code, name in enumerate(AIRLINES)}
 _DESTINATION_CODE = {name: code for code, name in enumerate(DESTINATIONS)}
 
@@ -96,3 +110,14 @@ def encode(columns: FlightColumns) -> np.ndarray:
             columns.destination,
         ]
     )
+
+
+def category_counts(features: np.ndarray) -> list[np.ndarray]:
+    """Flights per value of each MONITORED input (in its order) in a feature matrix, the last slot
+    counting flights without it: one bincount per input."""
+    counts = []
+    for column, size in _MONITORED_COLUMNS:
+        values = features[:, column]
+        slots = np.where(np.isnan(values), size, values).astype(np.int64)
+        counts.append(np.bincount(slots, minlength=size + 1))
+    return counts

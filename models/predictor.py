@@ -27,7 +27,16 @@ ONNX_INPUT, ONNX_OUTPUT = "features", "log_odds"
 NODE_ATTRIBUTES = ("nodes_treeids", "nodes_nodeids", "nodes_featureids", "nodes_modes", "nodes_values",
                    "nodes_truenodeids", "nodes_falsenodeids", "nodes_missing_value_tracks_true")  # fmt: skip
 MAX_PROBABILITY_GAP = 1e-5  # allowed difference between the two evaluators' probabilities
-REQUIRED_METADATA = ("threshold", "features", "vocabularies", "metrics", "training_data", "versions", "evaluator")
+REQUIRED_METADATA = (
+    "threshold",
+    "features",
+    "vocabularies",
+    "metrics",
+    "training_data",
+    "versions",
+    "evaluator",
+    "reference",
+)
 
 
 class ModelError(Exception):
@@ -67,7 +76,11 @@ class DelayPredictor:
 
     def probabilities(self, columns: FlightColumns) -> np.ndarray:
         """P(delay over 15 minutes) of each flight in the batch."""
-        return self.classifier.predict_proba(encode(columns))[:, 1]
+        return self.scores(encode(columns))
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        """P(delay over 15 minutes) of each row of an encoded feature matrix (models.features.encode)."""
+        return self.classifier.predict_proba(features)[:, 1]
 
     def labels(self, probabilities: np.ndarray) -> np.ndarray:
         """1 where the probability reaches the threshold chosen at training time."""

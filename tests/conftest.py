@@ -72,7 +72,7 @@ def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sample_model() -> tuple[DelayPredictor, dict[str, Any]]:
+def sample_model() -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
     """The predictor and hold-out metrics of train.py's procedure on the whole embedded sample (68,206 flights)."""
     return train.train(embedded_sample()[0])
 

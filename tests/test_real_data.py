@@ -37,7 +37,7 @@ def real_flights() -> pd.DataFrame:
 
 
 @pytest.fixture(scope="module")
-def real_model(real_flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any]]:
+def real_model(real_flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
     """The predictor and hold-out metrics of train.py's procedure on the real data."""
     return train.train(real_flights)
 
@@ -51,13 +51,13 @@ def test_committed_stats_are_those_of_real_data(real_flights: pd.DataFrame) -> N
     assert compute_stats(real_flights) == json.loads(STATS_PATH.read_text())
 
 
-def test_required_fields_only_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any]]) -> None:
+def test_required_fields_only_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]]) -> None:
     metrics = real_model[1]["required_only"]
     assert metrics["roc_auc"] >= 0.67
     assert metrics["delayed"]["recall"] >= 0.60
 
 
-def test_all_fields_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any]]) -> None:
+def test_all_fields_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]]) -> None:
     metrics = real_model[1]["all_fields"]
     assert metrics["roc_auc"] >= 0.70
     assert metrics["delayed"]["recall"] >= 0.60
@@ -66,7 +66,7 @@ def test_all_fields_meet_targets(real_model: tuple[DelayPredictor, dict[str, Any
 
 @pytest.mark.parametrize("view", train.VIEWS)
 def test_real_probabilities_are_calibrated_on_held_out_days(
-    real_model: tuple[DelayPredictor, dict[str, Any]], view: str
+    real_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]], view: str
 ) -> None:
     assert_calibrated(real_model[1][view])
 
@@ -80,7 +80,7 @@ NO_WORSE_THAN = {"required_only": (0.673, 0.368), "all_fields": (0.713, 0.406)}
 
 @pytest.mark.parametrize("view", train.VIEWS)
 def test_real_ranking_and_labels_no_worse_than_balanced_weights(
-    real_model: tuple[DelayPredictor, dict[str, Any]], view: str
+    real_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]], view: str
 ) -> None:
     metrics = real_model[1][view]
     roc_auc, f1 = NO_WORSE_THAN[view]
@@ -89,7 +89,7 @@ def test_real_ranking_and_labels_no_worse_than_balanced_weights(
 
 
 def test_served_model_answers_as_scikit_learn_on_every_real_flight(
-    real_flights: pd.DataFrame, real_model: tuple[DelayPredictor, dict[str, Any]]
+    real_flights: pd.DataFrame, real_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]]
 ) -> None:
     reference = real_model[0]
     assert_same_answers(reference.compiled(), reference, FlightColumns.from_frame(real_flights))
@@ -97,8 +97,8 @@ def test_served_model_answers_as_scikit_learn_on_every_real_flight(
 
 def test_sample_model_ranks_airlines_like_real_model(
     real_flights: pd.DataFrame,
-    real_model: tuple[DelayPredictor, dict[str, Any]],
-    sample_model: tuple[DelayPredictor, dict[str, Any]],
+    real_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]],
+    sample_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]],
 ) -> None:
     columns = FlightColumns.from_frame(real_flights).without_optional()
     by_airline = (

@@ -57,7 +57,7 @@ def test_train_saves_calibration_metrics_and_reliability_plot(stored: Any) -> No
 
 @pytest.mark.parametrize("view", train.VIEWS)
 def test_embedded_sample_probabilities_are_calibrated_on_held_out_days(
-    sample_model: tuple[DelayPredictor, dict[str, Any]], view: str
+    sample_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]], view: str
 ) -> None:
     assert_calibrated(sample_model[1][view])
 
@@ -89,7 +89,7 @@ def embedded_run() -> TrainingRun:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train, "choose_threshold", recording_choose_threshold)
         patch.setattr(train, "evaluate", recording_evaluate)
-        predictor, _ = train.train(embedded_sample()[0])
+        predictor, *_ = train.train(embedded_sample()[0])
     return TrainingRun(**seen, threshold=predictor.threshold)
 
 

@@ -1,0 +1,226 @@
+"""Live counts of what the service predicts, and the pod's drift and expected quality from them.
+
+Each worker counts, once per batch with whole-array operations, the flights per value of every
+monitored input (models.features.MONITORED) and per probability bin of its model's reference
+(stored by train.py), with the sums the expected quality needs. A thread adds them to Prometheus
+counters once a second (EXPORT_EVERY_S), so the request path takes no Prometheus lock: /metrics and
+/v1/monitoring lag by at most that. Prometheus sums the pods (deploy/k8s/alerts/flight-delay.rules.yml
+records the cluster's drift); `pod_report()` sums this pod's workers from the metric files and scores
+them with models.quality, the functions train.py used for the reference.
+
+It relies on BentoML's metrics living in prometheus_client's multiprocess files, in the directory
+named by PROMETHEUS_MULTIPROC_DIR (BentoML 1.4.40 sets it for every worker; tests/test_monitoring.py
+reads /v1/monitoring of a two-worker service).
+"""
+
+import os
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import bentoml
+import numpy as np
+
+from models.features import MONITORED, category_counts
+from models.quality import (
+    DRIFT_THRESHOLD,
+    MIN_FLIGHTS,
+    expected_quality,
+    js_distance,
+    probability_bins,
+)
+from models.schema import AIRLINES, DESTINATIONS
+
+EXPORT_EVERY_S = 1.0
+NOT_MONITORED = ("minute_of_day", "day_of_year")  # finer copies of hour, month and day: not judged
+# The label of each slot of each input: its value as a client sends it, "missing" for the last.
+SLOT_NAMES: dict[str, list[str]] = {
+    name: [*values, "missing"]
+    for name, values in {
+        "airline": list(AIRLINES),
+        "international": ["N", "I"],
+        "month": [str(month) for month in range(13)],
+        "hour": [str(hour) for hour in range(24)],
+        "weekday": [str(day) for day in range(7)],
+        "day_of_month": [str(day) for day in range(32)],
+        "destination": list(DESTINATIONS),
+    }.items()
+}
+
+INPUT_FLIGHTS = bentoml.metrics.Counter(
+    name="flight_delay_input_flights",
+    documentation="Predicted flights by model, monitored input and its value (missing: not given)",
+    labelnames=["model", "input", "value"],
+)
+BIN_FLIGHTS = bentoml.metrics.Counter(
+    name="flight_delay_probability_bin_flights",
+    documentation="Predicted flights by model and bin of the probability (the model's equal-count training bins)",
+    labelnames=["model", "bin"],
+)
+BIN_PROBABILITY = bentoml.metrics.Counter(
+    name="flight_delay_probability_bin_sum",
+    documentation="Sum of the predicted probabilities by model and probability bin",
+    labelnames=["model", "bin"],
+)
+SQUARES = bentoml.metrics.Counter(
+    name="flight_delay_probability_squares",
+    documentation="Sum of the squared predicted probabilities, by model (for the expected Brier score)",
+    labelnames=["model"],
+)
+FLAGGED = bentoml.metrics.Counter(
+    name="flight_delay_flagged_flights",
+    documentation="Flights predicted delayed (probability at or above the threshold), by model",
+    labelnames=["model"],
+)
+FLAGGED_PROBABILITY = bentoml.metrics.Counter(
+    name="flight_delay_flagged_probability_sum",
+    documentation="Sum of the probabilities of the flights predicted delayed, by model",
+    labelnames=["model"],
+)
+REFERENCE_SHARE = bentoml.metrics.Gauge(
+    name="flight_delay_reference_share",
+    documentation="Share of the model's training flights with each value of each monitored input (missing excluded)",
+    labelnames=["model", "input", "value"],
+    multiprocess_mode="max",
+)
+STARTED_NAME = "flight_delay_monitoring_started_timestamp_seconds"
+STARTED = bentoml.metrics.Gauge(
+    name=STARTED_NAME,
+    documentation="When the workers of the pod started counting, by model",
+    labelnames=["model"],
+    multiprocess_mode="min",
+)
+
+
+class Monitor:
+    """One worker's counts of its predictions, exported to Prometheus by a thread of its own."""
+
+    def __init__(self, reference: dict[str, Any], threshold: float, model: str) -> None:
+        self.model = model
+        self.edges = np.array(reference["probability_edges"])
+        self.threshold = threshold
+        bins = len(self.edges) + 1
+        self.lock = threading.Lock()
+        self.inputs = [np.zeros(size + 1, np.int64) for size in MONITORED.values()]
+        self.flights = np.zeros(bins, np.int64)
+        self.probability_sums = np.zeros(bins)
+        self.sums = np.zeros(3)  # squares, flagged flights, flagged probability
+        self.input_children = [
+            [INPUT_FLIGHTS.labels(model=model, input=name, value=value) for value in SLOT_NAMES[name]]
+            for name in MONITORED
+        ]
+        self.bin_children = [
+            (BIN_FLIGHTS.labels(model=model, bin=str(b)), BIN_PROBABILITY.labels(model=model, bin=str(b)))
+            for b in range(bins)
+        ]
+        self.sum_children = [child.labels(model=model) for child in (SQUARES, FLAGGED, FLAGGED_PROBABILITY)]
+        for name, counts in reference["inputs"].items():
+            seen = np.array(counts[:-1], dtype=np.float64)
+            for value, share in zip(SLOT_NAMES[name], seen / seen.sum(), strict=False):
+                REFERENCE_SHARE.labels(model=model, input=name, value=value).set(share)
+        STARTED.labels(model=model).set(time.time())
+        threading.Thread(target=self.export_forever, name="monitoring-export", daemon=True).start()
+
+    def count(self, features: np.ndarray, probabilities: np.ndarray) -> None:
+        """Count one batch: its encoded features and the probabilities the model gave them."""
+        inputs = category_counts(features)
+        bins = probability_bins(self.edges, probabilities)
+        flights = np.bincount(bins, minlength=len(self.flights))
+        sums = np.bincount(bins, weights=probabilities, minlength=len(self.flights))
+        flagged = probabilities >= self.threshold
+        batch_sums = (float(probabilities @ probabilities), float(flagged.sum()), float(probabilities[flagged].sum()))
+        with self.lock:
+            for total, counts in zip(self.inputs, inputs, strict=True):
+                total += counts
+            self.flights += flights
+            self.probability_sums += sums
+            self.sums += batch_sums
+
+    def export(self) -> None:
+        """Add the counts since the last export to the Prometheus counters."""
+        with self.lock:
+            inputs, self.inputs = self.inputs, [np.zeros_like(counts) for counts in self.inputs]
+            flights, self.flights = self.flights, np.zeros_like(self.flights)
+            sums, self.probability_sums = self.probability_sums, np.zeros_like(self.probability_sums)
+            totals, self.sums = self.sums, np.zeros(3)
+        for children, counts in zip(self.input_children, inputs, strict=True):
+            for slot in np.flatnonzero(counts):
+                children[slot].inc(int(counts[slot]))
+        for b in np.flatnonzero(flights):
+            self.bin_children[b][0].inc(int(flights[b]))
+            self.bin_children[b][1].inc(float(sums[b]))
+        for child, total in zip(self.sum_children, totals, strict=True):
+            if total:
+                child.inc(float(total))
+
+    def export_forever(self) -> None:
+        while True:
+            time.sleep(EXPORT_EVERY_S)
+            self.export()
+
+
+def pod_samples() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """This pod's samples of every metric, summed over its workers, by name and labels."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def pod_report(card: dict[str, Any]) -> dict[str, Any]:
+    """GET /v1/monitoring: the pod's predictions since its workers started, each input's drift from
+    the reference and the quality expected from the probabilities. `card`: the model card."""
+    model, reference = card["tag"], card["reference"]
+    samples = pod_samples()
+
+    def values(name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+        wanted = {("model", model), *labels.items()}
+        return [(dict(key), value) for key, value in samples.get(name, {}).items() if wanted <= set(key)]
+
+    def total(name: str) -> float:
+        return sum(value for _labels, value in values(name))
+
+    bins = len(reference["probability_edges"]) + 1
+    flights, sums = np.zeros(bins), np.zeros(bins)
+    for array, name in ((flights, "bin_flights"), (sums, "bin_sum")):
+        for labels, value in values(f"flight_delay_probability_{name}_total"):
+            array[int(labels["bin"])] += value
+    totals = [
+        total(f"flight_delay_{name}_total")
+        for name in ("probability_squares", "flagged_flights", "flagged_probability_sum")
+    ]
+    started = min((value for _labels, value in values(STARTED_NAME)), default=time.time())
+    drift: dict[str, Any] = {}
+    for name in MONITORED:
+        live = np.zeros(len(SLOT_NAMES[name]))
+        slots = {value: slot for slot, value in enumerate(SLOT_NAMES[name])}
+        for labels, value in values("flight_delay_input_flights_total", input=name):
+            live[slots[labels["value"]]] += value
+        seen = live[:-1]
+        judged = seen.sum() >= MIN_FLIGHTS
+        score = js_distance(seen, np.array(reference["inputs"][name][:-1], dtype=np.float64)) if judged else None
+        drift[name] = {
+            "score": None if score is None else round(score, 4),
+            "threshold": DRIFT_THRESHOLD,
+            "drifted": None if score is None else score > DRIFT_THRESHOLD,
+            "flights": int(seen.sum()),
+            "missing": int(live[-1]),
+        }
+    for name in NOT_MONITORED:
+        drift[name] = {"score": None, "threshold": DRIFT_THRESHOLD, "drifted": None, "flights": 0, "missing": 0}
+    expected = expected_quality(flights, sums, *totals)
+    return {
+        "model": model,
+        "predictions": {"flights": int(flights.sum()), "since": datetime.fromtimestamp(started, UTC).isoformat()},
+        "drift": drift,
+        "estimated": {key: None if value is None else round(value, 4) for key, value in expected.items()},
+        "outcomes": {"flights": 0, "delay_rate": None, "brier": None, "calibration_error": None, "roc_auc": None},
+        "reference": reference["held_out"],
+    }

@@ -1,0 +1,179 @@
+"""Monitoring: each score against hand-computed values, the binned ROC AUC against the exact one, and
+GET /v1/monitoring of a two-worker service against the flights sent to it."""
+
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import bentoml_serve
+from sklearn.metrics import roc_auc_score
+
+from models.data import embedded_sample
+from models.features import MONITORED, FlightColumns, category_counts, encode
+from models.predictor import DelayPredictor
+from models.quality import (
+    binned_auc,
+    calibration_error,
+    expected_quality,
+    js_distance,
+    probability_bins,
+)
+from models.schema import PredictionRequest
+
+
+@pytest.mark.parametrize(
+    ("live", "reference", "distance"),
+    [
+        ([5, 5], [1, 1], 0.0),  # same shares
+        ([1, 0], [0, 1], 1.0),  # nothing in common
+        # p = (.5, .5), q = (.25, .75), m = (.375, .625): sqrt((0.0465547 + 0.0510352) / 2)
+        ([1, 1], [1, 3], 0.220896),
+    ],
+)
+def test_js_distance_matches_hand_computed_values(live: list[int], reference: list[int], distance: float) -> None:
+    assert js_distance(np.array(live, float), np.array(reference, float)) == pytest.approx(distance, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("positives", "negatives", "auc"),
+    [
+        ([0, 1], [1, 0], 1.0),
+        ([1, 0], [0, 1], 0.0),
+        ([3], [2], 0.5),  # one bin: all ties
+        ([0, 2, 2], [2, 2, 0], 0.875),  # 8 + 4 wins and 4 ties of 16 pairs
+    ],
+)
+def test_binned_auc_matches_hand_computed_values(positives: list[int], negatives: list[int], auc: float) -> None:
+    assert binned_auc(np.array(positives, float), np.array(negatives, float)) == pytest.approx(auc)
+
+
+def test_binned_auc_is_none_without_both_classes() -> None:
+    assert binned_auc(np.array([0.0, 0.0]), np.array([1.0, 2.0])) is None
+
+
+def test_calibration_error_weighs_each_bins_gap_by_its_flights() -> None:
+    # bin 1: 10 flights, mean p 0.1, 2 delayed (gap 0.1); bin 2: mean p 0.5, 5 delayed (gap 0)
+    error = calibration_error(np.array([10.0, 10.0]), np.array([1.0, 5.0]), np.array([2.0, 5.0]))
+    assert error == pytest.approx(0.05)
+
+
+def test_expected_quality_matches_hand_computed_values() -> None:
+    probabilities = np.array([0.1, 0.3, 0.6, 0.8])  # two bins: below and above 0.5, the threshold
+    expected = expected_quality(
+        flights=np.array([2.0, 2.0]),
+        probability_sums=np.array([0.4, 1.4]),
+        squares=float(probabilities @ probabilities),
+        flagged=2,
+        flagged_sum=1.4,
+    )
+    assert expected == pytest.approx(
+        {
+            "delay_rate": 0.45,
+            "brier": 0.175,  # the mean of p(1 - p)
+            "roc_auc": 2.98 / 3.96,  # positives (0.4, 1.4), negatives (1.6, 0.6)
+            "precision": 0.7,
+            "recall": 1.4 / 1.8,
+            "f1": 2.8 / 3.8,
+        }
+    )
+
+
+def test_binned_auc_over_the_reference_bins_is_within_0_01_of_the_exact_auc(
+    sample_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]],
+) -> None:
+    predictor, _metrics, reference = sample_model
+    flights, _source = embedded_sample()
+    probabilities = predictor.probabilities(FlightColumns.from_frame(flights))
+    delayed = flights["delayed"].to_numpy()
+    bins = probability_bins(np.array(reference["probability_edges"]), probabilities)
+    size = len(reference["probability_edges"]) + 1
+    positives = np.bincount(bins[delayed == 1], minlength=size)
+    negatives = np.bincount(bins[delayed == 0], minlength=size)
+    binned = binned_auc(positives.astype(float), negatives.astype(float))
+    assert binned == pytest.approx(roc_auc_score(delayed, probabilities), abs=0.01)
+
+
+def test_reference_counts_every_training_flight_in_every_input_and_equal_probability_bins(
+    sample_model: tuple[DelayPredictor, dict[str, Any], dict[str, Any]],
+) -> None:
+    reference = sample_model[2]
+    assert list(reference["inputs"]) == list(MONITORED)
+    assert all(sum(counts) == reference["flights"] for counts in reference["inputs"].values())
+    counts = np.array(reference["probability_counts"])
+    assert counts.sum() == reference["flights"] and len(counts) == len(reference["probability_edges"]) + 1
+    assert counts.max() < 3 * reference["flights"] / len(counts)  # about equal counts (ties share a bin)
+
+
+@pytest.fixture(scope="module")
+def two_workers(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A service with two workers, counting from zero."""
+    with bentoml_serve(tmp_path_factory.mktemp("monitoring") / "serve.log", {"FLIGHT_DELAY_WORKERS": "2"}) as (
+        url,
+        _process,
+    ):
+        yield url
+
+
+def monitoring_after(url: str, flights: int) -> dict[str, Any]:
+    """/v1/monitoring once it counts `flights` (each worker exports within a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        report = httpx.get(f"{url}/v1/monitoring", timeout=10).json()
+        if report["predictions"]["flights"] >= flights or time.monotonic() > deadline:
+            return report
+        time.sleep(0.2)
+
+
+@pytest.mark.integration
+def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_workers: str) -> None:
+    flights, _source = embedded_sample()
+    rows = flights.sample(1_200, random_state=16)
+    body = [
+        {"OPERA": airline, "TIPOVUELO": kind, "MES": int(month), "Fecha-I": scheduled}
+        for airline, kind, month, scheduled in zip(
+            rows["OPERA"],
+            rows["TIPOVUELO"],
+            rows["Fecha-I"].dt.month,
+            rows["Fecha-I"].dt.strftime("%Y-%m-%d %H:%M"),
+            strict=True,
+        )
+    ]
+    batches = [body[i : i + 12] for i in range(0, len(body), 12)]
+
+    def post(batch: list[dict[str, Any]]) -> list[float]:
+        with httpx.Client(timeout=30) as http:
+            answer = http.post(f"{two_workers}/v1/prediction", json={"flights": batch})
+            assert answer.status_code == 200
+            return [item["probability"] for item in answer.json()]
+
+    with ThreadPoolExecutor(16) as pool:  # concurrent, so that both workers answer
+        served = np.concatenate([np.array(p) for p in pool.map(post, batches)])
+    report = monitoring_after(two_workers, len(body))
+    assert report["predictions"]["flights"] == len(body)
+    card = httpx.get(f"{two_workers}/v1/model").json()
+    assert report["model"] == card["tag"] and report["reference"] == card["reference"]["held_out"]
+    assert report["estimated"]["delay_rate"] == pytest.approx(served.mean(), abs=1e-4)
+    assert {"airline", "international", "month", "hour", "destination"} <= set(report["drift"])
+    airline = report["drift"]["airline"]
+    columns = FlightColumns.from_flights(PredictionRequest.model_validate({"flights": body}).flights)
+    live = category_counts(encode(columns))[0][:-1].astype(float)
+    expected = js_distance(live, np.array(card["reference"]["inputs"]["airline"][:-1], float))
+    assert (airline["flights"], airline["score"]) == (len(body), pytest.approx(expected, abs=1e-4))
+    assert report["drift"]["destination"] == {
+        "score": None,  # no flight gave SIGLADES: nothing to judge
+        "threshold": 0.1,
+        "drifted": None,
+        "flights": 0,
+        "missing": len(body),
+    }
+
+
+@pytest.mark.integration
+def test_monitoring_is_listed_on_the_api_page_with_an_example(client: httpx.Client) -> None:
+    spec = client.get("/docs.json").json()
+    operation = spec["paths"]["/v1/monitoring"]["get"]
+    assert "drift" in operation["responses"]["200"]["content"]["application/json"]["example"]
