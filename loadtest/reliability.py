@@ -12,7 +12,8 @@
     python loadtest/reliability.py slow-clients  # 30,000 slow connections of each kind for 60 s, direct and via HAProxy
     python loadtest/reliability.py path-flood    # 100,000 requests to random paths: /metrics before and after
 
-Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it.
+Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it; a result
+that exists is refused unless --overwrite, since the docs cite them.
 """
 
 import argparse
@@ -39,7 +40,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from accounting_client import BackgroundLoad  # noqa: E402
 from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
-from run import PROJECT_DIR, checkout, say, server, wrk  # noqa: E402
+from run import PROJECT_DIR, checkout, say, server, unused, wrk  # noqa: E402
 from slow_client import KINDS  # noqa: E402
 
 from models.config import Settings  # noqa: E402
@@ -314,8 +315,11 @@ def probe_new_connection(host: str, port: int) -> float | str:
     try:
         connection.request("POST", "/v1/prediction", PROBE_BODY, {"Content-Type": "application/json"})
         answer = connection.getresponse()
-        answer.read()
-        outcome: float | str = (time.perf_counter() - started) * 1000 if answer.status == 200 else str(answer.status)
+        body = answer.read()
+        # a failure's status and the start of its body, which says who answered (the service's JSON, or a front's page)
+        outcome: float | str = (
+            (time.perf_counter() - started) * 1000 if answer.status == 200 else f"{answer.status} {body[:40]!r}"
+        )
     except OSError as exc:
         outcome = type(exc).__name__
     finally:
@@ -439,6 +443,8 @@ def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
             outcome["direct"][kind] = slow_attack(url, kind, deadline, process, url)
         balancer = Balancer(Path(directory))
         try:
+            for slot in SLOTS[1:]:  # no replica there: HAProxy would count them up until two checks fail
+                balancer.remove(slot)
             wait_until_up = time.monotonic() + 15
             while balancer.states().get("r1") != "UP" and time.monotonic() < wait_until_up:
                 time.sleep(0.2)
@@ -539,17 +545,20 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="slow-clients: only these kinds (default: all)")
     parser.add_argument("--fronts", nargs="+", choices=["direct", "haproxy"], help="slow-clients: only these")
     parser.add_argument("--paths", type=int, default=100_000, help="path-flood: requests (default 100,000)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the drill's result file if it exists")
     args = parser.parse_args()
+    name = (
+        args.drill if os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true") != "false" else f"{args.drill}-not-greedy"
+    ) + (f"-against-{args.against}" if args.against else "")
+    name += "".join(f"-{part}" for part in (args.fronts or []) + (args.kinds or []))  # a part of a drill, apart
+    result = RESULTS / f"{name}.json"
+    unused(result, overwrite=args.overwrite)  # the docs cite these files
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 connections need more than 1,024 files
     RESULTS.mkdir(parents=True, exist_ok=True)
     say(f"drill: {args.drill}")
     outcome = {"drill": args.drill, "date": time.strftime("%Y-%m-%d %H:%M"), **DRILLS[args.drill](args)}
-    name = (
-        args.drill if os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true") != "false" else f"{args.drill}-not-greedy"
-    ) + (f"-against-{args.against}" if args.against else "")
-    name += "".join(f"-{part}" for part in (args.fronts or []) + (args.kinds or []))  # a part of a drill, apart
-    (RESULTS / f"{name}.json").write_text(json.dumps(outcome, indent=2) + "\n")
+    result.write_text(json.dumps(outcome, indent=2) + "\n")
     print(json.dumps({k: v for k, v in outcome.items() if k != "samples"}, indent=2))
 
 
