@@ -43,9 +43,7 @@ def trained_model() -> bentoml.models.BentoModel:
     model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
     stored = model.stored
     if stored is None:  # BentoML would try BentoCloud next and fail with a puzzling message
-        raise bentoml.exceptions.NotFound(
-            f"no {MODEL_NAME} model in the BentoML store; train one first: python train.py"
-        )
+        raise bentoml.exceptions.NotFound(f"no {MODEL_NAME} model in the BentoML store; train one first: make train")
     try:
         check_metadata(stored.info.metadata)
     except ModelError as exc:

@@ -192,10 +192,10 @@ def check_metadata(metadata: dict[str, Any]) -> None:
     """Raise ModelError unless the metadata has every field and the encoder's exact specification."""
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
-        raise ModelError(f"model metadata lacks {', '.join(missing)}; retrain with `python train.py`")
+        raise ModelError(f"model metadata lacks {', '.join(missing)}; retrain with `make train`")
     for key, expected in expected_spec().items():
         if metadata[key] != expected:
-            raise ModelError(f"model {key} do not match this code's encoder; retrain with `python train.py`")
+            raise ModelError(f"model {key} do not match this code's encoder; retrain with `make train`")
     threshold = metadata["threshold"]
     if not isinstance(threshold, float) or not 0 < threshold < 1:
-        raise ModelError(f"model threshold {threshold!r} is not a probability; retrain with `python train.py`")
+        raise ModelError(f"model threshold {threshold!r} is not a probability; retrain with `make train`")

@@ -61,7 +61,7 @@ def store_with_model(store: Path, metadata: dict[str, Any], classifier: str = "'
 def test_serve_without_model_refuses_and_says_how_to_train(tmp_path: Path) -> None:
     result = serve(tmp_path)
     assert result.returncode != 0
-    assert "no flight_delay model in the BentoML store; train one first: python train.py" in result.stderr
+    assert "no flight_delay model in the BentoML store; train one first: make train" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -231,7 +231,7 @@ def test_check_metadata_refuses_missing_field(missing: str) -> None:
     ],
 )
 def test_check_metadata_refuses_spec_mismatch(key: str, value: Any) -> None:
-    with pytest.raises(ModelError, match=re.escape("retrain with `python train.py`")):
+    with pytest.raises(ModelError, match=re.escape("retrain with `make train`")):
         check_metadata({**valid_metadata(), key: value})
 
 
