@@ -25,9 +25,9 @@ import numpy as np
 from models.features import MONITORED, category_counts
 from models.quality import (
     DRIFT_THRESHOLD,
-    MIN_FLIGHTS,
     expected_quality,
     js_distance,
+    min_flights,
     probability_bins,
 )
 from models.schema import AIRLINES, DESTINATIONS
@@ -204,7 +204,8 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
         for labels, value in values("flight_delay_input_flights_total", input=name):
             live[slots[labels["value"]]] += value
         seen = live[:-1]
-        judged = seen.sum() >= MIN_FLIGHTS
+        needed = min_flights(len(seen))
+        judged = seen.sum() >= needed
         score = js_distance(seen, np.array(reference["inputs"][name][:-1], dtype=np.float64)) if judged else None
         drift[name] = {
             "score": None if score is None else round(score, 4),
@@ -212,6 +213,7 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
             "drifted": None if score is None else score > DRIFT_THRESHOLD,
             "flights": int(seen.sum()),
             "missing": int(live[-1]),
+            "min_flights": needed,
         }
     for name in NOT_MONITORED:
         drift[name] = {"score": None, "threshold": DRIFT_THRESHOLD, "drifted": None, "flights": 0, "missing": 0}

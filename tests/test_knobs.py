@@ -38,6 +38,7 @@ FLIPPED = {
     "TRACING_SAMPLE_RATE": "0.5",
     "UNTRACED_ROUTES": '["/health"]',
     "METRICS": "false",
+    "MONITORING": "false",
     "GC_FREEZE": "false",
     "LEAN_ROUTE": "false",
 }

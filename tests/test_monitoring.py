@@ -20,6 +20,7 @@ from models.quality import (
     calibration_error,
     expected_quality,
     js_distance,
+    min_flights,
     probability_bins,
 )
 from models.schema import PredictionRequest
@@ -53,6 +54,26 @@ def test_binned_auc_matches_hand_computed_values(positives: list[int], negatives
 
 def test_binned_auc_is_none_without_both_classes() -> None:
     assert binned_auc(np.array([0.0, 0.0]), np.array([1.0, 2.0])) is None
+
+
+@pytest.mark.parametrize(("values", "flights"), [(2, 1_000), (12, 1_200), (62, 6_200)])
+def test_min_flights_is_100_per_value_and_never_under_1000(values: int, flights: int) -> None:
+    assert min_flights(values) == flights
+
+
+def test_js_distance_of_same_distribution_samples_stays_well_under_the_threshold_at_min_flights() -> None:
+    """The reason for min_flights: at 100 flights per value, chance alone gives about
+    sqrt((k - 1) / (8 n ln 2)) = 0.042, and no draw of 50 reaches three quarters of the threshold."""
+    rng = np.random.default_rng(7)
+    reference = rng.dirichlet(np.ones(32)) * 50_000
+    distances = [
+        js_distance(
+            np.bincount(rng.choice(32, min_flights(32), p=reference / reference.sum()), minlength=32), reference
+        )
+        for _ in range(50)
+    ]
+    assert np.median(distances) == pytest.approx(np.sqrt(31 / (8 * min_flights(32) * np.log(2))), abs=0.005)
+    assert max(distances) < 0.075
 
 
 def test_calibration_error_weighs_each_bins_gap_by_its_flights() -> None:
@@ -131,7 +152,7 @@ def monitoring_after(url: str, flights: int) -> dict[str, Any]:
 @pytest.mark.integration
 def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_workers: str) -> None:
     flights, _source = embedded_sample()
-    rows = flights.sample(1_200, random_state=16)
+    rows = flights.sample(2_400, random_state=16)  # airline is judged from 2,300 flights (23 values)
     body = [
         {"OPERA": airline, "TIPOVUELO": kind, "MES": int(month), "Fecha-I": scheduled}
         for airline, kind, month, scheduled in zip(
@@ -162,13 +183,15 @@ def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_worker
     columns = FlightColumns.from_flights(PredictionRequest.model_validate({"flights": body}).flights)
     live = category_counts(encode(columns))[0][:-1].astype(float)
     expected = js_distance(live, np.array(card["reference"]["inputs"]["airline"][:-1], float))
-    assert (airline["flights"], airline["score"]) == (len(body), pytest.approx(expected, abs=1e-4))
+    assert (airline["flights"], airline["min_flights"]) == (len(body), 2_300)
+    assert airline["score"] == pytest.approx(expected, abs=1e-4)
     assert report["drift"]["destination"] == {
         "score": None,  # no flight gave SIGLADES: nothing to judge
         "threshold": 0.1,
         "drifted": None,
         "flights": 0,
         "missing": len(body),
+        "min_flights": 6_200,
     }
 
 
