@@ -17,6 +17,8 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
+from functools import cache
+from types import SimpleNamespace
 from typing import Any
 
 import bentoml
@@ -48,49 +50,58 @@ SLOT_NAMES: dict[str, list[str]] = {
     }.items()
 }
 
-INPUT_FLIGHTS = bentoml.metrics.Counter(
-    name="flight_delay_input_flights",
-    documentation="Predicted flights by model, monitored input and its value (missing: not given)",
-    labelnames=["model", "input", "value"],
-)
-BIN_FLIGHTS = bentoml.metrics.Counter(
-    name="flight_delay_probability_bin_flights",
-    documentation="Predicted flights by model and bin of the probability (the model's equal-count training bins)",
-    labelnames=["model", "bin"],
-)
-BIN_PROBABILITY = bentoml.metrics.Counter(
-    name="flight_delay_probability_bin_sum",
-    documentation="Sum of the predicted probabilities by model and probability bin",
-    labelnames=["model", "bin"],
-)
-SQUARES = bentoml.metrics.Counter(
-    name="flight_delay_probability_squares",
-    documentation="Sum of the squared predicted probabilities, by model (for the expected Brier score)",
-    labelnames=["model"],
-)
-FLAGGED = bentoml.metrics.Counter(
-    name="flight_delay_flagged_flights",
-    documentation="Flights predicted delayed (probability at or above the threshold), by model",
-    labelnames=["model"],
-)
-FLAGGED_PROBABILITY = bentoml.metrics.Counter(
-    name="flight_delay_flagged_probability_sum",
-    documentation="Sum of the probabilities of the flights predicted delayed, by model",
-    labelnames=["model"],
-)
-REFERENCE_SHARE = bentoml.metrics.Gauge(
-    name="flight_delay_reference_share",
-    documentation="Share of the model's training flights with each value of each monitored input (missing excluded)",
-    labelnames=["model", "input", "value"],
-    multiprocess_mode="max",
-)
 STARTED_NAME = "flight_delay_monitoring_started_timestamp_seconds"
-STARTED = bentoml.metrics.Gauge(
-    name=STARTED_NAME,
-    documentation="When the workers of the pod started counting, by model",
-    labelnames=["model"],
-    multiprocess_mode="min",
-)
+
+
+@cache
+def series() -> SimpleNamespace:
+    """The monitoring metrics, made once per process when a worker builds its Monitor (importing this
+    module makes none, so tools and tests can read its constants)."""
+    counter, gauge = bentoml.metrics.Counter, bentoml.metrics.Gauge
+    return SimpleNamespace(
+        input_flights=counter(
+            name="flight_delay_input_flights",
+            documentation="Predicted flights by model, monitored input and its value (missing: not given)",
+            labelnames=["model", "input", "value"],
+        ),
+        bin_flights=counter(
+            name="flight_delay_probability_bin_flights",
+            documentation="Predicted flights by model and probability bin (the model's equal-count training bins)",
+            labelnames=["model", "bin"],
+        ),
+        bin_probability=counter(
+            name="flight_delay_probability_bin_sum",
+            documentation="Sum of the predicted probabilities by model and probability bin",
+            labelnames=["model", "bin"],
+        ),
+        squares=counter(
+            name="flight_delay_probability_squares",
+            documentation="Sum of the squared predicted probabilities, by model (for the expected Brier score)",
+            labelnames=["model"],
+        ),
+        flagged=counter(
+            name="flight_delay_flagged_flights",
+            documentation="Flights predicted delayed (probability at or above the threshold), by model",
+            labelnames=["model"],
+        ),
+        flagged_probability=counter(
+            name="flight_delay_flagged_probability_sum",
+            documentation="Sum of the probabilities of the flights predicted delayed, by model",
+            labelnames=["model"],
+        ),
+        reference_share=gauge(
+            name="flight_delay_reference_share",
+            documentation="Share of the model's training flights with each value of each input (missing excluded)",
+            labelnames=["model", "input", "value"],
+            multiprocess_mode="max",
+        ),
+        started=gauge(
+            name=STARTED_NAME,
+            documentation="When the workers of the pod started counting, by model",
+            labelnames=["model"],
+            multiprocess_mode="min",
+        ),
+    )
 
 
 class Monitor:
@@ -106,20 +117,26 @@ class Monitor:
         self.flights = np.zeros(bins, np.int64)
         self.probability_sums = np.zeros(bins)
         self.sums = np.zeros(3)  # squares, flagged flights, flagged probability
+        metrics = series()
         self.input_children = [
-            [INPUT_FLIGHTS.labels(model=model, input=name, value=value) for value in SLOT_NAMES[name]]
+            [metrics.input_flights.labels(model=model, input=name, value=value) for value in SLOT_NAMES[name]]
             for name in MONITORED
         ]
         self.bin_children = [
-            (BIN_FLIGHTS.labels(model=model, bin=str(b)), BIN_PROBABILITY.labels(model=model, bin=str(b)))
+            (
+                metrics.bin_flights.labels(model=model, bin=str(b)),
+                metrics.bin_probability.labels(model=model, bin=str(b)),
+            )
             for b in range(bins)
         ]
-        self.sum_children = [child.labels(model=model) for child in (SQUARES, FLAGGED, FLAGGED_PROBABILITY)]
+        self.sum_children = [
+            child.labels(model=model) for child in (metrics.squares, metrics.flagged, metrics.flagged_probability)
+        ]
         for name, counts in reference["inputs"].items():
             seen = np.array(counts[:-1], dtype=np.float64)
             for value, share in zip(SLOT_NAMES[name], seen / seen.sum(), strict=False):
-                REFERENCE_SHARE.labels(model=model, input=name, value=value).set(share)
-        STARTED.labels(model=model).set(time.time())
+                metrics.reference_share.labels(model=model, input=name, value=value).set(share)
+        metrics.started.labels(model=model).set(time.time())
         threading.Thread(target=self.export_forever, name="monitoring-export", daemon=True).start()
 
     def count(self, features: np.ndarray, probabilities: np.ndarray) -> None:
