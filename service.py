@@ -1,21 +1,33 @@
 """The flight-delay prediction service: the HTTP layer only (validate, batch, predict, respond)."""
 
 import gc
+import hmac
 from functools import cache
 from typing import Any
 
 import bentoml
 import numpy as np
 from _bentoml_sdk.io_models import IORootModel  # BentoML's own base of list outputs; pinned version
+from pydantic import ValidationError
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
-from models.config import MODEL_NAME, PREDICTION_ROUTES, BadSettingError, Settings
+from models.config import MODEL_NAME, OUTCOMES_ROUTE, PREDICTION_ROUTES, BadSettingError, Settings
 from models.features import FlightColumns, encode
 from models.predictor import DelayPredictor, ModelError, check_metadata
-from models.schema import EXAMPLE_REQUEST, ChallengeResponse, FlightList, Prediction, PredictionRequest
+from models.schema import (
+    EXAMPLE_OUTCOMES,
+    EXAMPLE_REQUEST,
+    ChallengeResponse,
+    FlightList,
+    Outcome,
+    OutcomeRequest,
+    Prediction,
+    PredictionRequest,
+)
 from serving import connections
 from serving.batching import cap_learned_wait
 from serving.guard import RequestGuard, arrange_middlewares
@@ -60,6 +72,35 @@ async def model_card(_: Request) -> JSONResponse:
     """What the service is running: tag, training data, metrics, threshold, vocabularies and the
     training distributions that live traffic is compared with."""
     return JSONResponse(bentoml.get_current_service().card)
+
+
+async def outcomes(request: Request) -> JSONResponse:
+    """Flights that have left, with their real departure (Fecha-O): each is scored with the model this
+    service runs and counted in the realized quality of GET /v1/monitoring. Needs
+    `Authorization: Bearer <token>`, the token set in FLIGHT_DELAY_OUTCOMES_TOKEN."""
+    token = settings.outcomes_token
+    if token is None:
+        return refusal(403, "outcomes are off: set FLIGHT_DELAY_OUTCOMES_TOKEN (a Kubernetes Secret) to accept them")
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.encode(), token.get_secret_value().encode()):
+        return refusal(401, "send Authorization: Bearer <token>, the token of FLIGHT_DELAY_OUTCOMES_TOKEN")
+    service = bentoml.get_current_service()
+    if service.monitor is None:
+        return refusal(404, "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS")
+    try:
+        flights = OutcomeRequest.model_validate_json(await request.body()).flights
+    except ValidationError as exc:
+        detail = exc.errors(include_context=False, include_input=False, include_url=False)
+        return JSONResponse({"detail": detail}, 400)  # the guard writes the error body every 400 has
+    delayed = await run_in_threadpool(service.count_outcomes, flights)
+    return JSONResponse({"model": service.card["tag"], "flights": len(flights), "delayed": delayed})
+
+
+def refusal(status: int, message: str) -> JSONResponse:
+    """A refused request to the outcomes route; a 401 names the scheme it wants (RFC 6750)."""
+    headers = {"WWW-Authenticate": 'Bearer realm="flight-delay outcomes"'} if status == 401 else None
+    detail = [{"type": "auth" if status < 404 else "off", "loc": ["header", "Authorization"], "msg": message}]
+    return JSONResponse({"detail": detail}, status, headers=headers)
 
 
 async def monitoring(_: Request) -> JSONResponse:
@@ -135,6 +176,7 @@ def openapi_document() -> dict[str, Any]:
     card = bentoml.get_current_service().card
     spec: dict[str, Any] = FlightDelay.openapi_spec.asdict()  # type: ignore[attr-defined]  # a Service, typed as the class
     spec["info"] = {"title": "Flight delay at SCL", "version": card["tag"], "description": API_DESCRIPTION}
+    spec.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     del spec["servers"]  # BentoML's "." shows as a one-choice server menu; without it, the page's own origin
     app_tag = spec["tags"][0]  # BentoML's tag of the service's own routes
     app_tag["description"] = "Predictions, and what the service is running."
@@ -145,9 +187,35 @@ def openapi_document() -> dict[str, Any]:
     paths["/health"] = {"get": get_operation(health, app_tag["name"], {"status": "OK"})}
     paths["/v1/model"] = {"get": get_operation(model_card, app_tag["name"], card)}
     paths["/v1/monitoring"] = {"get": get_operation(monitoring, app_tag["name"], MONITORING_EXAMPLE)}
-    public = [*PREDICTION_ROUTES, "/health", "/v1/model", "/v1/monitoring"]  # first, in the README's order
+    paths[OUTCOMES_ROUTE] = {"post": outcomes_operation(app_tag["name"])}
+    public = [*PREDICTION_ROUTES, OUTCOMES_ROUTE, "/health", "/v1/model", "/v1/monitoring"]  # the README's order
     spec["paths"] = {**{route: paths.pop(route) for route in public}, **paths}
     return spec
+
+
+def outcomes_operation(tag: str) -> dict[str, Any]:
+    """The OpenAPI POST operation of the outcomes route, with its body's schema, example and bearer token."""
+    return {
+        "tags": [tag],
+        "description": outcomes.__doc__,
+        "operationId": "flight_delay__outcomes",
+        "security": [{"bearer": []}],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": OutcomeRequest.model_json_schema(), "example": EXAMPLE_OUTCOMES}
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "Counted",
+                "content": {"application/json": {"example": {"flights": 1, "delayed": 1}}},
+            },
+            "400": {"description": "Invalid flights, each problem named"},
+            "401": {"description": "Missing or wrong token"},
+            "403": {"description": "Outcomes are off: no token is configured"},
+        },
+    }
 
 
 def get_operation(endpoint: Any, tag: str, example: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +243,7 @@ PLAIN_ROUTES = [
     Route("/health", health),
     Route("/v1/model", model_card),
     Route("/v1/monitoring", monitoring),
+    Route(OUTCOMES_ROUTE, outcomes, methods=["POST"]),
     Route("/", api_page),
     Route("/docs", api_page),
     Route("/docs.json", api_spec),
@@ -240,6 +309,14 @@ class FlightDelay:
         labels = self.predictor.labels(self.probabilities(flights))
         return ChallengeResponse(predict=labels.tolist())
 
+    def count_outcomes(self, flights: list[Outcome]) -> int:
+        """Score flights that have left and count them against their outcomes; how many were delayed."""
+        assert self.monitor is not None  # the route checks it first
+        features = encode(FlightColumns.from_flights(flights))
+        delayed = np.array([flight.delayed for flight in flights], dtype=np.float64)
+        self.monitor.count_outcomes(features, self.predictor.scores(features), delayed)
+        return int(delayed.sum())
+
     def probabilities(self, flights: FlightList) -> np.ndarray:
         """Encode, predict and count a batch (the counts feed /v1/monitoring and /metrics)."""
         features = encode(FlightColumns.from_flights(flights))
@@ -278,7 +355,7 @@ arrange_middlewares(
 )
 FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator returns a Service; its typing says class
     RequestGuard,
-    routes=PREDICTION_ROUTES,
+    routes=(*PREDICTION_ROUTES, OUTCOMES_ROUTE),
     max_body_bytes=settings.max_body_bytes,
     max_in_flight=settings.max_in_flight,
     shed_after_s=settings.shed_after_ms / 1000,

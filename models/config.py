@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 MODEL_NAME = "flight_delay"
@@ -20,6 +20,7 @@ DELAY_MINUTES = 15  # a flight is late when it leaves more than this after sched
 
 MAX_FLIGHTS = 1_000  # flights per request
 PREDICTION_ROUTES = ("/v1/prediction", "/predict")
+OUTCOMES_ROUTE = "/v1/outcomes"
 
 
 class Settings(BaseSettings):
@@ -51,6 +52,7 @@ class Settings(BaseSettings):
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
     metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
     monitoring: bool = True  # drift and expected quality of the predictions (serving/monitoring.py); needs metrics
+    outcomes_token: SecretStr | None = None  # Bearer token of POST /v1/outcomes; without one the route answers 403
     gc_freeze: bool = True
     lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/lean_route.py
 

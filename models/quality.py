@@ -15,6 +15,8 @@ Why these methods (docs/monitoring.md):
   informative where most flights sit (0.05 to 0.4).
 """
 
+from typing import Any
+
 import numpy as np
 
 DRIFT_THRESHOLD = 0.1
@@ -87,4 +89,24 @@ def expected_quality(
         "precision": flagged_sum / flagged if flagged else None,
         "recall": flagged_sum / positives if positives else None,
         "f1": 2 * flagged_sum / (flagged + positives) if flagged + positives else None,
+    }
+
+
+def realized_quality(
+    flights: np.ndarray, delayed: np.ndarray, probability_sums: np.ndarray, squared_error: float
+) -> dict[str, Any]:
+    """Quality measured against outcomes, from per-bin flights, delayed flights and sums of
+    probabilities and the sum of squared errors: delay rate, Brier score, calibration error over the
+    bins grouped ten by ten (ten equal-count bins of the training probabilities, as train.py's), and
+    the binned ROC AUC. Nones without outcomes."""
+    n = int(flights.sum())
+    if n == 0:
+        return {"flights": 0, "delay_rate": None, "brier": None, "calibration_error": None, "roc_auc": None}
+    deciles = [part.reshape(10, -1).sum(axis=1) for part in (flights, probability_sums, delayed)]
+    return {
+        "flights": n,
+        "delay_rate": float(delayed.sum()) / n,
+        "brier": squared_error / n,
+        "calibration_error": calibration_error(*deciles),
+        "roc_auc": binned_auc(delayed, flights - delayed),
     }

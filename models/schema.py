@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from typing_extensions import TypedDict  # pydantic reads field descriptions of this one on Python < 3.12
 
-from models.config import MAX_FLIGHTS
+from models.config import DELAY_MINUTES, MAX_FLIGHTS
 
 # The 23 airlines (OPERA) and 62 destination cities (SIGLADES) of the SCL 2017 dataset, exact spelling.
 AIRLINES: tuple[str, ...] = (
@@ -138,3 +138,66 @@ class PredictionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     flights: FlightList
+
+
+# An outcome further from its schedule than this is refused as implausible: in the 2017 data the
+# earliest departure was 14 minutes early and the latest 161 minutes late; a day covers every delay
+# an airline reports as one (later, the flight is cancelled and rescheduled).
+OUTCOME_WINDOW_MINUTES = (-60, 24 * 60)
+
+
+class Outcome(Flight):
+    """A flight that has left: the prediction fields with Fecha-I required, and its real departure."""
+
+    fecha_i: Annotated[datetime, BeforeValidator(parse_schedule)] = Field(
+        alias="Fecha-I",
+        strict=True,
+        description="Scheduled departure, 'YYYY-MM-DD HH:MM[:SS]'; its month must equal MES.",
+        examples=["2017-03-14 08:30"],
+    )
+    fecha_o: Annotated[datetime, BeforeValidator(parse_schedule)] = Field(
+        alias="Fecha-O",
+        strict=True,
+        description="Real departure, 'YYYY-MM-DD HH:MM[:SS]': from 1 hour before Fecha-I to 1 day after.",
+        examples=["2017-03-14 08:52"],
+    )
+
+    @field_validator("fecha_o")
+    @classmethod
+    def _plausible(cls, value: datetime, info: ValidationInfo) -> datetime:
+        scheduled = info.data.get("fecha_i")  # absent when Fecha-I itself failed
+        if scheduled is not None:
+            minutes = (value - scheduled).total_seconds() / 60
+            early, late = OUTCOME_WINDOW_MINUTES
+            if not early <= minutes <= late:
+                raise ValueError(
+                    f"Fecha-O is {minutes:+.0f} minutes from Fecha-I; an outcome lies {-early} minutes before "
+                    f"to {late} minutes after its schedule"
+                )
+        return value
+
+    @property
+    def delayed(self) -> bool:
+        """Whether it left more than DELAY_MINUTES late, the training target."""
+        return (self.fecha_o - self.fecha_i).total_seconds() > DELAY_MINUTES * 60
+
+
+EXAMPLE_OUTCOMES: dict[str, list[dict[str, Any]]] = {
+    "flights": [
+        {"OPERA": "Sky Airline", "TIPOVUELO": "I", "MES": 7, "Fecha-I": "2017-07-21 19:40", "SIGLADES": "Lima",
+         "Fecha-O": "2017-07-21 20:02"},
+    ]
+}  # fmt: skip
+
+
+class OutcomeRequest(BaseModel):
+    """Body of POST /v1/outcomes: flights that have left, in the dataset's own column names."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flights: list[Outcome] = Field(
+        min_length=1,
+        max_length=MAX_FLIGHTS,
+        description=f"1 to {MAX_FLIGHTS} flights that have left.",
+        json_schema_extra={"example": EXAMPLE_OUTCOMES["flights"]},  # type: ignore[dict-item]  # JSON, typed Any here
+    )

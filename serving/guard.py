@@ -46,6 +46,8 @@ RETRY_AFTER_SECONDS = b"1"
 DRAIN_BYTES = 16 * 1_048_576  # of a refused body; past it the connection closes (the request deadline bounds the time)
 REASONS = {  # the "error" of each error status, whoever sent it
     400: "bad request",
+    401: "unauthorized",
+    403: "forbidden",
     404: "not found",
     405: "method not allowed",
     408: "request timeout",
@@ -226,11 +228,15 @@ def clean_body(status: int, body: bytes) -> bytes:
     if isinstance(original, list) and len(original) == 1:  # BentoML wraps some errors in a list
         original = original[0]
     problems = original.get("detail") if isinstance(original, dict) else None
+    kept = (
+        [{key: problem[key] for key in KEPT_PROBLEM_KEYS if key in problem} for problem in problems]
+        if status < 500 and isinstance(problems, list) and all(isinstance(problem, dict) for problem in problems)
+        else []
+    )
     if status == 400 and isinstance(problems, list):
-        kept = [{key: problem[key] for key in KEPT_PROBLEM_KEYS if key in problem} for problem in problems]
         return dump({"error": f"invalid request: {len(kept)} problem(s)", "detail": kept})
     reason = REASONS.get(status, "internal error, see the server log" if status >= 500 else "request refused")
-    return dump({"error": reason, "detail": []})
+    return dump({"error": reason, "detail": kept})
 
 
 def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:

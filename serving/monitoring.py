@@ -31,6 +31,7 @@ from models.quality import (
     js_distance,
     min_flights,
     probability_bins,
+    realized_quality,
 )
 from models.schema import AIRLINES, DESTINATIONS
 
@@ -89,6 +90,26 @@ def series() -> SimpleNamespace:
             documentation="Sum of the probabilities of the flights predicted delayed, by model",
             labelnames=["model"],
         ),
+        outcome_flights=counter(
+            name="flight_delay_outcome_flights",
+            documentation="Flights whose outcome was received, by model and probability bin",
+            labelnames=["model", "bin"],
+        ),
+        outcome_delayed=counter(
+            name="flight_delay_outcome_delayed",
+            documentation="Of them, the flights that left over 15 minutes late, by model and probability bin",
+            labelnames=["model", "bin"],
+        ),
+        outcome_probability=counter(
+            name="flight_delay_outcome_probability_sum",
+            documentation="Sum of their probabilities (the running model's), by model and probability bin",
+            labelnames=["model", "bin"],
+        ),
+        outcome_squared_error=counter(
+            name="flight_delay_outcome_squared_error",
+            documentation="Sum of (delayed - probability) squared over the outcomes, by model (for the Brier score)",
+            labelnames=["model"],
+        ),
         reference_share=gauge(
             name="flight_delay_reference_share",
             documentation="Share of the model's training flights with each value of each input (missing excluded)",
@@ -117,6 +138,8 @@ class Monitor:
         self.flights = np.zeros(bins, np.int64)
         self.probability_sums = np.zeros(bins)
         self.sums = np.zeros(3)  # squares, flagged flights, flagged probability
+        self.outcomes = np.zeros((3, bins))  # flights, delayed, sum of probabilities, by bin
+        self.squared_error = 0.0
         metrics = series()
         self.input_children = [
             [metrics.input_flights.labels(model=model, input=name, value=value) for value in SLOT_NAMES[name]]
@@ -129,6 +152,11 @@ class Monitor:
             )
             for b in range(bins)
         ]
+        self.outcome_children = [
+            [child.labels(model=model, bin=str(b)) for b in range(bins)]
+            for child in (metrics.outcome_flights, metrics.outcome_delayed, metrics.outcome_probability)
+        ]
+        self.squared_error_child = metrics.outcome_squared_error.labels(model=model)
         self.sum_children = [
             child.labels(model=model) for child in (metrics.squares, metrics.flagged, metrics.flagged_probability)
         ]
@@ -154,9 +182,28 @@ class Monitor:
             self.probability_sums += sums
             self.sums += batch_sums
 
+    def count_outcomes(self, features: np.ndarray, probabilities: np.ndarray, delayed: np.ndarray) -> None:
+        """Count flights whose outcome is known: their features, this model's probabilities, and whether
+        each left more than 15 minutes late."""
+        bins = probability_bins(self.edges, probabilities)
+        size = len(self.flights)
+        counts = np.stack(
+            [
+                np.bincount(bins, minlength=size),
+                np.bincount(bins, weights=delayed, minlength=size),
+                np.bincount(bins, weights=probabilities, minlength=size),
+            ]
+        )
+        squared_error = float(np.sum((delayed - probabilities) ** 2))
+        with self.lock:
+            self.outcomes += counts
+            self.squared_error += squared_error
+
     def export(self) -> None:
         """Add the counts since the last export to the Prometheus counters."""
         with self.lock:
+            outcomes, self.outcomes = self.outcomes, np.zeros_like(self.outcomes)
+            squared_error, self.squared_error = self.squared_error, 0.0
             inputs, self.inputs = self.inputs, [np.zeros_like(counts) for counts in self.inputs]
             flights, self.flights = self.flights, np.zeros_like(self.flights)
             sums, self.probability_sums = self.probability_sums, np.zeros_like(self.probability_sums)
@@ -170,6 +217,11 @@ class Monitor:
         for child, total in zip(self.sum_children, totals, strict=True):
             if total:
                 child.inc(float(total))
+        for children, outcome_counts in zip(self.outcome_children, outcomes, strict=True):
+            for b in np.flatnonzero(outcome_counts):
+                children[b].inc(float(outcome_counts[b]))
+        if squared_error:
+            self.squared_error_child.inc(squared_error)
 
     def export_forever(self) -> None:
         while True:
@@ -205,10 +257,17 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
         return sum(value for _labels, value in values(name))
 
     bins = len(reference["probability_edges"]) + 1
-    flights, sums = np.zeros(bins), np.zeros(bins)
-    for array, name in ((flights, "bin_flights"), (sums, "bin_sum")):
-        for labels, value in values(f"flight_delay_probability_{name}_total"):
-            array[int(labels["bin"])] += value
+
+    def per_bin(name: str) -> np.ndarray:
+        counts = np.zeros(bins)
+        for labels, value in values(name):
+            counts[int(labels["bin"])] += value
+        return counts
+
+    flights, sums = (
+        per_bin("flight_delay_probability_bin_flights_total"),
+        per_bin("flight_delay_probability_bin_sum_total"),
+    )
     totals = [
         total(f"flight_delay_{name}_total")
         for name in ("probability_squares", "flagged_flights", "flagged_probability_sum")
@@ -235,11 +294,19 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
     for name in NOT_MONITORED:
         drift[name] = {"score": None, "threshold": DRIFT_THRESHOLD, "drifted": None, "flights": 0, "missing": 0}
     expected = expected_quality(flights, sums, *totals)
+    outcomes = realized_quality(
+        per_bin("flight_delay_outcome_flights_total"),
+        per_bin("flight_delay_outcome_delayed_total"),
+        per_bin("flight_delay_outcome_probability_sum_total"),
+        total("flight_delay_outcome_squared_error_total"),
+    )
     return {
         "model": model,
         "predictions": {"flights": int(flights.sum()), "since": datetime.fromtimestamp(started, UTC).isoformat()},
         "drift": drift,
         "estimated": {key: None if value is None else round(value, 4) for key, value in expected.items()},
-        "outcomes": {"flights": 0, "delay_rate": None, "brier": None, "calibration_error": None, "roc_auc": None},
+        "outcomes": {
+            key: value if value is None or key == "flights" else round(value, 4) for key, value in outcomes.items()
+        },
         "reference": reference["held_out"],
     }

@@ -39,6 +39,7 @@ FLIPPED = {
     "UNTRACED_ROUTES": '["/health"]',
     "METRICS": "false",
     "MONITORING": "false",
+    "OUTCOMES_TOKEN": "a-token",
     "GC_FREEZE": "false",
     "LEAN_ROUTE": "false",
 }

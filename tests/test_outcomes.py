@@ -1,0 +1,122 @@
+"""POST /v1/outcomes: authenticated writes only, validation as on the prediction routes, and the
+realized quality of GET /v1/monitoring equal to the figures computed here from the same flights."""
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import bentoml_serve
+from sklearn.metrics import roc_auc_score
+
+from models.data import embedded_sample
+from models.quality import probability_bins
+from models.schema import EXAMPLE_OUTCOMES
+
+pytestmark = pytest.mark.integration
+TOKEN = "test-token-not-a-secret"
+OUTCOMES = 600
+
+
+@pytest.fixture(scope="module")
+def with_token(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A two-worker service that accepts outcomes with TOKEN."""
+    env = {"FLIGHT_DELAY_OUTCOMES_TOKEN": TOKEN, "FLIGHT_DELAY_WORKERS": "2"}
+    with bentoml_serve(tmp_path_factory.mktemp("outcomes") / "serve.log", env) as (url, _process):
+        yield url
+
+
+def post(url: str, body: Any, token: str | None = TOKEN, **headers: str) -> httpx.Response:
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return httpx.post(f"{url}/v1/outcomes", json=body, headers=headers, timeout=30)
+
+
+def outcomes_counted(url: str) -> dict[str, Any]:
+    """The outcomes part of /v1/monitoring, after the workers' next export."""
+    time.sleep(1.5)
+    return httpx.get(f"{url}/v1/monitoring", timeout=10).json()["outcomes"]
+
+
+def test_outcomes_without_a_configured_token_answer_403_saying_how_to_enable_them(client: httpx.Client) -> None:
+    answer = client.post("/v1/outcomes", json=EXAMPLE_OUTCOMES, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert answer.status_code == 403
+    assert "FLIGHT_DELAY_OUTCOMES_TOKEN" in answer.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", f"Basic {TOKEN}", f"Bearer {TOKEN}x", "Bearer", f"{TOKEN}"]
+)
+def test_missing_or_wrong_token_gets_401_with_www_authenticate_and_counts_nothing(
+    with_token: str, authorization: str | None
+) -> None:
+    before = outcomes_counted(with_token)["flights"]
+    headers = {} if authorization is None else {"Authorization": authorization}
+    answer = post(with_token, EXAMPLE_OUTCOMES, token=None, **headers)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+    assert answer.json()["error"] == "unauthorized"
+    assert outcomes_counted(with_token)["flights"] == before
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"Fecha-O": "2017-07-24 20:02"}, "Fecha-O"),  # three days late: implausible
+        ({"Fecha-O": "2017-07-21 18:00"}, "Fecha-O"),  # 100 minutes early
+        ({"Fecha-O": "21/07/2017 20:02"}, "Fecha-O"),
+        ({"OPERA": "Nowhere Air"}, "OPERA"),
+        ({"Fecha-I": None}, "Fecha-I"),
+    ],
+)
+def test_invalid_outcome_gets_400_naming_the_field(with_token: str, change: dict[str, Any], field: str) -> None:
+    flight = {**EXAMPLE_OUTCOMES["flights"][0], **change}
+    answer = post(with_token, {"flights": [flight]})
+    assert answer.status_code == 400
+    assert [problem["loc"] for problem in answer.json()["detail"]] == [["flights", 0, field]]
+
+
+def test_outcomes_keep_the_prediction_routes_limits(with_token: str) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    text = httpx.post(f"{with_token}/v1/outcomes", content="x", headers={**headers, "Content-Type": "text/plain"})
+    big = httpx.post(f"{with_token}/v1/outcomes", json={"flights": ["x" * 2_000_000]}, headers=headers)
+    assert (text.status_code, big.status_code) == (415, 413)
+
+
+def test_realized_quality_equals_the_figures_of_the_flights_sent(with_token: str) -> None:
+    flights, _source = embedded_sample()
+    rows = flights.sample(OUTCOMES, random_state=20)
+    body = [
+        {
+            "OPERA": airline,
+            "TIPOVUELO": kind,
+            "MES": int(scheduled.month),
+            "Fecha-I": f"{scheduled:%Y-%m-%d %H:%M}",
+            "SIGLADES": city,
+            "Fecha-O": f"{left:%Y-%m-%d %H:%M}",
+        }
+        for airline, kind, city, scheduled, left in zip(
+            rows["OPERA"], rows["TIPOVUELO"], rows["SIGLADES"], rows["Fecha-I"], rows["Fecha-O"], strict=True
+        )
+    ]
+    before = outcomes_counted(with_token)["flights"]
+    assert before == 0, "the other tests count nothing"
+    answers = [post(with_token, {"flights": body[i : i + 100]}) for i in range(0, OUTCOMES, 100)]
+    assert [answer.status_code for answer in answers] == [200] * (OUTCOMES // 100)
+    delayed = rows["delayed"].to_numpy().astype(float)
+    assert sum(answer.json()["delayed"] for answer in answers) == delayed.sum()
+    predicted = httpx.post(
+        f"{with_token}/v1/prediction", json={"flights": [{k: v for k, v in f.items() if k != "Fecha-O"} for f in body]}
+    ).json()
+    p = np.array([answer["probability"] for answer in predicted])
+    edges = np.array(httpx.get(f"{with_token}/v1/model").json()["reference"]["probability_edges"])
+    deciles = probability_bins(edges, p) // 10
+    calibration = sum(abs(p[deciles == d].sum() - delayed[deciles == d].sum()) for d in range(10)) / OUTCOMES
+    realized = outcomes_counted(with_token)
+    assert realized["flights"] == OUTCOMES
+    assert realized["delay_rate"] == pytest.approx(delayed.mean(), abs=1e-4)
+    assert realized["brier"] == pytest.approx(np.mean((delayed - p) ** 2), abs=1e-4)
+    assert realized["calibration_error"] == pytest.approx(calibration, abs=1e-4)
+    assert realized["roc_auc"] == pytest.approx(roc_auc_score(delayed, p), abs=0.01)
