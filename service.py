@@ -147,11 +147,27 @@ accepted airlines and cities, the model's metrics and its threshold. The version
 of the model this service is running."""
 
 
-MONITORING_EXAMPLE = {  # the shape of GET /v1/monitoring, for the API page (one input shown of seven)
+MONITORING_EXAMPLE = {  # the shape of GET /v1/monitoring for the API page: one input of seven, after 1,200 flights
     "model": "flight_delay:<version>",
-    "predictions": {"flights": 120000, "since": "2026-12-03T08:00:00+00:00"},
-    "drift": {"airline": {"score": 0.031, "threshold": 0.1, "drifted": False, "flights": 120000, "missing": 0}},
-    "estimated": {"delay_rate": 0.183, "brier": 0.139, "roc_auc": 0.71, "precision": 0.3, "recall": 0.65, "f1": 0.41},
+    "predictions": {"flights": 1200, "since": "2026-12-03T08:47:38.048942+00:00"},
+    "drift": {
+        "airline": {
+            "score": None,
+            "threshold": 0.1,
+            "drifted": None,
+            "flights": 1200,
+            "missing": 0,
+            "min_flights": 2300,
+        }
+    },
+    "estimated": {
+        "delay_rate": 0.1876,
+        "brier": 0.1346,
+        "roc_auc": 0.7251,
+        "precision": 0.3097,
+        "recall": 0.6713,
+        "f1": 0.4238,
+    },
     "outcomes": {"flights": 0, "delay_rate": None, "brier": None, "calibration_error": None, "roc_auc": None},
     "reference": {"delay_rate": 0.1812, "brier": 0.1327, "roc_auc": 0.7154},
 }
