@@ -26,7 +26,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 import train
 from models.config import PROJECT_DIR
 from models.data import STATS_PATH, embedded_sample, synthetic_frame
-from models.features import FlightColumns
+from models.features import MONITORED, FlightColumns
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
 
 sys.path.insert(0, str(PROJECT_DIR / "loadtest"))  # the load-test tools the tests share
@@ -61,6 +61,18 @@ def skip_unless_ci(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"CI must run this test: {reason}")
     pytest.skip(reason)
+
+
+def stand_in_reference() -> dict[str, Any]:
+    """A monitoring reference of the right shape (one flight per value, even probability bins), for
+    the models the tests make by hand."""
+    return {
+        "flights": 100,
+        "inputs": {name: [1] * (size + 1) for name, size in MONITORED.items()},
+        "probability_edges": [round(edge, 2) for edge in np.linspace(0.01, 0.99, 99)],
+        "probability_counts": [1] * 100,
+        "held_out": {"delay_rate": 0.2, "brier": 0.15, "roc_auc": 0.7},
+    }
 
 
 @pytest.fixture(scope="session")

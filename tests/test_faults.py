@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import bentoml_serve
+from conftest import bentoml_serve, stand_in_reference
 from run import SERVERS
 
 from models.config import PROJECT_DIR
@@ -79,6 +79,7 @@ def test_serve_without_model_refuses_and_says_how_to_train(tmp_path: Path) -> No
                 "training_data": {},
                 "versions": {},
                 "evaluator": {},
+                "reference": stand_in_reference(),
                 **expected_spec(),
                 "features": ["x"],
             },
@@ -103,6 +104,7 @@ def test_a_failure_inside_the_model_answers_500_without_internals(tmp_path: Path
         "training_data": {},
         "versions": {},
         "evaluator": {},
+        "reference": stand_in_reference(),
         **expected_spec(),
     }
     broken = "HistGradientBoostingClassifier(max_iter=2).fit(np.arange(60.0).reshape(20, 3), [0, 1] * 10)"

@@ -23,7 +23,7 @@ from models.quality import (
     min_flights,
     probability_bins,
 )
-from models.schema import PredictionRequest
+from models.schema import Flight
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_worker
     assert report["estimated"]["delay_rate"] == pytest.approx(served.mean(), abs=1e-4)
     assert {"airline", "international", "month", "hour", "destination"} <= set(report["drift"])
     airline = report["drift"]["airline"]
-    columns = FlightColumns.from_flights(PredictionRequest.model_validate({"flights": body}).flights)
+    columns = FlightColumns.from_flights([Flight.model_validate(flight) for flight in body])
     live = category_counts(encode(columns))[0][:-1].astype(float)
     expected = js_distance(live, np.array(card["reference"]["inputs"]["airline"][:-1], float))
     assert (airline["flights"], airline["min_flights"]) == (len(body), 2_300)

@@ -10,7 +10,7 @@ from typing import Any
 import bentoml
 import numpy as np
 import pytest
-from conftest import assert_calibrated, assert_same_answers
+from conftest import assert_calibrated, assert_same_answers, stand_in_reference
 from sklearn.model_selection import GroupKFold
 
 import train
@@ -210,7 +210,15 @@ def test_train_bad_data_exits_2_with_one_line(tmp_path: Path, content: str | Non
 
 
 def valid_metadata() -> dict[str, Any]:
-    return {"threshold": 0.4, "metrics": {}, "training_data": {}, "versions": {}, "evaluator": {}, **expected_spec()}
+    return {
+        "threshold": 0.4,
+        "metrics": {},
+        "training_data": {},
+        "versions": {},
+        "evaluator": {},
+        "reference": stand_in_reference(),
+        **expected_spec(),
+    }
 
 
 @pytest.mark.parametrize("missing", REQUIRED_METADATA)
