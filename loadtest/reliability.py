@@ -9,6 +9,7 @@
     python loadtest/reliability.py after-burst   # latency of lone requests, idle and for 12 s after a burst
     python loadtest/reliability.py lone          # one request at a time (http.client): 1, 100 and 1,000 flights
     python loadtest/reliability.py lone --against REV   # the same, paired with the code of git revision REV
+    python loadtest/reliability.py lone --paired-env FLIGHT_DELAY_MONITORING=false   # paired with a setting
     python loadtest/reliability.py slow-clients  # 30,000 slow connections of each kind for 60 s, direct and via HAProxy
     python loadtest/reliability.py path-flood    # 100,000 requests to random paths: /metrics before and after
 
@@ -284,8 +285,17 @@ def lone(args: argparse.Namespace) -> dict[str, Any]:
     """Milliseconds of lone requests on an idle service, one keep-alive http.client connection, one at a time.
 
     Flights from loadtest/flights.jsonl, the load test's pool; 200 requests of each size after 20
-    unmeasured. With --against REV, two rounds each of this checkout's code and REV's, alternating.
+    unmeasured. With --against REV, two rounds each of this checkout's code and REV's, alternating;
+    with --paired-env KEY=VALUE, two rounds each of this checkout as shipped and with that setting.
     """
+    if args.paired_env:
+        key, _, value = args.paired_env.partition("=")
+        paired: dict[str, list[dict[str, Any]]] = {"as shipped": [], args.paired_env: []}
+        for _round in range(2):
+            for name, env in zip(paired, (None, {key: value}), strict=True):
+                say(f"lone requests, {name}")
+                paired[name].append(lone_requests(PROJECT_DIR, env))
+        return {"requests_each": 200, "rounds": paired}
     if not args.against:
         return {"requests_each": 200, **lone_requests(PROJECT_DIR)}
     rounds: dict[str, list[dict[str, Any]]] = {"this checkout": [], f"at {args.against}": []}
@@ -494,13 +504,14 @@ def path_flood(args: argparse.Namespace) -> dict[str, Any]:
     return {"requests": requests, "before": before, "after": after}
 
 
-def lone_requests(code: Path) -> dict[str, Any]:
-    """Median and p99 milliseconds of lone requests of 1, 100 and 1,000 flights to the service run from `code`."""
+def lone_requests(code: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Median and p99 milliseconds of lone requests of 1, 100 and 1,000 flights to the service run from
+    `code`, with `env` set for it."""
     from http.client import HTTPConnection
 
     pool = [json.loads(line) for line in (HERE / "flights.jsonl").read_text().splitlines()]
     sizes: dict[str, Any] = {}
-    with server("service", code=code) as (url, _process):
+    with server("service", code=code, env=env) as (url, _process):
         connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
         for size in (1, 100, 1_000):
             body = json.dumps({"flights": [pool[i % len(pool)] for i in range(size)]})
@@ -542,6 +553,7 @@ def main() -> None:
     parser.add_argument("drill", choices=DRILLS)
     parser.add_argument("--minutes", type=int, default=10, help="soak length (default 10)")
     parser.add_argument("--against", help="lone: also measure the code of this git revision, in the same run")
+    parser.add_argument("--paired-env", help="lone: also measure this checkout with KEY=VALUE set, in the same run")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="slow-clients: only these kinds (default: all)")
     parser.add_argument("--fronts", nargs="+", choices=["direct", "haproxy"], help="slow-clients: only these")
     parser.add_argument("--paths", type=int, default=100_000, help="path-flood: requests (default 100,000)")
@@ -550,6 +562,7 @@ def main() -> None:
     name = (
         args.drill if os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true") != "false" else f"{args.drill}-not-greedy"
     ) + (f"-against-{args.against}" if args.against else "")
+    name += f"-paired-{args.paired_env.replace('=', '-').lower()}" if args.paired_env else ""
     name += "".join(f"-{part}" for part in (args.fronts or []) + (args.kinds or []))  # a part of a drill, apart
     result = RESULTS / f"{name}.json"
     unused(result, overwrite=args.overwrite)  # the docs cite these files

@@ -54,69 +54,79 @@ SLOT_NAMES: dict[str, list[str]] = {
 STARTED_NAME = "flight_delay_monitoring_started_timestamp_seconds"
 
 
+# The monitoring counters: attribute, metric name, labels and documentation. Every label value comes
+# from the model (its tag, vocabulary and bins), never from a client.
+COUNTERS: dict[str, tuple[str, list[str], str]] = {
+    "input_flights": (
+        "flight_delay_input_flights",
+        ["model", "input", "value"],
+        "Predicted flights by model, monitored input and its value (missing: not given)",
+    ),
+    "bin_flights": (
+        "flight_delay_probability_bin_flights",
+        ["model", "bin"],
+        "Predicted flights by model and probability bin (the model's equal-count training bins)",
+    ),
+    "bin_probability": (
+        "flight_delay_probability_bin_sum",
+        ["model", "bin"],
+        "Sum of the predicted probabilities by model and probability bin",
+    ),
+    "squares": (
+        "flight_delay_probability_squares",
+        ["model"],
+        "Sum of the squared predicted probabilities, by model (for the expected Brier score)",
+    ),
+    "flagged": (
+        "flight_delay_flagged_flights",
+        ["model"],
+        "Flights predicted delayed (probability at or above the threshold), by model",
+    ),
+    "flagged_probability": (
+        "flight_delay_flagged_probability_sum",
+        ["model"],
+        "Sum of the probabilities of the flights predicted delayed, by model",
+    ),
+    "outcome_flights": (
+        "flight_delay_outcome_flights",
+        ["model", "bin"],
+        "Flights whose outcome was received, by model and probability bin",
+    ),
+    "outcome_delayed": (
+        "flight_delay_outcome_delayed",
+        ["model", "bin"],
+        "Of them, the flights that left over 15 minutes late, by model and probability bin",
+    ),
+    "outcome_probability": (
+        "flight_delay_outcome_probability_sum",
+        ["model", "bin"],
+        "Sum of their probabilities (the running model's), by model and probability bin",
+    ),
+    "outcome_squared_error": (
+        "flight_delay_outcome_squared_error",
+        ["model"],
+        "Sum of (delayed - probability) squared over the outcomes, by model (for the Brier score)",
+    ),
+}
+
+
 @cache
 def series() -> SimpleNamespace:
     """The monitoring metrics, made once per process when a worker builds its Monitor (importing this
     module makes none, so tools and tests can read its constants)."""
-    counter, gauge = bentoml.metrics.Counter, bentoml.metrics.Gauge
+    counters = {
+        attribute: bentoml.metrics.Counter(name=name, documentation=documentation, labelnames=labels)
+        for attribute, (name, labels, documentation) in COUNTERS.items()
+    }
     return SimpleNamespace(
-        input_flights=counter(
-            name="flight_delay_input_flights",
-            documentation="Predicted flights by model, monitored input and its value (missing: not given)",
-            labelnames=["model", "input", "value"],
-        ),
-        bin_flights=counter(
-            name="flight_delay_probability_bin_flights",
-            documentation="Predicted flights by model and probability bin (the model's equal-count training bins)",
-            labelnames=["model", "bin"],
-        ),
-        bin_probability=counter(
-            name="flight_delay_probability_bin_sum",
-            documentation="Sum of the predicted probabilities by model and probability bin",
-            labelnames=["model", "bin"],
-        ),
-        squares=counter(
-            name="flight_delay_probability_squares",
-            documentation="Sum of the squared predicted probabilities, by model (for the expected Brier score)",
-            labelnames=["model"],
-        ),
-        flagged=counter(
-            name="flight_delay_flagged_flights",
-            documentation="Flights predicted delayed (probability at or above the threshold), by model",
-            labelnames=["model"],
-        ),
-        flagged_probability=counter(
-            name="flight_delay_flagged_probability_sum",
-            documentation="Sum of the probabilities of the flights predicted delayed, by model",
-            labelnames=["model"],
-        ),
-        outcome_flights=counter(
-            name="flight_delay_outcome_flights",
-            documentation="Flights whose outcome was received, by model and probability bin",
-            labelnames=["model", "bin"],
-        ),
-        outcome_delayed=counter(
-            name="flight_delay_outcome_delayed",
-            documentation="Of them, the flights that left over 15 minutes late, by model and probability bin",
-            labelnames=["model", "bin"],
-        ),
-        outcome_probability=counter(
-            name="flight_delay_outcome_probability_sum",
-            documentation="Sum of their probabilities (the running model's), by model and probability bin",
-            labelnames=["model", "bin"],
-        ),
-        outcome_squared_error=counter(
-            name="flight_delay_outcome_squared_error",
-            documentation="Sum of (delayed - probability) squared over the outcomes, by model (for the Brier score)",
-            labelnames=["model"],
-        ),
-        reference_share=gauge(
+        **counters,
+        reference_share=bentoml.metrics.Gauge(
             name="flight_delay_reference_share",
             documentation="Share of the model's training flights with each value of each input (missing excluded)",
             labelnames=["model", "input", "value"],
             multiprocess_mode="max",
         ),
-        started=gauge(
+        started=bentoml.metrics.Gauge(
             name=STARTED_NAME,
             documentation="When the workers of the pod started counting, by model",
             labelnames=["model"],
