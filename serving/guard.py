@@ -119,7 +119,7 @@ class RequestGuard:
         number = 0  # the request's number once admitted: its body is in and it was not shed
         try:
             async with asyncio.timeout(self.timeout_s):
-                body = await self.read_body(receive)
+                body = await read_body(receive, self.max_body_bytes)
                 if body is None:  # the client left before its body was in
                     return
                 if self.overloaded():
@@ -145,22 +145,6 @@ class RequestGuard:
             if number:
                 self.in_flight -= 1
                 self.waiting.pop(number, None)
-
-    async def read_body(self, receive: Receive) -> bytes | None:
-        """The whole body, or None if the client disconnected first; BodyTooLargeError past the limit."""
-        chunks = []
-        seen = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return None
-            chunk = message.get("body", b"")
-            seen += len(chunk)
-            if seen > self.max_body_bytes:
-                raise BodyTooLargeError(message.get("more_body", False))
-            chunks.append(chunk)
-            if not message.get("more_body"):
-                return b"".join(chunks)
 
     async def answer_error(self, send: Send, status: int, message: str) -> None:
         """Answer with the guard's own error response, and count it."""
@@ -248,6 +232,23 @@ def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
     elif status == 413:
         headers.append((b"connection", b"close"))
     return headers
+
+
+async def read_body(receive: Receive, limit: float = float("inf")) -> bytes | None:
+    """The whole request body, or None if the client disconnected first; BodyTooLargeError past `limit` bytes."""
+    chunks = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLargeError(message.get("more_body", False))
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return b"".join(chunks)
 
 
 def replaying(body: bytes, receive: Receive) -> Receive:

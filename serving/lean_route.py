@@ -29,7 +29,7 @@ from typing import Any
 from bentoml.exceptions import BentoMLException
 from pydantic import TypeAdapter, ValidationError
 
-from serving.guard import ASGIApp, Receive, Scope, Send, dump
+from serving.guard import ASGIApp, Receive, Scope, Send, dump, read_body
 from serving.metrics import BoundedTrafficMetrics, RequestMetrics
 
 logger = logging.getLogger("bentoml.flight_delay")
@@ -95,15 +95,3 @@ class PredictionRoute:
         except Exception:
             logger.exception("prediction failed")
             return 500, dump(UNEXPECTED)
-
-
-async def read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None if the client disconnected first."""
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
