@@ -139,7 +139,6 @@ class Monitor:
     """One worker's counts of its predictions, exported to Prometheus by a thread of its own."""
 
     def __init__(self, reference: dict[str, Any], threshold: float, model: str) -> None:
-        self.model = model
         self.edges = np.array(reference["probability_edges"])
         self.threshold = threshold
         bins = len(self.edges) + 1
