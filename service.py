@@ -33,9 +33,11 @@ from serving.batching import cap_learned_wait
 from serving.guard import RequestGuard, arrange_middlewares
 from serving.lean_route import PredictionRoute
 from serving.monitoring import Monitor, pod_report
+from serving.prediction_log import PredictionLog
 
 try:
     settings = Settings.from_environment()
+    settings.make_log_dir()
 except BadSettingError as exc:
     raise SystemExit(f"refusing to start: {exc}") from None
 if settings.greedy_batching:
@@ -244,6 +246,9 @@ def get_operation(endpoint: Any, tag: str, example: dict[str, Any]) -> dict[str,
     }
 
 
+MODEL = trained_model()
+
+
 class PredictionList(IORootModel[list[Prediction]]):
     """Response of /v1/prediction: one Prediction per flight, in request order.
 
@@ -281,7 +286,7 @@ plain_routes = Starlette(routes=list(PLAIN_ROUTES))
 class FlightDelay:
     """Answers "will this flight leave SCL more than 15 minutes late?" for batches of flights."""
 
-    model = trained_model()
+    model = MODEL
 
     def __init__(self) -> None:
         info = self.model.info
@@ -353,6 +358,27 @@ connections_closed = bentoml.metrics.Counter(
     "idle, request_deadline (408), evicted or refused (at the connection cap)",
     labelnames=["reason"],
 )
+log_drops = bentoml.metrics.Counter(
+    name="prediction_log_dropped_requests",
+    documentation="Sampled requests the prediction log could not keep, by reason: queue_full or write_error",
+    labelnames=["reason"],
+)
+
+
+def prediction_log() -> PredictionLog | None:
+    """This worker's prediction log, opened at its start; None when FLIGHT_DELAY_LOG_SAMPLE is 0."""
+    if not settings.log_sample:
+        return None
+    return PredictionLog(
+        settings.log_dir,
+        settings.log_sample,
+        model=str(MODEL.tag),
+        worker=bentoml.server_context.worker_index or 0,
+        max_bytes=settings.log_max_mb * 1_048_576,
+        on_drop=lambda reason: log_drops.labels(reason=reason).inc(),
+    )
+
+
 connections.install(
     connections.Limits(
         idle_s=settings.idle_timeout_s,
@@ -377,4 +403,5 @@ FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator 
     shed_after_s=settings.shed_after_ms / 1000,
     timeout_s=settings.timeout_s,
     on_error_response=lambda status: guard_errors.labels(status=str(status)).inc(),
+    prediction_log=prediction_log,
 )

@@ -21,6 +21,7 @@ DELAY_MINUTES = 15  # a flight is late when it leaves more than this after sched
 MAX_FLIGHTS = 1_000  # flights per request
 PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 OUTCOMES_ROUTE = "/v1/outcomes"
+LOG_FILES = 4  # files each worker's prediction log rotates over
 
 
 class Settings(BaseSettings):
@@ -53,6 +54,13 @@ class Settings(BaseSettings):
     metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
     monitoring: bool = True  # drift and expected quality of the predictions (serving/monitoring.py); needs metrics
     outcomes_token: SecretStr | None = None  # Bearer token of POST /v1/outcomes; without one the route answers 403
+    # The prediction log (serving/prediction_log.py): share of prediction requests logged, where, and
+    # the disk each worker's log may take (in LOG_FILES rotated files). At 5,000 one-flight requests
+    # a second, 1% is 3,000 records (about 300 bytes each: 0.9 MB) a minute: on 2 workers, 256 MB
+    # each keeps the last 9 hours or so.
+    log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
+    log_dir: Path = Path("monitoring")  # bentoml.monitor's default place: relative to the working directory
+    log_max_mb: Annotated[int, Field(ge=LOG_FILES)] = 256
     gc_freeze: bool = True
     lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/lean_route.py
 
@@ -72,6 +80,18 @@ class Settings(BaseSettings):
         except SettingsError as exc:  # a list that is not JSON
             field = str(exc).split('"')[1] if '"' in str(exc) else "?"
             raise BadSettingError(refusal(field, "a JSON list of strings")) from None
+
+    def make_log_dir(self) -> None:
+        """Make the prediction log's directory when the log is on, or BadSettingError if it cannot be written
+        (checked at start: a worker would otherwise fail at its first logged request)."""
+        if not self.log_sample:
+            return
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.log_dir, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise BadSettingError(refusal("log_dir", f"a directory it can write ({exc.strerror})")) from None
 
     def lean_route_applies(self) -> bool:
         """Whether /v1/prediction takes the lean path: asked for, batched (it hands flights to BentoML's

@@ -16,7 +16,9 @@
   requests answered when they counted); serving/connections.py bounds them instead;
 - no answer within `timeout_s`: 504 (BentoML's own time-out middleware costs a task and a timer that
   outlives the request, for every request);
-- at shutdown, one log line per worker: requests accepted, answered, and cut (accepted, not answered).
+- at shutdown, one log line per worker: requests accepted, answered, and cut (accepted, not answered);
+- a sampled request's body and answer go to the worker's prediction log (serving/prediction_log.py),
+  and its answer names it with X-Request-ID (the client's own, if it sent a plain one).
 
 Successful responses pass through untouched: the hot path costs one header lookup and one timer.
 `arrange_middlewares()` makes the guard the outermost middleware, so a refused request costs no
@@ -30,9 +32,12 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+
+from serving.prediction_log import PredictionLog
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -56,6 +61,8 @@ REASONS = {  # the "error" of each error status, whoever sent it
     503: "overloaded, retry shortly",
     504: "timed out",
 }
+
+REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 logger = logging.getLogger("bentoml.flight_delay")
 SHUTDOWN_LOG = "shutdown: %d requests accepted, %d answered, %d cut"
@@ -81,8 +88,11 @@ class RequestGuard:
         shed_after_s: float,
         timeout_s: float,
         on_error_response: Callable[[int], None] = lambda status: None,
+        prediction_log: Callable[[], PredictionLog | None] = lambda: None,
     ) -> None:
         self.app = app
+        self.open_log = prediction_log  # called at the worker's start: a log of its own, or None
+        self.log: PredictionLog | None = None
         self.on_error_response = on_error_response
         self.timeout_s = timeout_s
         self.routes = routes
@@ -97,7 +107,7 @@ class RequestGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await self.app(scope, self.reporting_shutdown(receive), send)
+            await self.app(scope, self.lifespan(receive), send)
             return
         if scope["type"] != "http" or scope["path"] not in self.routes:
             await self.app(scope, receive, send)
@@ -129,7 +139,13 @@ class RequestGuard:
                 self.accepted += 1
                 number = self.accepted
                 self.waiting[number] = time.monotonic()
-                await self.app(scope, replaying(body, receive), responding)
+                if self.log is not None and self.log.sampled():
+                    logged = LoggedResponse(responding, request_id(headers))
+                    await self.app(scope, replaying(body, receive), logged)
+                    if logged.status == 200:
+                        self.log.offer(scope["path"], logged.request_id, body, b"".join(logged.chunks))
+                else:
+                    await self.app(scope, replaying(body, receive), responding)
             self.answered += 1
         except BodyTooLargeError as exc:
             if exc.more_body:
@@ -158,20 +174,51 @@ class RequestGuard:
         oldest = next(iter(self.waiting.values()), None)
         return oldest is not None and time.monotonic() - oldest > self.shed_after_s
 
-    def reporting_shutdown(self, receive: Receive) -> Receive:
-        """`receive` of the lifespan that logs the counts when shutdown starts.
+    def lifespan(self, receive: Receive) -> Receive:
+        """`receive` of the lifespan that opens the prediction log at start, and at shutdown logs the
+        counts and writes what the prediction log holds.
 
         The server sends the shutdown event only after the open requests have finished or its
         graceful timeout has passed, so `cut` is what a stop lost.
         """
 
-        async def receive_reporting() -> Message:
+        async def receive_lifespan() -> Message:
             message = await receive()
-            if message["type"] == "lifespan.shutdown":
+            if message["type"] == "lifespan.startup":
+                self.log = self.open_log()
+            elif message["type"] == "lifespan.shutdown":
                 logger.info(SHUTDOWN_LOG, self.accepted, self.answered, self.accepted - self.answered)
+                if self.log is not None:
+                    self.log.close()
             return message
 
-        return receive_reporting
+        return receive_lifespan
+
+
+class LoggedResponse:
+    """A `send` that keeps a copy of the response for the prediction log and, on a 200, names its
+    request (X-Request-ID) to the client: the id of its records."""
+
+    def __init__(self, send: Send, request_id: str) -> None:
+        self.send = send
+        self.request_id = request_id
+        self.status = 0
+        self.chunks: list[bytes] = []
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            if self.status == 200:  # the answers the log keeps
+                message = {**message, "headers": [*message["headers"], (b"x-request-id", self.request_id.encode())]}
+        else:
+            self.chunks.append(message.get("body", b""))
+        await self.send(message)
+
+
+def request_id(headers: dict[bytes, bytes]) -> str:
+    """The client's X-Request-ID if it is a plain token (up to 128 of letters, digits and ._:-), else a new one."""
+    sent = headers.get(b"x-request-id", b"")
+    return sent.decode() if REQUEST_ID.fullmatch(sent) else uuid.uuid4().hex
 
 
 class CleanErrors:

@@ -120,8 +120,9 @@ def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tupl
     env: variables to set for it. Unless it names a BENTOML_HOME, the service gets one of its own
     beside the log, sharing the test store's models: BentoML keeps the Prometheus files of all
     workers under it and clears them at start, which would blank another running service's /metrics.
+    Its prediction log goes beside the log too (prediction-log/), not into the project.
     """
-    env = dict(env or {})
+    env = {"FLIGHT_DELAY_LOG_DIR": str(log.parent / "prediction-log"), **(env or {})}
     if "BENTOML_HOME" not in env:
         home = log.parent / "bentoml-home"
         home.mkdir(exist_ok=True)

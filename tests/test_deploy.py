@@ -413,6 +413,17 @@ def test_writable_paths_are_empty_dirs_holding_bentoml_home(objects: tuple[dict[
     assert any(home.is_relative_to(path) for path in mounts), "BentoML writes its home on start"
 
 
+def test_prediction_log_volume_holds_every_workers_bound(objects: tuple[dict[str, Any], ...]) -> None:
+    container = api_container(objects)
+    variables = env(container)
+    mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+    volume = {volume["name"]: volume for volume in pod_spec(objects)["volumes"]}[
+        mounts[variables["FLIGHT_DELAY_LOG_DIR"]]
+    ]
+    bound = int(variables["FLIGHT_DELAY_WORKERS"]) * int(variables["FLIGHT_DELAY_LOG_MAX_MB"]) * 2**20
+    assert memory_bytes(volume["emptyDir"]["sizeLimit"]) > bound  # evicted past it
+
+
 def test_rollout_never_drops_below_the_current_count(objects: tuple[dict[str, Any], ...]) -> None:
     strategy = one(objects, "Deployment")["spec"]["strategy"]
     assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}

@@ -40,6 +40,9 @@ FLIPPED = {
     "METRICS": "false",
     "MONITORING": "false",
     "OUTCOMES_TOKEN": "a-token",
+    "LOG_SAMPLE": "0",
+    "LOG_DIR": "/tmp/flight-delay-knob-log",
+    "LOG_MAX_MB": "8",
     "GC_FREEZE": "false",
     "LEAN_ROUTE": "false",
 }
@@ -82,6 +85,7 @@ def test_service_with_knob_flipped_is_ready_and_answers_as_the_default(
         ("FLIGHT_DELAY_MAX_BODY_BYTES", "lots", "input should be a valid integer"),
         ("FLIGHT_DELAY_UNTRACED_ROUTES", "/health", "a JSON list of strings"),
         ("FLIGHT_DELAY_TRACING_SAMPLE_RATE", "2", "less than or equal to 1"),
+        ("FLIGHT_DELAY_LOG_DIR", "/proc/flight-delay", "a directory it can write"),
     ],
 )
 def test_bad_setting_stops_the_start_with_one_line(

@@ -1,0 +1,168 @@
+"""The prediction log: a sampled record of every flight answered, for audit and replay.
+
+The records are BentoML's monitoring format (`bentoml.monitor`'s DefaultMonitor): JSON lines in
+`<directory>/flight_delay/data/data.<worker>.log`, the columns listed in
+`<directory>/flight_delay/schema/schema.<worker>.log`, each record with `timestamp`, `request_id`
+and `trace_id` beside its own columns. `bentoml.monitor` itself is not used: it formats and writes
+every record in the thread that answers, which studies/prediction_log_cost.py measured at about the
+cost of the prediction itself (docs/monitoring.md#the-prediction-log). Here the request guard hands
+over the raw request and answer bytes of a sampled request (one queue put) and a thread of this
+worker's own parses them and writes the lines.
+
+- Sampling is by request (`sample`, FLIGHT_DELAY_LOG_SAMPLE): a logged request has all its flights,
+  so it can be replayed as it was sent.
+- Disk is bounded: each worker's log takes at most `max_bytes` (FLIGHT_DELAY_LOG_MAX_MB), in
+  LOG_FILES files: `data.<worker>.log` rotates to `.1`, `.2`, `.3` and the oldest is deleted.
+- Memory is bounded: past `MAX_PENDING_BYTES` of requests waiting to be written, a request is dropped
+  and counted (`on_drop`); a prediction never waits for the log or fails with it. A write error
+  drops and counts the same way.
+- At shutdown, `close()` writes what is waiting.
+"""
+
+import json
+import logging
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from datetime import UTC, datetime
+from logging.handlers import RotatingFileHandler
+from pathlib import Path
+from typing import Any
+
+from models.config import LOG_FILES, MODEL_NAME
+
+logger = logging.getLogger("bentoml.flight_delay")
+FIELDS = ("OPERA", "TIPOVUELO", "MES", "Fecha-I", "SIGLADES")  # the prediction fields, as the client sent them
+COLUMNS = (  # name, role and type of each column, as bentoml.monitor's schema file lists them
+    *((field, "feature", "categorical") for field in FIELDS),
+    ("delay", "prediction", "categorical"),
+    ("probability", "prediction", "numerical"),  # null on /predict, which answers labels only
+    ("model", "metadata", "categorical"),
+    ("route", "metadata", "categorical"),
+    ("index", "metadata", "numerical"),  # the flight's position in its request
+)
+MAX_PENDING_BYTES = 16 * 1_048_576  # of request and answer bodies waiting for the writer
+CLOSE_WAIT_S = 5.0
+
+
+class PredictionLog:
+    """One worker's prediction log: `offer()` on the request path, a writer thread off it."""
+
+    def __init__(
+        self,
+        directory: Path,
+        sample: float,
+        model: str,
+        worker: int,
+        max_bytes: int = 256 * 1_048_576,
+        on_drop: Callable[[str], None] = lambda reason: None,
+    ) -> None:
+        self.sample = sample
+        self.model = model
+        self.on_drop = on_drop
+        root = Path(directory) / MODEL_NAME
+        data, schema = root / "data" / f"data.{worker}.log", root / "schema" / f"schema.{worker}.log"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        schema.parent.mkdir(parents=True, exist_ok=True)
+        columns = [{"name": name, "role": role, "type": kind} for name, role, kind in COLUMNS]
+        with schema.open("a", encoding="utf-8") as file:
+            file.write(dump({"meta_data": {"model": model, "worker": worker}, "columns": columns}) + "\n")
+        self.handler = RotatingFileHandler(
+            data, maxBytes=max_bytes // LOG_FILES, backupCount=LOG_FILES - 1, encoding="utf-8"
+        )
+        self.handler.setFormatter(logging.Formatter("%(message)s"))
+        self.pending: deque[tuple[str, str, float, bytes, bytes] | None] = deque()
+        self.pending_bytes = 0
+        self.lock = threading.Lock()
+        self.ready = threading.Condition(self.lock)
+        self.writer = threading.Thread(target=self.write_forever, name="prediction-log", daemon=True)
+        self.writer.start()
+
+    def sampled(self) -> bool:
+        """Whether to log the request now arriving."""
+        return self.sample > 0 and random.random() < self.sample
+
+    def offer(self, route: str, request_id: str, body: bytes, answer: bytes, at: float | None = None) -> None:
+        """Hand over an answered request (its body and the 200 answer) to be written; never blocks."""
+        size = len(body) + len(answer)
+        stamp = time.time() if at is None else at
+        with self.ready:
+            if self.pending_bytes + size > MAX_PENDING_BYTES:
+                dropped = True
+            else:
+                dropped = False
+                self.pending.append((route, request_id, stamp, body, answer))
+                self.pending_bytes += size
+                self.ready.notify()
+        if dropped:
+            self.on_drop("queue_full")
+
+    def close(self) -> None:
+        """Write what is waiting (for at most CLOSE_WAIT_S) and close the file."""
+        with self.ready:
+            self.pending.append(None)
+            self.ready.notify()
+        self.writer.join(CLOSE_WAIT_S)
+        self.handler.close()
+
+    def write_forever(self) -> None:
+        while True:
+            with self.ready:
+                while not self.pending:
+                    self.ready.wait()
+                item = self.pending.popleft()
+                if item is not None:
+                    self.pending_bytes -= len(item[3]) + len(item[4])
+            if item is None:
+                return
+            try:
+                self.write(self.lines(*item))
+            except Exception:  # a bad write must not stop the thread: drop, count and go on
+                logger.exception("prediction log: a request was not written")
+                self.on_drop("write_error")
+
+    def write(self, lines: str) -> None:
+        """Append one request's lines, rotating first if they would pass the size bound. Written to the
+        handler's stream directly: its `emit` would print a write error instead of raising it."""
+        handler = self.handler
+        if handler.shouldRollover(logging.makeLogRecord({"msg": lines})):
+            handler.doRollover()
+        if handler.stream is None:  # reopened by doRollover unless it failed
+            raise OSError(f"{handler.baseFilename} is not open")
+        handler.stream.write(lines + "\n")
+        handler.stream.flush()
+
+    def lines(self, route: str, request_id: str, stamp: float, body: bytes, answer: bytes) -> str:
+        """The JSON lines of one request's flights (both are already validated: the answer was a 200)."""
+        flights = json.loads(body)["flights"]
+        answered = json.loads(answer)
+        if isinstance(answered, dict):  # /predict: {"predict": [labels]}
+            predictions = [{"delay": label, "probability": None} for label in answered["predict"]]
+        else:
+            predictions = answered
+        common = {
+            "model": self.model,
+            "route": route,
+            "timestamp": datetime.fromtimestamp(stamp, UTC).isoformat(),
+            "request_id": request_id,
+            "trace_id": None,
+        }
+        return "\n".join(
+            dump(
+                {
+                    **{field: flight.get(field) for field in FIELDS},
+                    "delay": prediction["delay"],
+                    "probability": prediction["probability"],
+                    "index": index,
+                    **common,
+                }
+            )
+            for index, (flight, prediction) in enumerate(zip(flights, predictions, strict=True))
+        )
+
+
+def dump(record: dict[str, Any]) -> str:
+    """One compact JSON line, non-ASCII kept as it is (city names)."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,135 @@
+"""The prediction log: one record per flight of each sampled request, in BentoML's monitoring format;
+bounded on disk and in memory, never blocking a prediction; nothing waiting lost at shutdown."""
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from conftest import bentoml_serve
+
+from models.config import LOG_FILES, MODEL_NAME
+from models.schema import EXAMPLE_REQUEST
+from serving import prediction_log
+from serving.prediction_log import PredictionLog
+
+BODY = json.dumps(EXAMPLE_REQUEST).encode()
+ANSWER = json.dumps([{"delay": 0, "probability": 0.25}, {"delay": 1, "probability": 0.5}]).encode()
+
+
+def records(directory: Path) -> list[dict[str, Any]]:
+    """Every record of every worker's data files, rotated ones included."""
+    files = sorted((directory / MODEL_NAME / "data").glob("data.*.log*"))
+    return [json.loads(line) for path in files for line in path.read_text().splitlines()]
+
+
+def opened(tmp_path: Path, **options: Any) -> PredictionLog:
+    return PredictionLog(tmp_path, sample=1.0, model="flight_delay:test", worker=3, **options)
+
+
+def test_log_writes_a_record_per_flight_with_its_inputs_as_sent_and_its_answer(tmp_path: Path) -> None:
+    log = opened(tmp_path)
+    log.offer("/v1/prediction", "rid-1", BODY, ANSWER, at=0.0)
+    log.offer("/predict", "rid-2", BODY, b'{"predict":[0,1]}', at=60.0)
+    log.close()
+    written = records(tmp_path)
+    assert [(r["route"], r["request_id"], r["index"]) for r in written] == [
+        ("/v1/prediction", "rid-1", 0),
+        ("/v1/prediction", "rid-1", 1),
+        ("/predict", "rid-2", 0),
+        ("/predict", "rid-2", 1),
+    ]
+    first, second = EXAMPLE_REQUEST["flights"]
+    assert written[0] | {"SIGLADES": None} == {  # the first example flight leaves out both optional fields
+        "OPERA": first["OPERA"], "TIPOVUELO": first["TIPOVUELO"], "MES": first["MES"], "Fecha-I": None,
+        "SIGLADES": None, "delay": 0, "probability": 0.25, "index": 0, "model": "flight_delay:test",
+        "route": "/v1/prediction", "timestamp": "1970-01-01T00:00:00+00:00", "request_id": "rid-1", "trace_id": None,
+    }  # fmt: skip
+    assert {key: written[1][key] for key in second} == second
+    assert [r["probability"] for r in written[2:]] == [None, None]  # /predict answers labels only
+    assert [r["delay"] for r in written[2:]] == [0, 1]
+    assert written[2]["timestamp"] == "1970-01-01T00:01:00+00:00"
+    schema = (tmp_path / MODEL_NAME / "schema" / "schema.3.log").read_text().splitlines()
+    assert [column["name"] for column in json.loads(schema[0])["columns"]] == [
+        *prediction_log.FIELDS, "delay", "probability", "model", "route", "index"
+    ]  # fmt: skip
+
+
+def test_log_rotates_within_its_disk_bound_and_keeps_the_newest_records(tmp_path: Path) -> None:
+    bound = 40_000
+    log = opened(tmp_path, max_bytes=bound)
+    for number in range(400):  # about 110 KB of records
+        log.offer("/v1/prediction", f"rid-{number}", BODY, ANSWER)
+    log.close()
+    files = list((tmp_path / MODEL_NAME / "data").iterdir())
+    assert len(files) == LOG_FILES
+    assert sum(path.stat().st_size for path in files) <= bound
+    kept = {record["request_id"] for record in records(tmp_path)}
+    assert "rid-399" in kept and "rid-0" not in kept
+
+
+def test_log_with_a_full_queue_drops_and_counts_without_blocking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(prediction_log, "MAX_PENDING_BYTES", 10 * (len(BODY) + len(ANSWER)))
+    release = threading.Event()
+    drops: list[str] = []
+    log = opened(tmp_path, on_drop=drops.append)
+    monkeypatch.setattr(log, "write", lambda lines: release.wait(10))  # a disk that hangs
+    start = time.monotonic()
+    for number in range(50):
+        log.offer("/v1/prediction", f"rid-{number}", BODY, ANSWER)
+    assert time.monotonic() - start < 0.5
+    assert drops.count("queue_full") >= 39  # 10 wait, one may be in the writer's hands
+    release.set()
+    log.close()
+
+
+def test_log_write_error_is_counted_and_later_requests_are_written(tmp_path: Path) -> None:
+    drops: list[str] = []
+    log = opened(tmp_path, on_drop=drops.append)
+    log.offer("/v1/prediction", "unreadable", b"not json", ANSWER)
+    log.offer("/v1/prediction", "rid-ok", BODY, ANSWER)
+    log.close()
+    assert drops == ["write_error"]
+    assert {record["request_id"] for record in records(tmp_path)} == {"rid-ok"}
+
+
+def test_log_samples_about_its_share_of_requests(tmp_path: Path) -> None:
+    log = PredictionLog(tmp_path, sample=0.1, model="m", worker=0)
+    sampled = sum(log.sampled() for _ in range(20_000))
+    log.close()
+    assert 1_800 < sampled < 2_200  # 2,000 expected; 4.7 standard deviations either side
+    never = PredictionLog(tmp_path, sample=0.0, model="m", worker=1)
+    assert not any(never.sampled() for _ in range(1_000))
+    never.close()
+
+
+@pytest.mark.integration
+def test_service_logs_every_flight_answered_by_its_workers_even_across_sigterm(
+    trained_model: str, tmp_path: Path
+) -> None:
+    env = {"FLIGHT_DELAY_LOG_SAMPLE": "1", "FLIGHT_DELAY_WORKERS": "2"}
+    with bentoml_serve(tmp_path / "serve.log", env) as (url, process), httpx.Client(base_url=url) as http:
+        logged = http.post("/v1/prediction", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "client-id.1"})
+        assert logged.headers["x-request-id"] == "client-id.1"
+        invented = http.post("/predict", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "not a <token>"})
+        assert len(invented.headers["x-request-id"]) == 32
+        refused = http.post("/v1/prediction", json={"flights": [{"OPERA": "Nope"}]})
+        assert refused.status_code == 400 and "x-request-id" not in refused.headers
+        answers = [http.post("/v1/prediction", json=EXAMPLE_REQUEST) for _ in range(200)]
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    written = records(tmp_path / "prediction-log")
+    flights = len(EXAMPLE_REQUEST["flights"])
+    assert len(written) == (2 + len(answers)) * flights  # the 400 is not logged
+    assert {record["model"] for record in written} == {trained_model}
+    assert len({path.name for path in (tmp_path / "prediction-log" / MODEL_NAME / "data").iterdir()}) == 2
+    by_id = {record["request_id"]: record for record in written}
+    assert by_id["client-id.1"]["probability"] == logged.json()[-1]["probability"]
+    assert by_id[invented.headers["x-request-id"]]["route"] == "/predict"
+    assert {answer.headers["x-request-id"] for answer in answers} <= set(by_id)
