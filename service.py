@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 
 from models.config import MODEL_NAME, OUTCOMES_ROUTE, PREDICTION_ROUTES, BadSettingError, Settings
-from models.features import FlightColumns, encode
+from models.features import FlightColumns, Vocabulary, encode
 from models.predictor import DelayPredictor, ModelError, check_metadata
 from models.schema import (
     EXAMPLE_OUTCOMES,
@@ -24,9 +24,8 @@ from models.schema import (
     ChallengeResponse,
     FlightList,
     Outcome,
-    OutcomeRequest,
     Prediction,
-    PredictionRequest,
+    request_models,
 )
 from serving import connections
 from serving.batching import cap_learned_wait
@@ -48,8 +47,9 @@ CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabular
 IMAGE = bentoml.images.Image(base_image="python:3.11-slim", distro="debian-wheels-only")
 
 
-def trained_model() -> bentoml.models.BentoModel:
-    """The latest flight_delay model of the store, or a one-line refusal to start that says how to fix it.
+def trained_model() -> tuple[bentoml.models.BentoModel, dict[str, Any]]:
+    """The latest flight_delay model of the store and its metadata, or a one-line refusal to start that
+    says how to fix it.
 
     Checked here, when the service is loaded, so `bentoml serve` exits at once instead of its
     workers failing and restarting forever.
@@ -62,7 +62,14 @@ def trained_model() -> bentoml.models.BentoModel:
         check_metadata(stored.info.metadata)
     except ModelError as exc:
         raise bentoml.exceptions.BentoMLException(f"refusing to serve {stored.tag}: {exc}") from None
-    return model
+    return model, dict(stored.info.metadata)
+
+
+MODEL, METADATA = trained_model()
+# The request bodies accept exactly the airlines and destinations of the model served, learned from
+# its training data: validation, its 400s and the API document's enums all come from them.
+VOCABULARY = Vocabulary.from_metadata(METADATA["vocabularies"])
+REQUESTS = request_models(VOCABULARY.airlines, VOCABULARY.destinations)
 
 
 async def health(_: Request) -> JSONResponse:
@@ -90,7 +97,7 @@ async def outcomes(request: Request) -> JSONResponse:
     if service.monitor is None:
         return refusal(404, "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS")
     try:
-        flights = OutcomeRequest.model_validate_json(await request.body()).flights
+        flights = REQUESTS.outcome_request.model_validate_json(await request.body()).flights
     except ValidationError as exc:
         detail = exc.errors(include_context=False, include_input=False, include_url=False)
         return JSONResponse({"detail": detail}, 400)  # the guard writes the error body every 400 has
@@ -221,7 +228,10 @@ def outcomes_operation(tag: str) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": OutcomeRequest.model_json_schema(), "example": EXAMPLE_OUTCOMES}
+                "application/json": {
+                    "schema": REQUESTS.outcome_request.model_json_schema(),
+                    "example": EXAMPLE_OUTCOMES,
+                }
             },
         },
         "responses": {
@@ -244,9 +254,6 @@ def get_operation(endpoint: Any, tag: str, example: dict[str, Any]) -> dict[str,
         "operationId": f"flight_delay__{endpoint.__name__}",
         "responses": {"200": {"description": "OK", "content": {"application/json": {"example": example}}}},
     }
-
-
-MODEL = trained_model()
 
 
 class PredictionList(IORootModel[list[Prediction]]):
@@ -292,7 +299,7 @@ class FlightDelay:
         info = self.model.info
         self.predictor = DelayPredictor.load(self.model.path, info.metadata)
         self.monitor = (
-            Monitor(info.metadata["reference"], self.predictor.threshold, str(info.tag))
+            Monitor(info.metadata["reference"], self.predictor.threshold, str(info.tag), self.predictor.vocabulary)
             if settings.monitoring and settings.metrics
             else None
         )
@@ -309,7 +316,7 @@ class FlightDelay:
         batchable=settings.batching,
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
-        input_spec=PredictionRequest,
+        input_spec=REQUESTS.prediction_request,
         output_spec=PredictionList,
     )
     def predict_batch(self, flights: FlightList) -> list[Prediction]:
@@ -324,7 +331,7 @@ class FlightDelay:
             for label, p in zip(labels.tolist(), probabilities.tolist(), strict=True)
         ]
 
-    @bentoml.api(route=PREDICTION_ROUTES[1], input_spec=PredictionRequest)
+    @bentoml.api(route=PREDICTION_ROUTES[1], input_spec=REQUESTS.prediction_request)
     def predict(self, flights: FlightList) -> ChallengeResponse:
         """The LATAM challenge's contract: one 0/1 label per flight under "predict"."""
         labels = self.predictor.labels(self.probabilities(flights))
@@ -333,14 +340,14 @@ class FlightDelay:
     def count_outcomes(self, flights: list[Outcome]) -> int:
         """Score flights that have left and count them against their outcomes; how many were delayed."""
         assert self.monitor is not None  # the route checks it first
-        features = encode(FlightColumns.from_flights(flights))
+        features = encode(FlightColumns.from_flights(flights, self.predictor.vocabulary))
         delayed = np.array([flight.delayed for flight in flights], dtype=np.float64)
         self.monitor.count_outcomes(features, self.predictor.scores(features), delayed)
         return int(delayed.sum())
 
     def probabilities(self, flights: FlightList) -> np.ndarray:
         """Encode, predict and count a batch (the counts feed /v1/monitoring and /metrics)."""
-        features = encode(FlightColumns.from_flights(flights))
+        features = encode(FlightColumns.from_flights(flights, self.predictor.vocabulary))
         probabilities = self.predictor.scores(features)
         if self.monitor is not None:
             self.monitor.count(features, probabilities)

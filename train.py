@@ -31,10 +31,15 @@ from models.config import (
     TEST_SIZE,
 )
 from models.data import DataError, embedded_sample, file_sha256, load_flights
-from models.features import MONITORED, FlightColumns, category_counts, encode
+from models.features import MONITORED, FlightColumns, Vocabulary, category_counts, encode
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor, expected_spec, probability_gap
 from models.quality import probability_bins, probability_edges
 
+# A value (airline or destination) must have this many flights in the data to be learned. 1: every
+# value the data holds, so the 2017 data keeps all 23 airlines and 62 cities (4 of them with a single
+# flight, which the API accepted before). --min-flights raises it: rarer values' flights are left out
+# of training and refused by the service, rather than answered from a handful of examples.
+MIN_VALUE_FLIGHTS = 1
 VIEWS = ("required_only", "all_fields")  # (a) OPERA, TIPOVUELO, MES; (b) plus Fecha-I and SIGLADES
 PACKAGES = ("bentoml", "scikit-learn", "onnx", "onnxruntime", "numpy", "pandas", "pydantic")
 RELIABILITY_PLOT = "reliability.png"  # the reliability diagram, kept in the model's directory
@@ -214,26 +219,43 @@ def reference(predictor: DelayPredictor, columns: FlightColumns, metrics: dict[s
     probabilities = predictor.scores(features)
     edges = probability_edges(probabilities)
     held_out = metrics[VIEWS[-1]]  # all fields given, as the training flights
+    counts = category_counts(features, predictor.vocabulary.monitored())
     return {
         "flights": len(probabilities),
-        "inputs": {name: counts.tolist() for name, counts in zip(MONITORED, category_counts(features), strict=True)},
+        "inputs": {name: input_counts.tolist() for name, input_counts in zip(MONITORED, counts, strict=True)},
         "probability_edges": [round(float(edge), 6) for edge in edges],
         "probability_counts": np.bincount(probability_bins(edges, probabilities), minlength=len(edges) + 1).tolist(),
         "held_out": {key: held_out[key] for key in ("delay_rate", "brier", "roc_auc")},
     }
 
 
-def train(flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
-    """Split by day, choose the threshold, fit, and evaluate on the held-out days; the predictor,
-    its held-out metrics and its reference for monitoring."""
-    columns, delayed = FlightColumns.from_frame(flights), flights["delayed"].to_numpy()
+def train(
+    flights: pd.DataFrame, min_flights: int = MIN_VALUE_FLIGHTS
+) -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
+    """Learn the vocabulary, split by day, choose the threshold, fit, and evaluate on the held-out
+    days; the predictor, its held-out metrics and its reference for monitoring.
+
+    The vocabulary is every airline and destination with at least `min_flights` flights in the whole
+    data, held-out days included (a value seen only there is still one the model was shown, as an
+    unseen code); flights of rarer values are left out, and the service will refuse them."""
+    vocabulary = Vocabulary.learn(flights, min_flights)
+    known = vocabulary.known(flights)
+    if not known.all():
+        rare = flights.loc[~known]
+        values = sorted(set(rare["OPERA"]) - set(vocabulary.airlines)) + sorted(
+            set(rare["SIGLADES"]) - set(vocabulary.destinations)
+        )
+        progress(f"leaving out {len(rare)} flights of values with fewer than {min_flights} flights: {values}")
+        flights = flights.loc[known].reset_index(drop=True)
+    progress(f"vocabulary: {len(vocabulary.airlines)} airlines, {len(vocabulary.destinations)} destinations")
+    columns, delayed = FlightColumns.from_frame(flights, vocabulary), flights["delayed"].to_numpy()
     days = flights["Fecha-I"].dt.strftime("%Y-%m-%d").to_numpy()
     splitter = GroupShuffleSplit(n_splits=1, test_size=TEST_SIZE, random_state=SEED)
     train_rows, test_rows = next(splitter.split(delayed, groups=days))
     progress(f"{len(train_rows)} training and {len(test_rows)} held-out flights, split by calendar day")
     threshold = choose_threshold(subset(columns, train_rows), delayed[train_rows], days[train_rows])
     progress("fitting the final model")
-    predictor = DelayPredictor(fit(subset(columns, train_rows), delayed[train_rows]), threshold)
+    predictor = DelayPredictor(fit(subset(columns, train_rows), delayed[train_rows]), threshold, vocabulary)
     progress("evaluating on the held-out days")
     base_rate = float(delayed[train_rows].mean())
     held_out = subset(columns, test_rows)
@@ -245,6 +267,39 @@ def train(flights: pd.DataFrame) -> tuple[DelayPredictor, dict[str, Any], dict[s
     return predictor, metrics, reference(served, subset(columns, train_rows), metrics)
 
 
+def monthly_delay_rate(flights: pd.DataFrame) -> dict[str, float]:
+    """The delay rate of each month of the scheduled departure in the data, kept with the model so the
+    next training can say what moved."""
+    rates = flights.groupby(flights["Fecha-I"].dt.month)["delayed"].mean()
+    return {str(int(month)): round(float(rate), 4) for month, rate in rates.items()}
+
+
+def changes_from_latest(vocabulary: Vocabulary, flights: pd.DataFrame) -> str:
+    """What is new or gone against the store's latest model: airlines, destinations, and the delay
+    rate of each month (this data's against that model's training data, from its reference)."""
+    try:
+        latest = bentoml.models.get(f"{MODEL_NAME}:latest")
+    except bentoml.exceptions.NotFound:
+        return "no model in the store to compare with: this is the first"
+    metadata: dict[str, Any] = dict(latest.info.metadata)
+    lines = [f"against the store's latest model, {latest.tag}:"]
+    before = Vocabulary.from_metadata(metadata["vocabularies"])
+    for name, now, then in (
+        ("airlines", vocabulary.airlines, before.airlines),
+        ("destinations", vocabulary.destinations, before.destinations),
+    ):
+        new, gone = sorted(set(now) - set(then)), sorted(set(then) - set(now))
+        lines.append(f"  {name}: {len(now)} ({len(then)} before); new: {new or 'none'}; gone: {gone or 'none'}")
+    counts = flights.groupby(flights["Fecha-I"].dt.month)["delayed"].count()
+    previous = {int(month): rate for month, rate in metadata.get("monthly_delay_rate", {}).items()}
+    lines.append("  delay rate by month, this data (that model's data):")
+    for month, rate in monthly_delay_rate(flights).items():
+        then_rate = previous.get(int(month))
+        was = "not in its data" if then_rate is None else f"{then_rate:.3f}"
+        lines.append(f"    {int(month):2d}: {rate:.3f} of {counts[int(month)]} flights ({was})")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train, report and save; a bad dataset ends with one clear line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -254,15 +309,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--plot", type=Path, help=f"also write the reliability diagram here (the model store keeps {RELIABILITY_PLOT})"
     )
+    parser.add_argument(
+        "--min-flights",
+        type=int,
+        default=MIN_VALUE_FLIGHTS,
+        help=f"flights an airline or destination needs to be learned (default {MIN_VALUE_FLIGHTS}: every one)",
+    )
     args = parser.parse_args(argv)
+    if args.min_flights < 1:
+        parser.error("--min-flights must be at least 1")
     started = time.monotonic()
     try:
         flights, training_data = load_training_data(args.data)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    predictor, metrics, monitoring_reference = train(flights)
+    predictor, metrics, monitoring_reference = train(flights, args.min_flights)
     print(format_report(metrics, predictor.threshold))
+    print(changes_from_latest(predictor.vocabulary, flights))
     gap = max(metrics[view]["served_probability_gap"] for view in VIEWS)
     if gap > MAX_PROBABILITY_GAP:  # a converter or runtime that evaluates the trees differently
         print(
@@ -277,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"python": platform.python_version(), **{name: version(name) for name in PACKAGES}},
         "evaluator": {"served": "onnxruntime", "reference": "scikit-learn", "max_probability_gap": MAX_PROBABILITY_GAP},
         "reference": monitoring_reference,
+        "vocabularies": predictor.vocabulary.metadata(),
+        "monthly_delay_rate": monthly_delay_rate(flights),
         **expected_spec(),
     }
     labels = {"data": "real" if training_data["source"] != "embedded synthetic sample" else "synthetic"}

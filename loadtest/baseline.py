@@ -21,10 +21,11 @@ from starlette.routing import Route
 from models.config import MODEL_NAME
 from models.features import FlightColumns
 from models.predictor import DelayPredictor
-from models.schema import PredictionRequest
+from models.schema import request_models
 
 stored = bentoml.models.get(f"{MODEL_NAME}:latest")
 predictor = DelayPredictor.load(stored.path, stored.info.metadata)
+PredictionRequest = request_models(predictor.vocabulary.airlines, predictor.vocabulary.destinations).prediction_request
 
 
 async def predict(request: Request) -> Response:
@@ -33,7 +34,7 @@ async def predict(request: Request) -> Response:
         body = PredictionRequest.model_validate_json(await request.body())
     except ValidationError as exc:
         return JSONResponse({"error": "invalid request", "detail": exc.errors(include_url=False)}, status_code=400)
-    probabilities = predictor.probabilities(FlightColumns.from_flights(body.flights))
+    probabilities = predictor.probabilities(FlightColumns.from_flights(body.flights, predictor.vocabulary))
     labels = predictor.labels(probabilities)
     return JSONResponse(
         [{"delay": int(d), "probability": float(p)} for d, p in zip(labels, probabilities, strict=True)]

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from models.config import DELAY_MINUTES, PROJECT_DIR, SEED
-from models.schema import AIRLINES, DESTINATIONS, FLIGHT_TYPES
+from models.features import FLIGHT_TYPES
+from models.schema import OUTCOME_WINDOW_MINUTES
 
 STATS_PATH = PROJECT_DIR / "models" / "sample_stats.json"
 DATASET_COLUMNS = (
@@ -46,30 +47,43 @@ def load_flights(path: Path) -> pd.DataFrame:
 
 
 def check_flights(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """The columns training uses, with parsed dates and the `delayed` target; any bad value is a DataError."""
+    """The columns training uses, with parsed dates and the `delayed` target. The first bad value is
+    a DataError naming the file, the row (as an editor numbers it: the header is row 1) and the column."""
     missing = [column for column in USED_COLUMNS if column not in frame.columns]
     if missing:
-        raise DataError(f"{source} lacks the column(s) {', '.join(missing)}")
+        raise DataError(f"{source}, row 1 (the header): no column {', '.join(missing)}")
     if frame.empty:
-        raise DataError(f"{source} has no rows")
+        raise DataError(f"{source}: no rows after the header")
     flights = frame.loc[:, list(USED_COLUMNS)].copy()
     for column in ("Fecha-I", "Fecha-O"):
         parsed = pd.to_datetime(flights[column], format=DATE_FORMAT, errors="coerce")
-        bad = parsed.isna()
-        if bad.any():
-            first = bad.to_numpy().argmax()
-            raise DataError(
-                f"{source}: {bad.sum()} value(s) of {column} are not dates like 2017-01-01 23:30:00, "
-                f"the first on data row {first + 1}: {flights[column].iloc[first]!r}"
-            )
+        refuse(source, flights, column, parsed.isna().to_numpy(), "is not a date like 2017-01-01 23:30:00")
         flights[column] = parsed
-    for column, allowed in (("OPERA", AIRLINES), ("SIGLADES", DESTINATIONS), ("TIPOVUELO", FLIGHT_TYPES)):
-        unknown = sorted(set(flights[column].unique()) - set(allowed))
-        if unknown:
-            raise DataError(f"{source}: {column} has values the service does not know: {unknown[:5]}")
-    late_minutes = (flights["Fecha-O"] - flights["Fecha-I"]).dt.total_seconds() / 60
-    flights["delayed"] = (late_minutes > DELAY_MINUTES).astype(np.int64)
+    refuse(source, flights, "TIPOVUELO", ~flights["TIPOVUELO"].isin(FLIGHT_TYPES).to_numpy(), "is not I or N")
+    for column in ("OPERA", "SIGLADES"):
+        refuse(source, flights, column, (flights[column].str.strip() == "").to_numpy(), "is empty")
+    minutes = ((flights["Fecha-O"] - flights["Fecha-I"]).dt.total_seconds() / 60).to_numpy()
+    early, late = OUTCOME_WINDOW_MINUTES
+    refuse(
+        source,
+        flights,
+        "Fecha-O",
+        (minutes < early) | (minutes > late),
+        f"is not a departure: not within {-early} minutes before to {late} minutes after its Fecha-I",
+    )
+    flights["delayed"] = (minutes > DELAY_MINUTES).astype(np.int64)
     return flights
+
+
+def refuse(source: str, flights: pd.DataFrame, column: str, bad: np.ndarray, problem: str) -> None:
+    """DataError on the first row where `bad` holds: file, row, column, value and what is wrong."""
+    if not bad.any():
+        return
+    first = int(bad.argmax())
+    others = int(bad.sum()) - 1
+    more = f" ({others} more row{'s' if others != 1 else ''} like it)" if others else ""
+    value = str(flights[column].iloc[first])  # a date as parsed: its text is gone once parsed
+    raise DataError(f"{source}, row {first + 2}, column {column}: {value!r} {problem}{more}")
 
 
 def file_sha256(path: Path) -> str:
@@ -113,8 +127,9 @@ def _log_odds(table: list[list[Any]], prior: float, smoothing: float = 10.0) -> 
 def synthetic_frame(stats: dict[str, Any], rows: int, seed: int = SEED) -> pd.DataFrame:
     """Deterministic synthetic rows with the dataset's 18 columns, drawn from `compute_stats` output.
 
-    Routes, months and hours follow their real frequencies; each flight's delay odds add up the real
-    log-odds of its route, month, weekday and hour. Flight numbers and airport codes are placeholders.
+    Routes (each at least once, given as many rows), months and hours follow their real frequencies;
+    each flight's delay odds add up the real log-odds of its route, month, weekday and hour. Flight
+    numbers and airport codes are placeholders.
     """
     rng = np.random.default_rng(seed)
     prior = stats["delayed"] / stats["rows"]
@@ -125,6 +140,8 @@ def synthetic_frame(stats: dict[str, Any], rows: int, seed: int = SEED) -> pd.Da
 
     routes = [tuple(row[:3]) for row in stats["route"]]
     route = draw(stats["route"])
+    if rows >= len(routes):  # each route once at least: a model of the sample knows every airline and city
+        route[: len(routes)] = np.arange(len(routes))
     month = np.array([stats["month"][i][0] for i in draw(stats["month"])])
     hour = np.array([stats["hour"][i][0] for i in draw(stats["hour"])])
     days_in_month = np.array([calendar.monthrange(SAMPLE_YEAR, m)[1] for m in month])

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from models.features import FEATURES, FlightColumns, encode
-from models.schema import AIRLINES, DESTINATIONS
+from models.features import FEATURES, FLIGHT_TYPES, FlightColumns, Vocabulary, encode
 
 if TYPE_CHECKING:  # scikit-learn is for training: the service never imports it
     from sklearn.ensemble import HistGradientBoostingClassifier
@@ -73,6 +72,7 @@ class DelayPredictor:
 
     classifier: Classifier
     threshold: float
+    vocabulary: Vocabulary  # the airlines and destinations it was trained to know
 
     def probabilities(self, columns: FlightColumns) -> np.ndarray:
         """P(delay over 15 minutes) of each flight in the batch."""
@@ -94,7 +94,7 @@ class DelayPredictor:
 
     def compiled(self) -> "DelayPredictor":
         """The same predictor evaluated by ONNX Runtime (training only: it converts a scikit-learn model)."""
-        return DelayPredictor(OnnxClassifier(self.onnx_model), self.threshold)
+        return DelayPredictor(OnnxClassifier(self.onnx_model), self.threshold, self.vocabulary)
 
     def save(self, directory: str) -> None:
         """Write both models into a model-store directory (train.py's `bentoml.models.create`)."""
@@ -109,7 +109,8 @@ class DelayPredictor:
         """The served predictor of a stored model (ONNX Runtime), refusing one whose metadata does not fit this code."""
         check_metadata(metadata)
         with open(f"{directory}/{ONNX_FILE}", "rb") as file:
-            return cls(classifier=OnnxClassifier(file.read()), threshold=float(metadata["threshold"]))
+            classifier = OnnxClassifier(file.read())
+        return cls(classifier, float(metadata["threshold"]), Vocabulary.from_metadata(metadata["vocabularies"]))
 
     @classmethod
     def load_reference(cls, directory: str, metadata: dict[str, Any]) -> "DelayPredictor":
@@ -117,7 +118,8 @@ class DelayPredictor:
         import joblib
 
         check_metadata(metadata)
-        return cls(classifier=joblib.load(f"{directory}/{SKLEARN_FILE}"), threshold=float(metadata["threshold"]))
+        classifier = joblib.load(f"{directory}/{SKLEARN_FILE}")
+        return cls(classifier, float(metadata["threshold"]), Vocabulary.from_metadata(metadata["vocabularies"]))
 
 
 def to_onnx(classifier: "HistGradientBoostingClassifier") -> bytes:
@@ -181,11 +183,21 @@ def probability_gap(served: DelayPredictor, reference: DelayPredictor, columns: 
 
 
 def expected_spec() -> dict[str, Any]:
-    """The feature specification and vocabularies this code encodes; stored with every model."""
-    return {
-        "features": list(FEATURES),
-        "vocabularies": {"OPERA": list(AIRLINES), "SIGLADES": list(DESTINATIONS), "TIPOVUELO": ["I", "N"]},
-    }
+    """The feature specification this code encodes; stored with every model."""
+    return {"features": list(FEATURES)}
+
+
+def vocabulary_problem(vocabularies: Any) -> str | None:
+    """What is wrong with a stored vocabulary (models.features.Vocabulary.metadata), or None."""
+    if not isinstance(vocabularies, dict) or vocabularies.get("TIPOVUELO") != list(FLIGHT_TYPES):
+        return "is not a vocabulary of this code's encoder"
+    for column in ("OPERA", "SIGLADES"):
+        values = vocabularies.get(column)
+        if not isinstance(values, list) or not values or not all(isinstance(v, str) and v for v in values):
+            return f"has no list of {column} names"
+        if len(set(values)) != len(values):
+            return f"repeats {column} names"
+    return None
 
 
 def check_metadata(metadata: dict[str, Any]) -> None:
@@ -196,6 +208,8 @@ def check_metadata(metadata: dict[str, Any]) -> None:
     for key, expected in expected_spec().items():
         if metadata[key] != expected:
             raise ModelError(f"model {key} do not match this code's encoder; retrain with `make train`")
+    if problem := vocabulary_problem(metadata["vocabularies"]):
+        raise ModelError(f"model vocabularies {problem}; retrain with `make train`")
     threshold = metadata["threshold"]
     if not isinstance(threshold, float) or not 0 < threshold < 1:
         raise ModelError(f"model threshold {threshold!r} is not a probability; retrain with `make train`")

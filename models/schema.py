@@ -1,40 +1,17 @@
-"""Request and response models of the prediction API, and the vocabularies they accept."""
+"""Request and response models of the prediction API; `request_models` fits them to a model's vocabulary."""
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, create_model, field_validator
 from typing_extensions import TypedDict  # pydantic reads field descriptions of this one on Python < 3.12
 
 from models.config import DELAY_MINUTES, MAX_FLIGHTS
 
-# The 23 airlines (OPERA) and 62 destination cities (SIGLADES) of the SCL 2017 dataset, exact spelling.
-AIRLINES: tuple[str, ...] = (
-    "Aerolineas Argentinas", "Aeromexico", "Air Canada", "Air France", "Alitalia",
-    "American Airlines", "Austral", "Avianca", "British Airways", "Copa Air", "Delta Air",
-    "Gol Trans", "Grupo LATAM", "Iberia", "JetSmart SPA", "K.L.M.", "Lacsa",
-    "Latin American Wings", "Oceanair Linhas Aereas", "Plus Ultra Lineas Aereas",
-    "Qantas Airways", "Sky Airline", "United Airlines",
-)  # fmt: skip
-DESTINATIONS: tuple[str, ...] = (
-    "Antofagasta", "Arica", "Asuncion", "Atlanta", "Auckland N.Z.", "Balmaceda", "Bariloche",
-    "Bogota", "Buenos Aires", "Calama", "Cancun", "Castro (Chiloe)", "Cataratas Iguacu",
-    "Ciudad de Mexico", "Ciudad de Panama", "Cochabamba", "Concepcion", "Copiapo", "Cordoba",
-    "Curitiba, Bra.", "Dallas", "Florianapolis", "Guayaquil", "Houston", "Iquique",
-    "Isla de Pascua", "La Paz", "La Serena", "Lima", "Londres", "Los Angeles", "Madrid",
-    "Melbourne", "Mendoza", "Miami", "Montevideo", "Neuquen", "Nueva York", "Orlando", "Osorno",
-    "Paris", "Pisco, Peru", "Puerto Montt", "Puerto Natales", "Puerto Stanley", "Punta Arenas",
-    "Punta Cana", "Punta del Este", "Quito", "Rio de Janeiro", "Roma", "Rosario",
-    "San Juan, Arg.", "Santa Cruz", "Sao Paulo", "Sydney", "Temuco", "Toronto", "Tucuman",
-    "Ushuia", "Valdivia", "Washington",
-)  # fmt: skip
-FLIGHT_TYPES: tuple[str, ...] = ("I", "N")
 SCHEDULE_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S")
 CANONICAL_SCHEDULE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}(:[0-9]{2})?")  # them, two digits each
-
-Airline = Literal[AIRLINES]  # type: ignore[valid-type]  # built from the tuple so both stay one list
-Destination = Literal[DESTINATIONS]  # type: ignore[valid-type]  # same reason
 
 
 def parse_schedule(value: Any) -> Any:
@@ -60,12 +37,14 @@ def parse_schedule(value: Any) -> Any:
     raise ValueError("must be a real date-time written 'YYYY-MM-DD HH:MM' or 'YYYY-MM-DD HH:MM:SS'")
 
 
+# OPERA and SIGLADES are any text in Flight and Outcome: `request_models` narrows them to the
+# vocabulary of the model being served.
 class Flight(BaseModel):
     """One scheduled departure from SCL; the optional fields sharpen the prediction."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    OPERA: Airline = Field(description="Operating airline, one of the dataset's 23.", examples=["Grupo LATAM"])
+    OPERA: str = Field(description="Operating airline.", examples=["Grupo LATAM"])
     TIPOVUELO: Literal["I", "N"] = Field(description="I: international, N: national.", examples=["N"])
     MES: int = Field(strict=True, ge=1, le=12, description="Month of the scheduled departure.", examples=[3])
     fecha_i: Annotated[datetime | None, BeforeValidator(parse_schedule)] = Field(
@@ -75,9 +54,7 @@ class Flight(BaseModel):
         description="Scheduled departure, 'YYYY-MM-DD HH:MM[:SS]'; its month must equal MES.",
         examples=["2017-03-14 08:30"],
     )
-    SIGLADES: Destination | None = Field(
-        default=None, description="Destination city, one of the dataset's 62.", examples=["Antofagasta"]
-    )
+    SIGLADES: str | None = Field(default=None, description="Destination city.", examples=["Antofagasta"])
 
     @field_validator("fecha_i")
     @classmethod
@@ -200,4 +177,53 @@ class OutcomeRequest(BaseModel):
         max_length=MAX_FLIGHTS,
         description=f"1 to {MAX_FLIGHTS} flights that have left.",
         json_schema_extra={"example": EXAMPLE_OUTCOMES["flights"]},  # type: ignore[dict-item]  # JSON, typed Any here
+    )
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request bodies of one model: its airlines and destinations are the only ones they accept."""
+
+    flight: type[Flight]
+    prediction_request: type[PredictionRequest]
+    outcome: type[Outcome]
+    outcome_request: type[OutcomeRequest]
+
+
+def request_models(airlines: tuple[str, ...], destinations: tuple[str, ...]) -> RequestModels:
+    """The request bodies accepting exactly these airlines and destinations (a model's vocabulary), as
+    enums: validation, the 400 that lists the accepted values, and the OpenAPI document all follow them."""
+    fields: dict[str, Any] = {
+        "OPERA": (
+            Literal[airlines],
+            Field(description=f"Operating airline, one of the model's {len(airlines)}.", examples=[airlines[0]]),
+        ),
+        "SIGLADES": (
+            Literal[destinations] | None,
+            Field(
+                default=None,
+                description=f"Destination city, one of the model's {len(destinations)}.",
+                examples=[destinations[0]],
+            ),
+        ),
+    }
+    flight = create_model("Flight", __base__=Flight, __doc__=Flight.__doc__, **fields)
+    outcome = create_model("Outcome", __base__=Outcome, __doc__=Outcome.__doc__, **fields)
+    flights = PredictionRequest.model_fields["flights"]
+    outcomes = OutcomeRequest.model_fields["flights"]
+    return RequestModels(
+        flight=flight,
+        prediction_request=create_model(
+            "PredictionRequest",
+            __base__=PredictionRequest,
+            __doc__=PredictionRequest.__doc__,
+            flights=(list[flight], flights),  # type: ignore[valid-type]  # a class made at run time
+        ),
+        outcome=outcome,
+        outcome_request=create_model(
+            "OutcomeRequest",
+            __base__=OutcomeRequest,
+            __doc__=OutcomeRequest.__doc__,
+            flights=(list[outcome], outcomes),  # type: ignore[valid-type]  # same
+        ),
     )

@@ -24,7 +24,7 @@ from typing import Any
 import bentoml
 import numpy as np
 
-from models.features import MONITORED, category_counts
+from models.features import MONITORED, Vocabulary, category_counts
 from models.quality import (
     DRIFT_THRESHOLD,
     expected_quality,
@@ -33,23 +33,24 @@ from models.quality import (
     probability_bins,
     realized_quality,
 )
-from models.schema import AIRLINES, DESTINATIONS
 
 EXPORT_EVERY_S = 1.0
 NOT_MONITORED = ("minute_of_day", "day_of_year")  # finer copies of hour, month and day: not judged
-# The label of each slot of each input: its value as a client sends it, "missing" for the last.
-SLOT_NAMES: dict[str, list[str]] = {
-    name: [*values, "missing"]
-    for name, values in {
-        "airline": list(AIRLINES),
+
+
+def slot_names(vocabulary: Vocabulary) -> dict[str, list[str]]:
+    """The label of each slot of each monitored input: its value as a client sends it, "missing" for the last."""
+    values = {
+        "airline": list(vocabulary.airlines),
         "international": ["N", "I"],
         "month": [str(month) for month in range(13)],
         "hour": [str(hour) for hour in range(24)],
         "weekday": [str(day) for day in range(7)],
         "day_of_month": [str(day) for day in range(32)],
-        "destination": list(DESTINATIONS),
-    }.items()
-}
+        "destination": list(vocabulary.destinations),
+    }
+    return {name: [*values[name], "missing"] for name in MONITORED}
+
 
 STARTED_NAME = "flight_delay_monitoring_started_timestamp_seconds"
 
@@ -138,12 +139,14 @@ def series() -> SimpleNamespace:
 class Monitor:
     """One worker's counts of its predictions, exported to Prometheus by a thread of its own."""
 
-    def __init__(self, reference: dict[str, Any], threshold: float, model: str) -> None:
+    def __init__(self, reference: dict[str, Any], threshold: float, model: str, vocabulary: Vocabulary) -> None:
         self.edges = np.array(reference["probability_edges"])
         self.threshold = threshold
+        self.sizes = vocabulary.monitored()
+        names = slot_names(vocabulary)
         bins = len(self.edges) + 1
         self.lock = threading.Lock()
-        self.inputs = [np.zeros(size + 1, np.int64) for size in MONITORED.values()]
+        self.inputs = [np.zeros(size + 1, np.int64) for size in self.sizes.values()]
         self.flights = np.zeros(bins, np.int64)
         self.probability_sums = np.zeros(bins)
         self.sums = np.zeros(3)  # squares, flagged flights, flagged probability
@@ -151,7 +154,7 @@ class Monitor:
         self.squared_error = 0.0
         metrics = series()
         self.input_children = [
-            [metrics.input_flights.labels(model=model, input=name, value=value) for value in SLOT_NAMES[name]]
+            [metrics.input_flights.labels(model=model, input=name, value=value) for value in names[name]]
             for name in MONITORED
         ]
         self.bin_children = [
@@ -171,14 +174,14 @@ class Monitor:
         ]
         for name, counts in reference["inputs"].items():
             seen = np.array(counts[:-1], dtype=np.float64)
-            for value, share in zip(SLOT_NAMES[name], seen / seen.sum(), strict=False):
+            for value, share in zip(names[name], seen / seen.sum(), strict=False):
                 metrics.reference_share.labels(model=model, input=name, value=value).set(share)
         metrics.started.labels(model=model).set(time.time())
         threading.Thread(target=self.export_forever, name="monitoring-export", daemon=True).start()
 
     def count(self, features: np.ndarray, probabilities: np.ndarray) -> None:
         """Count one batch: its encoded features and the probabilities the model gave them."""
-        inputs = category_counts(features)
+        inputs = category_counts(features, self.sizes)
         bins = probability_bins(self.edges, probabilities)
         flights = np.bincount(bins, minlength=len(self.flights))
         sums = np.bincount(bins, weights=probabilities, minlength=len(self.flights))
@@ -256,6 +259,7 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
     """GET /v1/monitoring: the pod's predictions since its workers started, each input's drift from
     the reference and the quality expected from the probabilities. `card`: the model card."""
     model, reference = card["tag"], card["reference"]
+    names = slot_names(Vocabulary.from_metadata(card["vocabularies"]))
     samples = pod_samples()
 
     def values(name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
@@ -284,8 +288,8 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
     started = min((value for _labels, value in values(STARTED_NAME)), default=time.time())
     drift: dict[str, Any] = {}
     for name in MONITORED:
-        live = np.zeros(len(SLOT_NAMES[name]))
-        slots = {value: slot for slot, value in enumerate(SLOT_NAMES[name])}
+        live = np.zeros(len(names[name]))
+        slots = {value: slot for slot, value in enumerate(names[name])}
         for labels, value in values("flight_delay_input_flights_total", input=name):
             live[slots[labels["value"]]] += value
         seen = live[:-1]

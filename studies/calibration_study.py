@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's
 import train
 from models.config import CV_FOLDS, SEED, TEST_SIZE
 from models.data import DataError
-from models.features import FlightColumns
+from models.features import FlightColumns, Vocabulary
 
 WEIGHTS = {"balanced": "balanced", "none": None}
 SEEDS = (SEED, 1, 2, 3)  # training seeds (HistGradientBoosting's early-stopping split)
@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    columns, delayed = FlightColumns.from_frame(flights), flights["delayed"].to_numpy()
+    vocabulary = Vocabulary.learn(flights, train.MIN_VALUE_FLIGHTS)
+    columns, delayed = FlightColumns.from_frame(flights, vocabulary), flights["delayed"].to_numpy()
     days = flights["Fecha-I"].dt.strftime("%Y-%m-%d").to_numpy()
     fit_rows, test_rows = next(GroupShuffleSplit(1, test_size=TEST_SIZE, random_state=SEED).split(delayed, groups=days))
     fitting, held_out = train.subset(columns, fit_rows), train.subset(columns, test_rows)

@@ -29,7 +29,7 @@ import bentoml
 from models.config import MODEL_NAME
 from models.features import FlightColumns, encode
 from models.predictor import DelayPredictor
-from models.schema import EXAMPLE_REQUEST, PredictionRequest
+from models.schema import EXAMPLE_REQUEST, request_models
 from serving.prediction_log import PredictionLog
 
 FIELDS = ("OPERA", "TIPOVUELO", "MES", "Fecha-I", "SIGLADES")
@@ -50,6 +50,7 @@ def main() -> None:
     model = bentoml.models.get(f"{MODEL_NAME}:latest")
     predictor = DelayPredictor.load(model.path, model.info.metadata)
     tag = str(model.tag)
+    requests = request_models(predictor.vocabulary.airlines, predictor.vocabulary.destinations)
     rows = []
     with tempfile.TemporaryDirectory() as directory:
         bentoml_options = {"log_path": directory}
@@ -59,8 +60,9 @@ def main() -> None:
             body = json.dumps({"flights": flights}).encode()
 
             def serve(body: bytes = body) -> list[float]:
-                request = PredictionRequest.model_validate_json(body)
-                return predictor.scores(encode(FlightColumns.from_flights(request.flights))).tolist()
+                request = requests.prediction_request.model_validate_json(body)
+                columns = FlightColumns.from_flights(request.flights, predictor.vocabulary)
+                return predictor.scores(encode(columns)).tolist()
 
             answer = json.dumps([{"delay": 0, "probability": p} for p in serve()]).encode()
 

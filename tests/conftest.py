@@ -26,14 +26,20 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 import train
 from models.config import PROJECT_DIR
 from models.data import STATS_PATH, embedded_sample, synthetic_frame
-from models.features import MONITORED, FlightColumns
+from models.features import FlightColumns, Vocabulary
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
+from models.schema import request_models
 
 sys.path.insert(0, str(PROJECT_DIR / "loadtest"))  # the load-test tools the tests share
 
 from run import SERVERS, free_port  # how the service is started, everywhere
 
 SAMPLE_ROWS = 4_000
+# The 2017 data's 23 airlines and 62 cities (its routes in sample_stats.json): what a model trained on
+# the synthetic sample learns (each route is in it), and so what the test service accepts.
+_ROUTES = json.loads(STATS_PATH.read_text())["route"]
+VOCABULARY = Vocabulary(tuple(sorted({route[0] for route in _ROUTES})), tuple(sorted({route[1] for route in _ROUTES})))
+REQUESTS = request_models(VOCABULARY.airlines, VOCABULARY.destinations)
 STARTUP_SECONDS = 90
 
 
@@ -68,7 +74,7 @@ def stand_in_reference() -> dict[str, Any]:
     the models the tests make by hand."""
     return {
         "flights": 100,
-        "inputs": {name: [1] * (size + 1) for name, size in MONITORED.items()},
+        "inputs": {name: [1] * (size + 1) for name, size in VOCABULARY.monitored().items()},
         "probability_edges": [round(edge, 2) for edge in np.linspace(0.01, 0.99, 99)],
         "probability_counts": [1] * 100,
         "held_out": {"delay_rate": 0.2, "brier": 0.15, "roc_auc": 0.7},
@@ -89,13 +95,28 @@ def sample_model() -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
     return train.train(embedded_sample()[0])
 
 
+SESSION_MODEL: list[str] = []  # the tag trained_model made: what bentoml_serve serves unless told otherwise
+
+
 @pytest.fixture(scope="session")
 def trained_model(sample_csv: Path) -> str:
     """Tag of a flight_delay model trained by train.py on the small sample, in the test store."""
     assert train.main(["--data", str(sample_csv)]) == 0
     import bentoml
 
-    return str(bentoml.models.get("flight_delay:latest").tag)
+    SESSION_MODEL.append(str(bentoml.models.get("flight_delay:latest").tag))
+    return SESSION_MODEL[0]
+
+
+def pin_model(home: Path, tag: str) -> None:
+    """Make `home` a BentoML home whose only model, and so its latest, is `tag` of the test store: other
+    tests train models into that store (train.py, compare), and a service serves the latest."""
+    name, version = tag.split(":")
+    models = home / "models" / name
+    models.mkdir(parents=True, exist_ok=True)
+    if not (models / version).exists():
+        (models / version).symlink_to(Path(os.environ["BENTOML_HOME"]) / "models" / name / version)
+    (models / "latest").write_text(version)
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = STARTUP_SECONDS) -> None:
@@ -118,16 +139,16 @@ def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tupl
     """`bentoml serve` of the store's latest model on a free port, its output in log: (URL, process) once ready.
 
     env: variables to set for it. Unless it names a BENTOML_HOME, the service gets one of its own
-    beside the log, sharing the test store's models: BentoML keeps the Prometheus files of all
-    workers under it and clears them at start, which would blank another running service's /metrics.
-    Its prediction log goes beside the log too (prediction-log/), not into the project.
+    beside the log, holding the session's model (trained_model) as its latest: BentoML keeps the
+    Prometheus files of all workers under it and clears them at start, which would blank another
+    running service's /metrics. Its prediction log goes beside the log too (prediction-log/), not
+    into the project.
     """
     env = {"FLIGHT_DELAY_LOG_DIR": str(log.parent / "prediction-log"), **(env or {})}
     if "BENTOML_HOME" not in env:
+        assert SESSION_MODEL, "request the trained_model fixture before serving it"
         home = log.parent / "bentoml-home"
-        home.mkdir(exist_ok=True)
-        if not (home / "models").exists():
-            (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
+        pin_model(home, SESSION_MODEL[0])
         env["BENTOML_HOME"] = str(home)
     port = free_port()
     with log.open("wb") as output:  # the child keeps its own copy of the file

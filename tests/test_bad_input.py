@@ -6,11 +6,12 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import VOCABULARY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.config import MAX_FLIGHTS
-from models.schema import AIRLINES, DESTINATIONS, EXAMPLE_REQUEST
+from models.schema import EXAMPLE_REQUEST
 
 pytestmark = pytest.mark.integration
 
@@ -152,7 +153,9 @@ json_values = st.recursive(
 )
 flight_dicts = st.dictionaries(
     st.sampled_from(["OPERA", "TIPOVUELO", "MES", "Fecha-I", "SIGLADES", "other"]),
-    st.sampled_from([*AIRLINES[:3], *DESTINATIONS[:3], "I", "N", "O", "2017-03-14 08:30", "2017-02-30 10:00"])
+    st.sampled_from(
+        [*VOCABULARY.airlines[:3], *VOCABULARY.destinations[:3], "I", "N", "O", "2017-03-14 08:30", "2017-02-30 10:00"]
+    )
     | st.integers(-2, 14)
     | json_values,
 )

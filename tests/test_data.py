@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import VOCABULARY
 
 from models.data import (
     DATASET_COLUMNS,
@@ -15,7 +16,7 @@ from models.data import (
     load_flights,
     synthetic_frame,
 )
-from models.schema import AIRLINES, DESTINATIONS
+from models.features import Vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -48,23 +49,48 @@ def test_load_flights_missing_file_is_data_error(tmp_path: Path) -> None:
         load_flights(tmp_path / "absent.csv")
 
 
-def test_load_flights_missing_columns_named(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"lacks the column\(s\) Fecha-O, OPERA"):
-        load_flights(write(sample_rows.drop(columns=["Fecha-O", "OPERA"]), tmp_path))
+def test_load_flights_missing_columns_named_with_the_header_row(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    path = write(sample_rows.drop(columns=["Fecha-O", "OPERA"]), tmp_path)
+    with pytest.raises(DataError) as error:
+        load_flights(path)
+    assert str(error.value) == f"{path}, row 1 (the header): no column Fecha-O, OPERA"
 
 
-def test_load_flights_unparsable_date_named_with_row(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("Fecha-I", "yesterday", "'yesterday' is not a date like 2017-01-01 23:30:00"),
+        ("Fecha-O", "2017-13-01 10:00:00", "'2017-13-01 10:00:00' is not a date like 2017-01-01 23:30:00"),
+        ("TIPOVUELO", "X", "'X' is not I or N"),
+        ("OPERA", "  ", "'  ' is empty"),
+        ("SIGLADES", "", "'' is empty"),
+        ("Fecha-O", "2017-12-31 23:00:00", "not within 60 minutes before to 1440 minutes after its Fecha-I"),
+    ],
+)
+def test_load_flights_bad_value_named_with_file_row_and_column(
+    sample_rows: pd.DataFrame, tmp_path: Path, column: str, value: str, message: str
+) -> None:
     rows = sample_rows.copy()
-    rows.loc[7, "Fecha-I"] = "yesterday"
-    with pytest.raises(DataError, match=r"Fecha-I .* data row 8: 'yesterday'"):
-        load_flights(write(rows, tmp_path))
+    rows.loc[7, column] = value
+    rows.loc[9, column] = value
+    path = write(rows, tmp_path)
+    with pytest.raises(DataError) as error:
+        load_flights(path)
+    assert str(error.value).startswith(f"{path}, row 9, column {column}: ")  # row 1 is the header
+    assert message in str(error.value)
+    assert str(error.value).endswith("(1 more row like it)")
 
 
-def test_load_flights_unknown_airline_is_data_error(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+def test_load_flights_accepts_an_airline_and_city_of_any_name(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
     rows = sample_rows.copy()
-    rows.loc[0, "OPERA"] = "Pan Am"
-    with pytest.raises(DataError, match="OPERA has values the service does not know: \\['Pan Am'\\]"):
-        load_flights(write(rows, tmp_path))
+    rows.loc[0, ["OPERA", "SIGLADES"]] = ["Arajet", "Santo Domingo"]
+    assert load_flights(write(rows, tmp_path)).loc[0, "OPERA"] == "Arajet"  # the model learns it
+
+
+def test_embedded_sample_holds_every_airline_and_city_of_the_2017_data(stats: dict) -> None:
+    flights, _digest = embedded_sample()
+    assert Vocabulary.learn(flights, 1) == VOCABULARY
+    assert (len(VOCABULARY.airlines), len(VOCABULARY.destinations)) == (23, 62)
 
 
 def test_load_flights_empty_file_is_data_error(tmp_path: Path) -> None:
@@ -78,8 +104,8 @@ def test_synthetic_frame_is_deterministic_with_real_schema(stats: dict) -> None:
     first, second = synthetic_frame(stats, rows=300), synthetic_frame(stats, rows=300)
     pd.testing.assert_frame_equal(first, second)
     assert tuple(first.columns) == DATASET_COLUMNS
-    assert set(first["OPERA"]) <= set(AIRLINES)
-    assert set(first["SIGLADES"]) <= set(DESTINATIONS)
+    assert set(first["OPERA"]) <= set(VOCABULARY.airlines)
+    assert set(first["SIGLADES"]) <= set(VOCABULARY.destinations)
 
 
 def test_embedded_sample_keeps_real_delay_rate_and_size(stats: dict) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import bentoml_serve, stand_in_reference
+from conftest import VOCABULARY, bentoml_serve, stand_in_reference
 from run import SERVERS
 
 from models.config import PROJECT_DIR
@@ -80,6 +80,7 @@ def test_serve_without_model_refuses_and_says_how_to_train(tmp_path: Path) -> No
                 "versions": {},
                 "evaluator": {},
                 "reference": stand_in_reference(),
+                "vocabularies": VOCABULARY.metadata(),
                 **expected_spec(),
                 "features": ["x"],
             },
@@ -105,6 +106,7 @@ def test_a_failure_inside_the_model_answers_500_without_internals(tmp_path: Path
         "versions": {},
         "evaluator": {},
         "reference": stand_in_reference(),
+        "vocabularies": VOCABULARY.metadata(),
         **expected_spec(),
     }
     broken = "HistGradientBoostingClassifier(max_iter=2).fit(np.arange(60.0).reshape(20, 3), [0, 1] * 10)"

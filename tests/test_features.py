@@ -4,9 +4,11 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+from conftest import REQUESTS, VOCABULARY
 
 from models.features import FEATURES, FlightColumns, encode
-from models.schema import AIRLINES, DESTINATIONS, Flight
+
+Flight = REQUESTS.flight
 
 
 def column(matrix: np.ndarray, name: str) -> np.ndarray:
@@ -18,9 +20,9 @@ def test_encode_derives_calendar_features_from_schedule() -> None:
     flight = Flight.model_validate(
         {"OPERA": "Sky Airline", "TIPOVUELO": "I", "MES": 7, "Fecha-I": "2017-07-21 19:40", "SIGLADES": "Lima"}
     )
-    row = encode(FlightColumns.from_flights([flight]))[0]
+    row = encode(FlightColumns.from_flights([flight], VOCABULARY))[0]
     expected = {
-        "airline": AIRLINES.index("Sky Airline"),
+        "airline": VOCABULARY.airlines.index("Sky Airline"),
         "international": 1,
         "month": 7,
         "hour": 19,
@@ -28,14 +30,14 @@ def test_encode_derives_calendar_features_from_schedule() -> None:
         "weekday": datetime(2017, 7, 21).weekday(),
         "day_of_month": 21,
         "day_of_year": datetime(2017, 7, 21).timetuple().tm_yday,
-        "destination": DESTINATIONS.index("Lima"),
+        "destination": VOCABULARY.destinations.index("Lima"),
     }
     assert dict(zip(FEATURES, row.tolist(), strict=True)) == expected
 
 
 def test_encode_marks_absent_optional_fields_as_nan() -> None:
     flight = Flight.model_validate({"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 12})
-    row = dict(zip(FEATURES, encode(FlightColumns.from_flights([flight]))[0].tolist(), strict=True))
+    row = dict(zip(FEATURES, encode(FlightColumns.from_flights([flight], VOCABULARY))[0].tolist(), strict=True))
     assert row["month"] == 12
     assert row["international"] == 0
     optional = ("hour", "minute_of_day", "weekday", "day_of_month", "day_of_year", "destination")
@@ -63,7 +65,9 @@ def test_encode_api_and_dataset_rows_agree() -> None:
         )
         for row in rows.itertuples()
     ]
-    np.testing.assert_array_equal(encode(FlightColumns.from_frame(rows)), encode(FlightColumns.from_flights(flights)))
+    np.testing.assert_array_equal(
+        encode(FlightColumns.from_frame(rows, VOCABULARY)), encode(FlightColumns.from_flights(flights, VOCABULARY))
+    )
 
 
 def test_without_optional_keeps_required_features() -> None:
@@ -75,7 +79,7 @@ def test_without_optional_keeps_required_features() -> None:
             "SIGLADES": ["Bogota"],
         }
     )
-    columns = FlightColumns.from_frame(rows)
+    columns = FlightColumns.from_frame(rows, VOCABULARY)
     full, required = encode(columns), encode(columns.without_optional())
     for name in ("airline", "international", "month"):
         assert column(full, name) == column(required, name)

@@ -1,10 +1,8 @@
 """The lean path of POST /v1/prediction answers as BentoML's own path does, records the same metrics,
 and sits where serving/lean_route.py says, on the BentoML internals it relies on."""
 
-import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -33,13 +31,12 @@ BODIES: list[bytes | dict[str, Any]] = [  # what clients send: valid, invalid, b
 def bentoml_path(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """A client of a second service with the lean route off: BentoML's own path answers /v1/prediction.
 
-    It gets a BENTOML_HOME of its own, sharing the model store: BentoML keeps the Prometheus files of
-    all workers there and clears them at start, which would blank the other service's /metrics.
+    bentoml_serve gives it a BENTOML_HOME of its own, with the session's model: BentoML keeps the
+    Prometheus files of all workers there and clears them at start, which would blank the other
+    service's /metrics.
     """
-    home = tmp_path_factory.mktemp("bentoml-path")
-    (home / "models").symlink_to(Path(os.environ["BENTOML_HOME"]) / "models")
-    env = {"FLIGHT_DELAY_LEAN_ROUTE": "false", "BENTOML_HOME": str(home)}
-    with bentoml_serve(home / "serve.log", env) as (url, _), httpx.Client(base_url=url) as http:
+    log = tmp_path_factory.mktemp("bentoml-path") / "serve.log"
+    with bentoml_serve(log, {"FLIGHT_DELAY_LEAN_ROUTE": "false"}) as (url, _), httpx.Client(base_url=url) as http:
         yield http
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import bentoml_serve
+from conftest import REQUESTS, VOCABULARY, bentoml_serve
 from sklearn.metrics import roc_auc_score
 
 from models.data import embedded_sample
@@ -23,7 +23,6 @@ from models.quality import (
     min_flights,
     probability_bins,
 )
-from models.schema import Flight
 
 
 @pytest.mark.parametrize(
@@ -108,7 +107,7 @@ def test_binned_auc_over_the_reference_bins_is_within_0_01_of_the_exact_auc(
 ) -> None:
     predictor, _metrics, reference = sample_model
     flights, _source = embedded_sample()
-    probabilities = predictor.probabilities(FlightColumns.from_frame(flights))
+    probabilities = predictor.probabilities(FlightColumns.from_frame(flights, predictor.vocabulary))
     delayed = flights["delayed"].to_numpy()
     bins = probability_bins(np.array(reference["probability_edges"]), probabilities)
     size = len(reference["probability_edges"]) + 1
@@ -180,8 +179,8 @@ def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_worker
     assert report["estimated"]["delay_rate"] == pytest.approx(served.mean(), abs=1e-4)
     assert {"airline", "international", "month", "hour", "destination"} <= set(report["drift"])
     airline = report["drift"]["airline"]
-    columns = FlightColumns.from_flights([Flight.model_validate(flight) for flight in body])
-    live = category_counts(encode(columns))[0][:-1].astype(float)
+    columns = FlightColumns.from_flights([REQUESTS.flight.model_validate(flight) for flight in body], VOCABULARY)
+    live = category_counts(encode(columns), VOCABULARY.monitored())[0][:-1].astype(float)
     expected = js_distance(live, np.array(card["reference"]["inputs"]["airline"][:-1], float))
     assert (airline["flights"], airline["min_flights"]) == (len(body), 2_300)
     assert airline["score"] == pytest.approx(expected, abs=1e-4)

@@ -5,27 +5,34 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from conftest import REQUESTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from models.config import PROJECT_DIR
-from models.schema import (
-    AIRLINES,
-    DESTINATIONS,
-    EXAMPLE_REQUEST,
-    SCHEDULE_FORMATS,
-    Flight,
-    PredictionRequest,
-    parse_schedule,
-)
+from models.schema import EXAMPLE_REQUEST, SCHEDULE_FORMATS, parse_schedule, request_models
+
+Flight, PredictionRequest = REQUESTS.flight, REQUESTS.prediction_request
 
 VALID = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}
 
 
-def test_vocabularies_have_the_dataset_sizes() -> None:
-    assert len(set(AIRLINES)) == 23
-    assert len(set(DESTINATIONS)) == 62
+def test_request_models_accept_exactly_the_vocabulary_given() -> None:
+    models = request_models(("Arajet", "Sky Airline"), ("Punta Cana", "Santo Domingo"))
+    flight = {"OPERA": "Arajet", "TIPOVUELO": "I", "MES": 3, "SIGLADES": "Santo Domingo"}
+    assert models.prediction_request.model_validate({"flights": [flight]}).flights[0].OPERA == "Arajet"
+    for field, value in (("OPERA", "Grupo LATAM"), ("SIGLADES", "Lima")):
+        with pytest.raises(ValidationError) as error:
+            models.prediction_request.model_validate({"flights": [{**flight, field: value}]})
+        assert [e["loc"] for e in error.value.errors()] == [("flights", 0, field)]
+    schema = models.prediction_request.model_json_schema()["$defs"]["Flight"]["properties"]
+    assert schema["OPERA"]["enum"] == ["Arajet", "Sky Airline"]
+    assert schema["SIGLADES"]["anyOf"][0]["enum"] == ["Punta Cana", "Santo Domingo"]
+    outcome = {**flight, "Fecha-I": "2017-03-01 10:00", "Fecha-O": "2017-03-01 10:30"}
+    assert models.outcome_request.model_validate({"flights": [outcome]}).flights[0].delayed
+    with pytest.raises(ValidationError):
+        models.outcome_request.model_validate({"flights": [{**outcome, "OPERA": "Grupo LATAM"}]})
 
 
 def test_example_request_is_valid() -> None:

@@ -10,11 +10,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import REQUESTS, VOCABULARY
 
 from models.config import MAX_FLIGHTS
 from models.features import FlightColumns
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
-from models.schema import AIRLINES, DESTINATIONS, EXAMPLE_REQUEST, Flight
+from models.schema import EXAMPLE_REQUEST
 
 pytestmark = pytest.mark.integration
 
@@ -24,10 +25,11 @@ def varied_flights(count: int) -> list[dict[str, Any]]:
     flights = []
     for i in range(count):
         month = i % 12 + 1
-        entry: dict[str, Any] = {"OPERA": AIRLINES[i % len(AIRLINES)], "TIPOVUELO": "IN"[i % 2], "MES": month}
+        airlines, destinations = VOCABULARY.airlines, VOCABULARY.destinations
+        entry: dict[str, Any] = {"OPERA": airlines[i % len(airlines)], "TIPOVUELO": "IN"[i % 2], "MES": month}
         if i % 2:
             entry["Fecha-I"] = f"2017-{month:02d}-{i % 28 + 1:02d} {i % 24:02d}:{(i * 7) % 60:02d}"
-            entry["SIGLADES"] = DESTINATIONS[i % len(DESTINATIONS)]
+            entry["SIGLADES"] = destinations[i % len(destinations)]
         flights.append(entry)
     return flights
 
@@ -69,7 +71,8 @@ def test_prediction_is_the_trained_models_own_probability(client: httpx.Client, 
     assert client.get("/v1/model").json()["tag"] == str(trained.tag)
     offline = DelayPredictor.load(trained.path, trained.info.metadata)  # as service.py loads it
     flights = varied_flights(300)
-    probabilities = offline.probabilities(FlightColumns.from_flights([Flight.model_validate(f) for f in flights]))
+    validated = [REQUESTS.flight.model_validate(f) for f in flights]
+    probabilities = offline.probabilities(FlightColumns.from_flights(validated, offline.vocabulary))
     served = client.post("/v1/prediction", json={"flights": flights}).json()
     assert np.abs(np.array([answer["probability"] for answer in served]) - probabilities).max() <= MAX_PROBABILITY_GAP
     assert [answer["delay"] for answer in served] == offline.labels(probabilities).tolist()
@@ -97,8 +100,7 @@ def test_model_card_describes_the_served_model(client: httpx.Client) -> None:
     assert card["training_data"]["rows"] > 0
     assert 0 < card["threshold"] < 1
     assert set(card["metrics"]) == {"required_only", "all_fields"}
-    assert card["vocabularies"]["OPERA"] == list(AIRLINES)
-    assert card["vocabularies"]["SIGLADES"] == list(DESTINATIONS)
+    assert card["vocabularies"] == VOCABULARY.metadata()  # learned from the sample: the 2017 data's lists
     assert card["created_at"]
 
 

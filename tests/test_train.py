@@ -10,7 +10,7 @@ from typing import Any
 import bentoml
 import numpy as np
 import pytest
-from conftest import assert_calibrated, assert_same_answers, stand_in_reference
+from conftest import REQUESTS, VOCABULARY, assert_calibrated, assert_same_answers, stand_in_reference
 from sklearn.model_selection import GroupKFold
 
 import train
@@ -146,11 +146,11 @@ def test_train_plot_option_writes_reliability_diagram(sample_csv: Path, tmp_path
 
 def test_train_saved_model_loads_and_predicts(stored: Any) -> None:
     from models.features import FlightColumns
-    from models.schema import EXAMPLE_REQUEST, Flight
+    from models.schema import EXAMPLE_REQUEST
 
     predictor = DelayPredictor.load(stored.path, stored.info.metadata)
-    flights = [Flight.model_validate(f) for f in EXAMPLE_REQUEST["flights"]]
-    probabilities = predictor.probabilities(FlightColumns.from_flights(flights))
+    flights = [REQUESTS.flight.model_validate(f) for f in EXAMPLE_REQUEST["flights"]]
+    probabilities = predictor.probabilities(FlightColumns.from_flights(flights, predictor.vocabulary))
     assert ((probabilities > 0) & (probabilities < 1)).all()
 
 
@@ -162,7 +162,7 @@ def test_served_model_answers_as_scikit_learn_on_every_flight(stored: Any, sampl
     reference = DelayPredictor.load_reference(stored.path, stored.info.metadata)
     assert type(served.classifier).__name__ == "OnnxClassifier"
     assert type(reference.classifier).__name__ == "HistGradientBoostingClassifier"
-    assert_same_answers(served, reference, FlightColumns.from_frame(load_flights(sample_csv)))
+    assert_same_answers(served, reference, FlightColumns.from_frame(load_flights(sample_csv), served.vocabulary))
     for view in stored.info.metadata["metrics"].values():  # measured by train.py on the held-out flights
         assert 0 <= view["served_probability_gap"] <= MAX_PROBABILITY_GAP
 
@@ -188,10 +188,10 @@ def test_train_without_dataset_uses_embedded_sample(monkeypatch: pytest.MonkeyPa
     ("content", "message"),
     [
         (None, "no dataset file at"),
-        ("a,b\n1,2\n", "lacks the column(s) Fecha-I, Fecha-O, TIPOVUELO, OPERA, SIGLADES"),
+        ("a,b\n1,2\n", "row 1 (the header): no column Fecha-I, Fecha-O, TIPOVUELO, OPERA, SIGLADES"),
         (
             "Fecha-I,Fecha-O,TIPOVUELO,OPERA,SIGLADES\nsoon,2017-01-01 10:00:00,N,Grupo LATAM,Arica\n",
-            "are not dates",
+            "row 2, column Fecha-I: 'soon' is not a date like 2017-01-01 23:30:00",
         ),
     ],
     ids=["missing file", "missing columns", "bad date"],
@@ -217,6 +217,7 @@ def valid_metadata() -> dict[str, Any]:
         "versions": {},
         "evaluator": {},
         "reference": stand_in_reference(),
+        "vocabularies": VOCABULARY.metadata(),
         **expected_spec(),
     }
 
@@ -234,6 +235,9 @@ def test_check_metadata_refuses_missing_field(missing: str) -> None:
     [
         ("features", ["airline", "month"]),
         ("vocabularies", {"OPERA": ["Grupo LATAM"], "SIGLADES": [], "TIPOVUELO": ["I", "N"]}),
+        ("vocabularies", {"OPERA": ["Grupo LATAM", "Grupo LATAM"], "SIGLADES": ["Lima"], "TIPOVUELO": ["I", "N"]}),
+        ("vocabularies", {"OPERA": ["Grupo LATAM"], "SIGLADES": ["Lima"], "TIPOVUELO": ["I"]}),
+        ("vocabularies", ["Grupo LATAM"]),
         ("threshold", 1.5),
         ("threshold", "0.4"),
     ],
@@ -258,3 +262,17 @@ def test_calibration_study_reports_every_weighting_and_calibrator(
         for calibrator in ("none", "isotonic", "platt"):
             assert sum(row.split()[:2] == [weights, calibrator] for row in rows) == len(train.VIEWS)
         assert sum(row.startswith(f"{weights:<10}ROC AUC over seeds") for row in rows) == len(train.VIEWS)
+
+
+def test_train_learns_only_values_with_the_minimum_count_and_leaves_out_the_rest(sample_csv: Path) -> None:
+    from models.data import load_flights
+
+    flights = load_flights(sample_csv)
+    flights.loc[:2, "OPERA"] = "Arajet"  # three flights of a new airline
+    flights.loc[3, "SIGLADES"] = "Santo Domingo"  # one of a new city
+    learned, _metrics, reference = train.train(flights, min_flights=3)
+    assert "Arajet" in learned.vocabulary.airlines and "Santo Domingo" not in learned.vocabulary.destinations
+    fitted = sum(reference["inputs"]["airline"])  # every training flight is counted once per input
+    fewer, _metrics, fewer_reference = train.train(flights, min_flights=4)
+    assert "Arajet" not in fewer.vocabulary.airlines
+    assert sum(fewer_reference["inputs"]["airline"]) < fitted  # the Arajet flights left out of training
