@@ -11,10 +11,10 @@ endif
 export PYTHON  # container/*.sh and their tests use the same interpreter
 
 .DEFAULT_GOAL := help
-.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine deploy-check
+.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine deploy-check monitoring-report
 
 help:  ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-16s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 ifdef OWN_VENV
 $(PYTHON):
@@ -57,6 +57,10 @@ container-test: install  ## contract and stress tests against the image (IMAGE, 
 
 deploy-check: install  ## render and validate the Kubernetes manifests, test the alert rules
 	$(PYTHON) -m pytest -q tests/test_deploy.py
+
+monitoring-report: install  ## drift and quality report of the prediction log LOG (monitoring/), OUTCOMES=csv: reports/monitoring-<today>/
+	$(PYTHON) tools/monitoring_report.py --log $(or $(LOG),monitoring) $(if $(OUTCOMES),--outcomes $(OUTCOMES)) \
+	  $(if $(MODEL),--model $(MODEL)) $(if $(OUT),--out $(OUT))
 
 fresh-machine:  ## the README's two commands in bare Debian 12 and 13 containers (DISTROS="bookworm trixie")
 	container/fresh-machine.sh $(DISTROS)
