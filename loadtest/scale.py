@@ -10,7 +10,8 @@
 
 Replicas are Docker containers of the image (host network, 1 worker and 1 CPU each, slots
 127.0.0.1:3101-3104) behind deploy/local/haproxy.cfg on 127.0.0.1:3100, which health-checks
-/readyz as the readinessProbe does; Prometheus (deploy/local/prometheus.yml) scrapes every slot.
+/readyz as the readinessProbe does; Prometheus (deploy/local/prometheus.yml) scrapes every slot and
+evaluates the project's recording rules and alerts (loadtest/monitoring_drills.py cluster reads them).
 Each drill writes loadtest/results/scale/DRILL.json and .md (and a PNG where it has a picture).
 Needs a Docker engine (DOCKER_HOST), haproxy, prometheus and wrk.
 """
@@ -171,7 +172,7 @@ class Balancer:
 
 
 class Prometheus:
-    """Prometheus with deploy/local/prometheus.yml, for the traffic picture."""
+    """Prometheus with deploy/local/prometheus.yml (and the project's rules), for the traffic picture."""
 
     def __init__(self, directory: Path) -> None:
         self.url = f"http://127.0.0.1:{PROMETHEUS_PORT}"
@@ -194,20 +195,30 @@ class Prometheus:
             series = json.load(answer)["data"]["result"]
         return {s["metric"]["instance"]: [(float(t), float(v)) for t, v in s["values"]] for s in series}
 
+    def query(self, expression: str, at: float) -> list[tuple[dict[str, str], float]]:
+        """An instant query at Unix time `at`: each series' labels and value."""
+        params = urlencode({"query": expression, "time": at})
+        with urlopen(f"{self.url}/api/v1/query?{params}", timeout=10) as answer:
+            series = json.load(answer)["data"]["result"]
+        return [(s["metric"], float(s["value"][1])) for s in series]
+
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=20)
 
 
 @contextmanager
-def cluster(image: str, slots: tuple[int, ...], prometheus: bool = False) -> Iterator[tuple[Replicas, Balancer, Any]]:
-    """Replicas in the given slots behind HAProxy (and Prometheus), all stopped afterwards."""
+def cluster(
+    image: str, slots: tuple[int, ...], prometheus: bool = False, env: tuple[str, ...] = ()
+) -> Iterator[tuple[Replicas, Balancer, Any]]:
+    """Replicas in the given slots (env: extra NAME=value settings) behind HAProxy (and Prometheus), all
+    stopped afterwards."""
     with ExitStack() as stack:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="flight-delay-scale-")))
         replicas = Replicas(image)
         stack.callback(replicas.cleanup)
         for slot in slots:
-            say(f"r{slot} ready in {replicas.start(slot):.1f} s")
+            say(f"r{slot} ready in {replicas.start(slot, env=env):.1f} s")
         balancer = Balancer(directory)
         stack.callback(balancer.stop)
         for slot in set(SLOTS) - set(slots):

@@ -77,3 +77,10 @@ def test_scale_report_lists_figures_points_and_events() -> None:
     assert "- failed: 0" in report and '- outcomes: {"200": 10}' in report
     assert "| 40% | 900 | 50% | 2.0 | 6.5 | 0 |" in report
     assert "| 10.2 | r3 ready |" in report
+
+
+def test_prometheus_config_loads_the_project_rules_each_scrape() -> None:
+    config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    rules = [(PROMETHEUS_CONFIG.parent / path).resolve() for path in config["rule_files"]]
+    assert rules == [PROJECT_DIR / "deploy" / "k8s" / "alerts" / "flight-delay.rules.yml"]
+    assert config["global"]["evaluation_interval"] == config["global"]["scrape_interval"]  # the cluster drill's wait
