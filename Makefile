@@ -11,7 +11,7 @@ endif
 export PYTHON  # container/*.sh and their tests use the same interpreter
 
 .DEFAULT_GOAL := help
-.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine deploy-check monitoring-report
+.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine deploy-check monitoring-report compare
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -61,6 +61,10 @@ deploy-check: install  ## render and validate the Kubernetes manifests, test the
 monitoring-report: install  ## drift and quality report of the prediction log LOG (monitoring/), OUTCOMES=csv: reports/monitoring-<today>/
 	$(PYTHON) tools/monitoring_report.py --log $(or $(LOG),monitoring) $(if $(OUTCOMES),--outcomes $(OUTCOMES)) \
 	  $(if $(MODEL),--model $(MODEL)) $(if $(OUT),--out $(OUT))
+
+compare: install  ## CANDIDATE (latest) against BASELINE=tag or SERVED=url on DATA: exit 0 accept, 1 refuse; reports/compare-<today>/
+	$(PYTHON) tools/compare.py $(if $(CANDIDATE),--candidate $(CANDIDATE)) $(if $(BASELINE),--baseline $(BASELINE)) \
+	  $(if $(SERVED),--served $(SERVED)) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT))
 
 fresh-machine:  ## the README's two commands in bare Debian 12 and 13 containers (DISTROS="bookworm trixie")
 	container/fresh-machine.sh $(DISTROS)
