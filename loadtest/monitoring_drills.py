@@ -41,6 +41,7 @@ from run import PROJECT_DIR, say, server, unused  # noqa: E402
 
 from models.config import DEFAULT_DATA_PATH, SEED, TEST_SIZE  # noqa: E402
 from models.data import file_sha256, load_flights  # noqa: E402
+from models.features import Vocabulary  # noqa: E402
 from models.quality import js_distance, min_flights, realized_quality  # noqa: E402
 
 RESULTS = HERE / "results" / "monitoring"
@@ -101,7 +102,17 @@ def run_drill(name: str, training: pd.Series, traffic: pd.DataFrame, outcomes: p
         train_store(training, home)
         env = {"BENTOML_HOME": str(home), "FLIGHT_DELAY_WORKERS": "1", "FLIGHT_DELAY_OUTCOMES_TOKEN": TOKEN}
         with server("service", env=env) as (url, _process), httpx.Client(base_url=url, timeout=60) as http:
-            say(f"{name}: {len(traffic)} predictions, then their outcomes")
+            card = http.get("/v1/model").json()
+            # The model accepts only the airlines and cities of its training data: the others would
+            # get 400, as a client sending them would. They are counted apart, not sent.
+            vocabulary = Vocabulary.from_metadata(card["vocabularies"])
+            unknown = {
+                "flights": int((~vocabulary.known(traffic)).sum()),
+                "airlines": sorted(set(traffic["OPERA"]) - set(vocabulary.airlines)),
+                "destinations": sorted(set(traffic["SIGLADES"]) - set(vocabulary.destinations)),
+            }
+            traffic, outcomes = traffic[vocabulary.known(traffic)], outcomes[vocabulary.known(outcomes)]
+            say(f"{name}: {len(traffic)} predictions, then their outcomes; {unknown['flights']} unknown to the model")
             for body in as_requests(traffic, outcomes=False):
                 assert http.post("/v1/prediction", json=body).status_code == 200
             for body in as_requests(outcomes, outcomes=True):
@@ -109,9 +120,9 @@ def run_drill(name: str, training: pd.Series, traffic: pd.DataFrame, outcomes: p
                 assert answer.status_code == 200, answer.text
             time.sleep(1.5)  # each worker exports its counts once a second
             report = http.get("/v1/monitoring").json()
-            card = http.get("/v1/model").json()
     # train.py holds out a third of the days it is given, so the model is fitted on the rest only
     report["training"] = {"flights": int(training.sum()), "fitted": card["reference"]["flights"]}
+    report["unknown_to_the_model"] = unknown
     return report
 
 
@@ -174,12 +185,15 @@ def markdown(name: str, title: str, command: str, report: dict[str, Any], verdic
         f"| {m} | {report['estimated'][m]} | {report['outcomes'][m]} | {report['reference'][m]} |"
         for m in ("delay_rate", "brier", "roc_auc")
     )
+    unknown = report["unknown_to_the_model"]
     return f"""# Monitoring drill: {title}
 
 {time.strftime("%Y-%m-%d")}, this machine (2 cores, shared); `{command}`. {report["predictions"]["flights"]:,}
 predictions and {report["outcomes"]["flights"]:,} outcomes on a model given {report["training"]["flights"]:,} flights
 by train.py, fitted on the {report["training"]["fitted"]:,} of its training days (the rest its own held-out days);
-the figures are the pod's `GET /v1/monitoring` ([{name}.json]({name}.json)).
+the figures are the pod's `GET /v1/monitoring` ([{name}.json]({name}.json)). Not sent, since the model
+would refuse them (400): {unknown["flights"]:,} flights of an airline or city absent from its training data
+(airlines {unknown["airlines"] or "none"}, cities {unknown["destinations"] or "none"}).
 
 ![drift and quality]({name}.png)
 
