@@ -179,6 +179,7 @@ MONITORING_EXAMPLE = {  # the shape of GET /v1/monitoring for the API page: one 
     },
     "outcomes": {"flights": 0, "delay_rate": None, "brier": None, "calibration_error": None, "roc_auc": None},
     "reference": {"delay_rate": 0.1812, "brier": 0.1327, "roc_auc": 0.7154},
+    "refused": {"airline": 0, "destination": 0},
 }
 
 
@@ -386,6 +387,23 @@ def prediction_log() -> PredictionLog | None:
     )
 
 
+UNKNOWN_INPUTS = {"OPERA": "airline", "SIGLADES": "destination"}  # the fields whose values the model learned
+unknown_values = bentoml.metrics.Counter(
+    name="flight_delay_unknown_values",
+    documentation="Values of OPERA or SIGLADES refused (400) because the served model did not learn them, "
+    "by model and input (airline, destination)",
+    labelnames=["model", "input"],
+)
+
+
+def count_unknown_values(problems: list[dict[str, Any]]) -> None:
+    """Count each airline or city of a 400 that the model does not know: flights drift never sees."""
+    for problem in problems:
+        field = (problem.get("loc") or [None])[-1]
+        if problem.get("type") == "literal_error" and field in UNKNOWN_INPUTS:
+            unknown_values.labels(model=str(MODEL.tag), input=UNKNOWN_INPUTS[field]).inc()
+
+
 connections.install(
     connections.Limits(
         idle_s=settings.idle_timeout_s,
@@ -410,5 +428,6 @@ FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator 
     shed_after_s=settings.shed_after_ms / 1000,
     timeout_s=settings.timeout_s,
     on_error_response=lambda status: guard_errors.labels(status=str(status)).inc(),
+    on_invalid=count_unknown_values,
     prediction_log=prediction_log,
 )

@@ -7,7 +7,8 @@
 - a Content-Type other than JSON (BentoML would otherwise parse anything as JSON, and pickle on
   internal routes): 415;
 - every 4xx/5xx body is rewritten to `{"error": ..., "detail": [...]}` without the links to the
-  validation library's documentation (they carry its version), inputs or tracebacks;
+  validation library's documentation (they carry its version), inputs or tracebacks; the problems of
+  each 400 go to `on_invalid` (the service counts values its model does not know);
 - more requests in flight in this worker than `max_in_flight`, or one of them waiting for its
   answer longer than `shed_after_s`: 503 at once, so a spike is shed quickly instead of queueing
   into client time-outs; every 503 carries `Retry-After`. A request is admitted, and counted, only
@@ -88,12 +89,14 @@ class RequestGuard:
         shed_after_s: float,
         timeout_s: float,
         on_error_response: Callable[[int], None] = lambda status: None,
+        on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None,
         prediction_log: Callable[[], PredictionLog | None] = lambda: None,
     ) -> None:
         self.app = app
         self.open_log = prediction_log  # called at the worker's start: a log of its own, or None
         self.log: PredictionLog | None = None
         self.on_error_response = on_error_response
+        self.on_invalid = on_invalid  # the problems of each 400 for invalid input, as the client sees them
         self.timeout_s = timeout_s
         self.routes = routes
         self.max_body_bytes = max_body_bytes
@@ -125,7 +128,7 @@ class RequestGuard:
                 await drain(receive)
             await self.answer_error(send, 413, self.too_large)
             return
-        responding = CleanErrors(send)
+        responding = CleanErrors(send, self.on_invalid)
         number = 0  # the request's number once admitted: its body is in and it was not shed
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -224,8 +227,9 @@ def request_id(headers: dict[bytes, bytes]) -> str:
 class CleanErrors:
     """A `send` that rewrites error bodies (status >= 400) and passes every other response through."""
 
-    def __init__(self, send: Send) -> None:
+    def __init__(self, send: Send, on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None) -> None:
         self.send = send
+        self.on_invalid = on_invalid
         self.start: Message | None = None
         self.chunks: list[bytes] = []
         self.started = False  # whether any part of a response has gone to the client
@@ -243,6 +247,8 @@ class CleanErrors:
             return
         status = self.start["status"]
         body = clean_body(status, b"".join(self.chunks))
+        if status == 400:
+            self.on_invalid(json.loads(body)["detail"])
         kept = [(k, v) for k, v in self.start["headers"] if k.lower() not in (b"content-length", b"content-type")]
         headers = kept + error_headers(status, body)
         self.started = True

@@ -265,8 +265,8 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
         wanted = {("model", model), *labels.items()}
         return [(dict(key), value) for key, value in samples.get(name, {}).items() if wanted <= set(key)]
 
-    def total(name: str) -> float:
-        return sum(value for _labels, value in values(name))
+    def total(name: str, **labels: str) -> float:
+        return sum(value for _labels, value in values(name, **labels))
 
     bins = len(reference["probability_edges"]) + 1
 
@@ -321,4 +321,7 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
             key: value if value is None or key == "flights" else round(value, 4) for key, value in outcomes.items()
         },
         "reference": reference["held_out"],
+        "refused": {  # values the model did not learn, refused with 400: flights drift never sees
+            name: int(total("flight_delay_unknown_values_total", input=name)) for name in ("airline", "destination")
+        },
     }

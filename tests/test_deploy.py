@@ -578,6 +578,8 @@ def exported_labels(metrics_text: str) -> dict[str, set[str]]:
 def test_alert_rule_metrics_and_labels_are_exported_by_the_service(client: httpx.Client) -> None:
     assert client.post(PREDICTION_ROUTES[0], json=EXAMPLE_REQUEST).status_code == 200
     assert client.post(PREDICTION_ROUTES[0], content="x", headers={"Content-Type": "text/plain"}).status_code == 415
+    unknown = {"flights": [{**EXAMPLE_REQUEST["flights"][0], "OPERA": "Nobody Air"}]}
+    assert client.post(PREDICTION_ROUTES[0], json=unknown).status_code == 400  # counted as an unknown airline
     time.sleep(EXPORT_EVERY_S + 0.5)  # the monitoring counts reach /metrics once a second
     exported = exported_labels(client.get("/metrics").text)  # the 415 makes the guard's counter appear
     used = {

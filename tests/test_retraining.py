@@ -102,10 +102,13 @@ def test_retrained_service_refuses_a_value_it_did_not_learn_naming_the_field(ret
         )  # the accepted values, the new one too
 
 
-def test_a_model_that_never_saw_the_new_airline_refuses_it(client: httpx.Client) -> None:
+def test_a_model_that_never_saw_the_new_airline_refuses_it_and_counts_what_it_refused(client: httpx.Client) -> None:
+    before = client.get("/v1/monitoring").json()["refused"]
     answer = client.post("/v1/prediction", json={"flights": [NEW_FLIGHT]})
     assert answer.status_code == 400
     assert {tuple(problem["loc"]) for problem in answer.json()["detail"]} == {
         ("flights", 0, "OPERA"),
         ("flights", 0, "SIGLADES"),
     }
+    after = client.get("/v1/monitoring").json()["refused"]
+    assert after == {"airline": before["airline"] + 1, "destination": before["destination"] + 1}
