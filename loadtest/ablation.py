@@ -38,6 +38,8 @@ def shadow_fast_loops() -> str:
     return folder
 
 
+# Everything serving/monitoring.py and serving/prediction_log.py do, off.
+MONITORING_OFF = {"FLIGHT_DELAY_MONITORING": "false", "FLIGHT_DELAY_LOG_SAMPLE": "0"}
 # (knob, value, service environment, wrk connections, flights per request); the first row is the default.
 CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("default", "as shipped", {}, 200, 1),
@@ -51,9 +53,9 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("workers", "3", {"FLIGHT_DELAY_WORKERS": "3"}, 200, 1),
     ("tracing middleware", "on, every request", {"FLIGHT_DELAY_UNTRACED_ROUTES": "[]"}, 200, 1),
     ("Prometheus metrics", "all off", {"FLIGHT_DELAY_METRICS": "false"}, 200, 1),
-    ("monitoring (serving/monitoring.py)", "off", {"FLIGHT_DELAY_MONITORING": "false"}, 200, 1),
-    ("monitoring, 100 flights per request, 64 connections", "on", {}, 64, 100),
-    ("monitoring, 100 flights per request, 64 connections", "off", {"FLIGHT_DELAY_MONITORING": "false"}, 64, 100),
+    ("monitoring and prediction log", "off", MONITORING_OFF, 200, 1),
+    ("monitoring and prediction log, 100 flights per request, 64 connections", "on", {}, 64, 100),
+    ("monitoring and prediction log, 100 flights per request, 64 connections", "off", MONITORING_OFF, 64, 100),
     ("gc.freeze() after load", "off", {"FLIGHT_DELAY_GC_FREEZE": "false"}, 200, 1),
     ("access log", "on", {"FLIGHT_DELAY_ACCESS_LOG": "true"}, 200, 1),
     ("uvloop + httptools", "off", {"PYTHONPATH": "<shadow>"}, 200, 1),

@@ -286,13 +286,14 @@ def lone(args: argparse.Namespace) -> dict[str, Any]:
 
     Flights from loadtest/flights.jsonl, the load test's pool; 200 requests of each size after 20
     unmeasured. With --against REV, two rounds each of this checkout's code and REV's, alternating;
-    with --paired-env KEY=VALUE, two rounds each of this checkout as shipped and with that setting.
+    with --paired-env KEY=VALUE[,KEY=VALUE...], --rounds rounds each of this checkout as shipped and
+    with those settings, alternating.
     """
     if args.paired_env:
-        key, _, value = args.paired_env.partition("=")
+        settings = dict(pair.partition("=")[::2] for pair in args.paired_env.split(","))
         paired: dict[str, list[dict[str, Any]]] = {"as shipped": [], args.paired_env: []}
-        for _round in range(2):
-            for name, env in zip(paired, (None, {key: value}), strict=True):
+        for _round in range(args.rounds):
+            for name, env in zip(paired, (None, settings), strict=True):
                 say(f"lone requests, {name}")
                 paired[name].append(lone_requests(PROJECT_DIR, env))
         return {"requests_each": 200, "rounds": paired}
@@ -553,7 +554,10 @@ def main() -> None:
     parser.add_argument("drill", choices=DRILLS)
     parser.add_argument("--minutes", type=int, default=10, help="soak length (default 10)")
     parser.add_argument("--against", help="lone: also measure the code of this git revision, in the same run")
-    parser.add_argument("--paired-env", help="lone: also measure this checkout with KEY=VALUE set, in the same run")
+    parser.add_argument(
+        "--paired-env", help="lone: also measure this checkout with KEY=VALUE[,KEY=VALUE...] set, in the same run"
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="lone --paired-env: rounds of each (default 2)")
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="slow-clients: only these kinds (default: all)")
     parser.add_argument("--fronts", nargs="+", choices=["direct", "haproxy"], help="slow-clients: only these")
     parser.add_argument("--paths", type=int, default=100_000, help="path-flood: requests (default 100,000)")
@@ -562,7 +566,7 @@ def main() -> None:
     name = (
         args.drill if os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true") != "false" else f"{args.drill}-not-greedy"
     ) + (f"-against-{args.against}" if args.against else "")
-    name += f"-paired-{args.paired_env.replace('=', '-').lower()}" if args.paired_env else ""
+    name += f"-paired-{args.paired_env.replace('=', '-').replace(',', '-').lower()}" if args.paired_env else ""
     name += "".join(f"-{part}" for part in (args.fronts or []) + (args.kinds or []))  # a part of a drill, apart
     result = RESULTS / f"{name}.json"
     unused(result, overwrite=args.overwrite)  # the docs cite these files
