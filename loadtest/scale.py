@@ -97,10 +97,14 @@ class Replicas:
         return time.monotonic() - started
 
     def terminate(self, slot: int) -> float:
-        """SIGTERM, as the kubelet sends after preStop; seconds until the container exited."""
+        """SIGTERM, as the kubelet sends after preStop; seconds until the container exited. The exited
+        container is then removed, as its pod is: cleanup() no longer knows it."""
         started = time.monotonic()
-        subprocess.run([*DOCKER, "stop", "-t", str(GRACE_S), self.running.pop(slot)], check=True, capture_output=True)
-        return time.monotonic() - started
+        name = self.running.pop(slot)
+        subprocess.run([*DOCKER, "stop", "-t", str(GRACE_S), name], check=True, capture_output=True)
+        seconds = time.monotonic() - started
+        subprocess.run([*DOCKER, "rm", name], capture_output=True)
+        return seconds
 
     def kill(self, slot: int) -> None:
         """SIGKILL the replica's main process (as an OOM kill would), so its restart policy brings it back."""
