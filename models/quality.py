@@ -42,6 +42,22 @@ def js_distance(live: np.ndarray, reference: np.ndarray) -> float:
     return float(np.sqrt(max(0.0, (divergence(p) + divergence(q)) / 2)))
 
 
+def input_drift(live: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+    """One input's drift as the service reports it, from its live and training flights per value (the
+    last slot of each: flights without the input, left out): no score below `min_flights()`."""
+    seen = np.asarray(live[:-1], dtype=np.float64)
+    needed = min_flights(len(seen))
+    score = js_distance(seen, np.asarray(reference[:-1], dtype=np.float64)) if seen.sum() >= needed else None
+    return {
+        "score": None if score is None else round(score, 4),
+        "threshold": DRIFT_THRESHOLD,
+        "drifted": None if score is None else score > DRIFT_THRESHOLD,
+        "flights": int(seen.sum()),
+        "missing": int(live[-1]),
+        "min_flights": needed,
+    }
+
+
 def binned_auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
     """ROC AUC of scores known only by their bin (bins in ascending order of score): the chance that a
     positive is in a higher bin than a negative, plus half the chance that both share a bin.

@@ -33,8 +33,7 @@ from models.features import MONITORED, Vocabulary, category_counts
 from models.quality import (
     DRIFT_THRESHOLD,
     expected_quality,
-    js_distance,
-    min_flights,
+    input_drift,
     probability_bins,
     realized_quality,
 )
@@ -291,18 +290,7 @@ def pod_report(card: dict[str, Any]) -> dict[str, Any]:
         slots = {value: slot for slot, value in enumerate(names[name])}
         for labels, value in values("flight_delay_input_flights_total", input=name):
             live[slots[labels["value"]]] += value
-        seen = live[:-1]
-        needed = min_flights(len(seen))
-        judged = seen.sum() >= needed
-        score = js_distance(seen, np.array(reference["inputs"][name][:-1], dtype=np.float64)) if judged else None
-        drift[name] = {
-            "score": None if score is None else round(score, 4),
-            "threshold": DRIFT_THRESHOLD,
-            "drifted": None if score is None else score > DRIFT_THRESHOLD,
-            "flights": int(seen.sum()),
-            "missing": int(live[-1]),
-            "min_flights": needed,
-        }
+        drift[name] = input_drift(live, np.array(reference["inputs"][name], dtype=np.float64))
     for name in NOT_MONITORED:
         drift[name] = {"score": None, "threshold": DRIFT_THRESHOLD, "drifted": None, "flights": 0, "missing": 0}
     expected = expected_quality(flights, sums, *totals)

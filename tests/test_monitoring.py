@@ -19,6 +19,7 @@ from models.quality import (
     binned_auc,
     calibration_error,
     expected_quality,
+    input_drift,
     js_distance,
     min_flights,
     probability_bins,
@@ -73,6 +74,17 @@ def test_js_distance_of_same_distribution_samples_stays_well_under_the_threshold
     ]
     assert np.median(distances) == pytest.approx(np.sqrt(31 / (8 * min_flights(32) * np.log(2))), abs=0.005)
     assert max(distances) < 0.075
+
+
+def test_input_drift_is_judged_from_the_minimum_count_with_missing_flights_left_out() -> None:
+    reference = np.array([500.0, 500.0, 7.0])  # two values, then flights without the input
+    below = input_drift(np.array([999.0, 0.0, 40.0]), reference)
+    assert below == {"score": None, "threshold": 0.1, "drifted": None, "flights": 999, "missing": 40,
+                     "min_flights": 1000}  # fmt: skip
+    judged = input_drift(np.array([800.0, 200.0, 40.0]), reference)
+    expected = js_distance(np.array([800.0, 200.0]), np.array([500.0, 500.0]))
+    assert judged["score"] == round(expected, 4) and judged["drifted"] == (expected > 0.1)
+    assert (judged["flights"], judged["missing"]) == (1000, 40)
 
 
 def test_calibration_error_weighs_each_bins_gap_by_its_flights() -> None:

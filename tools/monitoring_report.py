@@ -38,8 +38,7 @@ from models.predictor import DelayPredictor, ModelError  # noqa: E402
 from models.quality import (  # noqa: E402
     DRIFT_THRESHOLD,
     expected_quality,
-    js_distance,
-    min_flights,
+    input_drift,
     probability_bins,
     realized_quality,
 )
@@ -272,19 +271,8 @@ def drift(features: np.ndarray, reference: dict[str, Any], vocabulary: Vocabular
     (serving.monitoring.pod_report): the same distance, threshold and minimum count, missing left out."""
     result = {}
     for name, live in zip(MONITORED, category_counts(features, vocabulary.monitored()), strict=True):
-        seen, expected = live[:-1].astype(np.float64), np.array(reference["inputs"][name][:-1], dtype=np.float64)
-        needed = min_flights(len(seen))
-        score = round(js_distance(seen, expected), 4) if seen.sum() >= needed else None
-        result[name] = {
-            "score": score,
-            "threshold": DRIFT_THRESHOLD,
-            "drifted": None if score is None else score > DRIFT_THRESHOLD,
-            "flights": int(seen.sum()),
-            "missing": int(live[-1]),
-            "min_flights": needed,
-            "live": seen,
-            "reference": expected,
-        }
+        expected = np.array(reference["inputs"][name], dtype=np.float64)
+        result[name] = {**input_drift(live, expected), "live": live[:-1].astype(np.float64), "reference": expected[:-1]}
     return result
 
 
