@@ -32,6 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("metrics middleware (Prometheus)", ("instruments.py", "prometheus_client")),
     ("tracing middleware (OpenTelemetry)", ("opentelemetry",)),
     ("request guard (serving/guard.py)", ("serving/guard.py",)),
+    ("monitoring and prediction log", ("serving/monitoring.py", "serving/prediction_log.py")),
     ("building the answers (service.py)", ("service.py",)),
     ("lean route (serving/lean_route.py)", ("serving/lean_route.py",)),
     ("BentoML app and context", ("_bentoml_impl/", "_bentoml_sdk/", "bentoml/_internal/")),

@@ -111,16 +111,21 @@ def server(
     log: Path | None = None,
     code: Path = PROJECT_DIR,
     port: int | None = None,
+    cpus: str | None = None,
+    workers: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """Start one of SERVERS on `port` (default: a free one), yield its base URL and process once ready,
     stop it afterwards.
 
-    Its output goes to log, if given; `code` is the project checkout it runs from.
+    Its output goes to log, if given; `code` is the project checkout it runs from; `cpus` pins it
+    (a taskset list); `workers` sets the baselines' worker count (the service's is FLIGHT_DELAY_WORKERS).
     """
     port = port or free_port()
+    pinned = ["taskset", "-c", cpus] if cpus else []
+    count = ["--workers", str(workers)] if workers and kind != "service" else []
     with open(log or os.devnull, "wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
-            [*SERVERS[kind], str(port)],
+            [*pinned, *SERVERS[kind], str(port), *count],
             cwd=code,
             env={**os.environ, **(env or {})},
             stdout=output,
