@@ -40,7 +40,8 @@ RULES_TEST_FILE = ALERTS_DIR / "flight-delay.rules.test.yml"
 RUNBOOKS_DIR = PROJECT_DIR / "docs" / "runbooks"
 BUILD_SCRIPT = PROJECT_DIR / "container" / "build.sh"
 ADAPTER_RULES = K8S_DIR / "autoscaling" / "prometheus-adapter-rules.yaml"
-UTILIZATION_SWEEP = PROJECT_DIR / "loadtest" / "results" / "scale" / "utilization.json"
+# one worker pinned to one core, the open-loop client on the other (loadtest/open_loop.py headline)
+ONE_CORE_HEADLINE = PROJECT_DIR / "loadtest" / "results" / "open-loop" / "headline-one-core-inline-2026-12-03.json"
 
 APP_LABELS = {
     "app.kubernetes.io/name": "flight-delay",
@@ -296,9 +297,13 @@ def test_hpa_scales_the_deployment(objects: tuple[dict[str, Any], ...]) -> None:
 
 
 def test_hpa_targets_the_measured_per_core_rate_times_the_pod_cores(objects: tuple[dict[str, Any], ...]) -> None:
-    # The per-core rate is the 70%-of-capacity point of the committed sweep (loadtest/scale.py utilization).
-    sweep = json.loads(UTILIZATION_SWEEP.read_text())
-    per_core = next(point for point in sweep["points"] if point["share_of_capacity"] == 0.7)["requests_per_s"]
+    # The per-core rate is the highest Poisson rate one worker on one core served with p99 within the bound.
+    headline = json.loads(ONE_CORE_HEADLINE.read_text())
+    per_core = headline["sustainable_rate"]
+    passed = [step["rate"] for step in headline["steps"] if step["passed"]]
+    assert headline["bound_ms"] == 25 and per_core == round(max(passed))
+    assert all(step["latency_ms"]["p99"] <= 25 and step["failed"] == 0 for step in headline["steps"] if step["passed"])
+    assert all(not step["passed"] for step in headline["steps"] if step["rate"] > max(passed))
     (metric,) = one(objects, "HorizontalPodAutoscaler")["spec"]["metrics"]
     cores = cpu_cores(api_container(objects)["resources"]["limits"]["cpu"])
     assert metric["type"] == "Pods"
