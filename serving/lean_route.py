@@ -7,7 +7,8 @@ the one hot route this ASGI middleware does the same work directly:
 
 - the body is validated by the API's own input model (`model_validate_json`, as BentoML does);
 - the flights go through `ServiceAppFactory.batch_infer`, so batches are formed, sized and counted
-  (`adaptive_batch_size`) by BentoML's CorkDispatcher and run in its worker thread, as before;
+  (`adaptive_batch_size`) by BentoML's CorkDispatcher and run by the service's batch function as on
+  BentoML's own path (small batches on the event loop, large ones in a thread: `INLINE_FLIGHTS`);
 - the answer is serialized with the type of the API's own output model, by pydantic's Rust core
   (BentoML dumps it to Python objects and then `json.dumps` them: 4x the time for 100 flights);
 - BentoML's own request metrics (`request_total`, `request_duration_seconds`, `request_in_progress`,
