@@ -209,7 +209,7 @@ def load_training_data(path: Path | None) -> tuple[pd.DataFrame, dict[str, Any]]
         return flights, {"source": "embedded synthetic sample", "sha256": sha256, "rows": len(flights)}
     progress(f"reading {path}")
     flights = load_flights(path)
-    return flights, {"source": str(path), "sha256": file_sha256(path), "rows": len(flights)}
+    return flights, {"source": path.name, "sha256": file_sha256(path), "rows": len(flights)}  # the name: no path
 
 
 def reference(predictor: DelayPredictor, columns: FlightColumns, metrics: dict[str, Any]) -> dict[str, Any]:

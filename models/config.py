@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 MODEL_NAME = "flight_delay"
@@ -22,6 +22,10 @@ MAX_FLIGHTS = 1_000  # flights per request
 PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 OUTCOMES_ROUTE = "/v1/outcomes"
 LOG_FILES = 4  # files each worker's prediction log rotates over
+# The shortest outcomes token accepted. 16 hex digits are 64 bits: guessing at 100,000 requests a
+# second would take about 3 million years on average. `openssl rand -hex 32`, as the docs say, gives 64.
+MIN_TOKEN_CHARACTERS = 16
+SECRET_SETTINGS = ("outcomes_token",)  # never echoed in a refusal
 
 
 class Settings(BaseSettings):
@@ -39,6 +43,10 @@ class Settings(BaseSettings):
     max_batch_size: Annotated[int, Field(ge=2)] = 256  # BentoML refuses 1
     max_latency_ms: PositiveInt = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
     max_in_flight: PositiveInt = 512  # per worker; beyond it requests are shed at once with 503 (Retry-After)
+    # Request bodies a worker holds admitted at once; past it a request is shed with 503 (a lone one is
+    # always admitted). 1 MiB is 8 1,000-flight requests: about 0.2 s of work (a lone one takes 26.5 ms,
+    # loadtest/results/reliability/lone.json), under shed_after_ms; 64 connections' 100-flight requests fit twice.
+    max_bytes_in_flight: Annotated[int, Field(ge=65_536)] = 1_048_576
     shed_after_ms: PositiveInt = 1_000  # while a request has waited longer for its answer, new ones get 503
     timeout_s: PositiveInt = 30
     max_body_bytes: PositiveInt = 1_048_576  # 1,000 flights with every field take about 120 KB
@@ -48,10 +56,21 @@ class Settings(BaseSettings):
     idle_timeout_s: PositiveFloat = 5.0
     request_timeout_s: PositiveFloat = 20.0
     max_connections: PositiveInt = 4_096  # per worker, and at most its open-file limit less a reserve
+    # An answer whose client takes none of it for this long is abandoned and its connection aborted
+    # (nginx's send_timeout is 60 s). A client on "Slow 3G" takes 50 KB a second: any live client
+    # takes a byte within a second, and 20 s outlasts TCP's retransmission back-off up to its fifth try.
+    send_timeout_s: PositiveFloat = 20.0
+    # Unsent answer bytes the stalled connections of a worker may hold together (serving/connections.py):
+    # with the per-connection bound, a worker's connections hold at most about 128 MB (docs/reliability.md).
+    max_unsent_mb: PositiveInt = 64
     access_log: bool = False
     tracing_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
     untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
     metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
+    # Each worker reads the pod's metric files for its /metrics page and for GET /v1/monitoring at most
+    # this often (serving/metrics.py, serving/monitoring.py): a flood of either costs one read a second.
+    # 0: every request reads them (the tests, which read right after acting).
+    metrics_page_s: Annotated[float, Field(ge=0)] = 1.0
     monitoring: bool = True  # drift and expected quality of the predictions (serving/monitoring.py); needs metrics
     outcomes_token: SecretStr | None = None  # Bearer token of POST /v1/outcomes; without one the route answers 403
     # The prediction log (serving/prediction_log.py): share of prediction requests logged, where, and
@@ -64,6 +83,22 @@ class Settings(BaseSettings):
     gc_freeze: bool = True
     lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/lean_route.py
 
+    @field_validator("outcomes_token", mode="before")
+    @classmethod
+    def _usable_token(cls, value: object) -> object:
+        """Strip the whitespace around the token (a token file's newline); refuse an empty, short or
+        non-printable one, which would let anyone in (an empty token matched `Bearer` alone) or no one."""
+        if not isinstance(value, str):
+            return value
+        token = value.strip()
+        if not token:
+            raise ValueError(f"a token of at least {MIN_TOKEN_CHARACTERS} printable characters: it is empty")
+        if not token.isprintable() or not token.isascii() or any(character.isspace() for character in token):
+            raise ValueError("a token of printable ASCII characters without spaces: it holds others")
+        if len(token) < MIN_TOKEN_CHARACTERS:
+            raise ValueError(f"a token of at least {MIN_TOKEN_CHARACTERS} characters: it has {len(token)}")
+        return token
+
     @classmethod
     def from_environment(cls) -> "Settings":
         """The settings, or BadSettingError with one line per bad variable: its name, its value and what
@@ -73,7 +108,8 @@ class Settings(BaseSettings):
         except ValidationError as exc:
             problems: dict[str, list[str]] = {}
             for error in exc.errors(include_url=False):
-                problems.setdefault(str(error["loc"][0]), []).append(error["msg"][0].lower() + error["msg"][1:])
+                message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix of a validator's words
+                problems.setdefault(str(error["loc"][0]), []).append(message[0].lower() + message[1:])
             raise BadSettingError(
                 "\n".join(refusal(field, " or ".join(messages)) for field, messages in problems.items())
             ) from None
@@ -105,6 +141,8 @@ class BadSettingError(ValueError):
 
 
 def refusal(field: str, accepted: str) -> str:
-    """The one line that refuses a setting."""
+    """The one line that refuses a setting; a secret's value is not shown."""
     variable = f"FLIGHT_DELAY_{field.upper()}"
-    return f"{variable}={os.environ.get(variable, '')!r} is not accepted: {accepted}"
+    value = os.environ.get(variable, "")
+    shown = f"<{len(value)} characters, not shown>" if field in SECRET_SETTINGS else repr(value)
+    return f"{variable}={shown} is not accepted: {accepted}"

@@ -10,6 +10,7 @@ import calendar
 import hashlib
 import io
 import json
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ def check_flights(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     refuse(source, flights, "TIPOVUELO", ~flights["TIPOVUELO"].isin(FLIGHT_TYPES).to_numpy(), "is not I or N")
     for column in ("OPERA", "SIGLADES"):
         refuse(source, flights, column, (flights[column].str.strip() == "").to_numpy(), "is empty")
+        flights[column] = flights[column].str.strip()  # "Sky Airline " is "Sky Airline"
+        refuse_spellings(source, flights, column)
     minutes = ((flights["Fecha-O"] - flights["Fecha-I"]).dt.total_seconds() / 60).to_numpy()
     early, late = OUTCOME_WINDOW_MINUTES
     refuse(
@@ -73,6 +76,25 @@ def check_flights(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     )
     flights["delayed"] = (minutes > DELAY_MINUTES).astype(np.int64)
     return flights
+
+
+def refuse_spellings(source: str, flights: pd.DataFrame, column: str) -> None:
+    """DataError where two spellings of a name are the same name once case and Unicode composition are
+    set aside ("Sky Airline" and "sky airline"): the model would learn them as two airlines or cities.
+    Names the first row of each spelling."""
+    names = pd.Series(flights[column].unique())
+    keys = names.map(lambda name: unicodedata.normalize("NFC", name).casefold())
+    clashes = names[keys.duplicated(keep=False)]
+    if clashes.empty:
+        return
+    first_key = keys[clashes.index[0]]
+    spellings = names[keys == first_key]
+    rows = ", ".join(f"{name!r} in row {int(np.argmax(flights[column].to_numpy() == name)) + 2}" for name in spellings)
+    others = keys[clashes.index].nunique() - 1
+    more = f" ({others} more name{'s' if others != 1 else ''} like it)" if others else ""
+    raise DataError(
+        f"{source}, column {column}: one name spelled {len(spellings)} ways: {rows}; write it one way{more}"
+    )
 
 
 def refuse(source: str, flights: pd.DataFrame, column: str, bad: np.ndarray, problem: str) -> None:

@@ -15,7 +15,9 @@ CANONICAL_SCHEDULE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}(:
 
 
 def parse_schedule(value: Any) -> Any:
-    """Accept only the dataset's own date-time formats, so '2017-02-30' or a bare date is rejected.
+    """Accept only the dataset's own date-time formats, so '2017-02-30' or a bare date is rejected,
+    in ASCII with one space between date and time (strptime alone takes any run of Unicode white
+    space there, which would reach the prediction log as written).
 
     The way clients write them ('2017-03-14 08:30', two digits each) is parsed by
     `datetime.fromisoformat` (C), since `strptime` (pure Python) was about two thirds of validating
@@ -29,12 +31,18 @@ def parse_schedule(value: Any) -> Any:
             return datetime.fromisoformat(value)
         except ValueError:
             pass  # an impossible date or time, which strptime refuses too
-    for fmt in SCHEDULE_FORMATS:
-        try:
-            return datetime.strptime(value, fmt)
-        except ValueError:
-            continue
+    if plain_schedule(value):
+        for fmt in SCHEDULE_FORMATS:
+            try:
+                return datetime.strptime(value, fmt)
+            except ValueError:
+                continue
     raise ValueError("must be a real date-time written 'YYYY-MM-DD HH:MM' or 'YYYY-MM-DD HH:MM:SS'")
+
+
+def plain_schedule(value: str) -> bool:
+    """ASCII, with one white-space character, a space: the only strings strptime may judge."""
+    return value.isascii() and value.count(" ") == 1 and sum(character.isspace() for character in value) == 1
 
 
 # OPERA and SIGLADES are any text in Flight and Outcome: `request_models` narrows them to the

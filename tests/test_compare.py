@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import brier_score_loss, f1_score, roc_auc_score
 
 import train
-from models.data import DATE_FORMAT, STATS_PATH, synthetic_frame
+from models.data import DATE_FORMAT, STATS_PATH, file_sha256, synthetic_frame
 from models.features import FlightColumns
 from tools.compare import MIN_SHARED_FLIGHTS, figures, gather, judged, load_model, main
 
@@ -203,9 +203,15 @@ def test_gather_notes_the_flights_a_candidate_would_refuse(
     ]
 
 
-def test_gather_notes_a_model_trained_on_the_compared_flights(baseline_model: str) -> None:
+def test_gather_notes_a_model_trained_on_the_compared_flights(
+    baseline_model: str, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     model = load_model("baseline", baseline_model, "--baseline")
-    own_training = Path(model.metadata["training_data"]["source"])  # baseline_model's own training file
+    # baseline_model's own training file: the model keeps its name and digest, not where it lay
+    digest = model.metadata["training_data"]["sha256"]
+    own_training = next(
+        path for path in tmp_path_factory.getbasetemp().rglob("training.csv") if file_sha256(path) == digest
+    )
     comparison = gather(model, model, own_training, resamples=20)
     assert comparison.notes == [
         f"{model.tag} (baseline) was trained on this very file: its figures include its own training flights and "

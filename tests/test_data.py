@@ -1,6 +1,7 @@
 """Dataset loading and checks, and the synthetic sample that stands in for the real data."""
 
 import json
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -85,6 +86,34 @@ def test_load_flights_accepts_an_airline_and_city_of_any_name(sample_rows: pd.Da
     rows = sample_rows.copy()
     rows.loc[0, ["OPERA", "SIGLADES"]] = ["Arajet", "Santo Domingo"]
     assert load_flights(write(rows, tmp_path)).loc[0, "OPERA"] == "Arajet"  # the model learns it
+
+
+def test_load_flights_strips_white_space_around_names(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    rows = sample_rows.copy()
+    rows.loc[0, ["OPERA", "SIGLADES"]] = [f" {rows.loc[1, 'OPERA']} ", f"{rows.loc[1, 'SIGLADES']}\t"]
+    loaded = load_flights(write(rows, tmp_path))
+    assert tuple(loaded.loc[0, ["OPERA", "SIGLADES"]]) == tuple(rows.loc[1, ["OPERA", "SIGLADES"]])
+
+
+@pytest.mark.parametrize("column", ["OPERA", "SIGLADES"])
+@pytest.mark.parametrize(
+    ("written", "respelled"),
+    [
+        ("Aerolinea Prueba", "aerolinea prueba"),
+        ("Aerolinea Prueba", "AEROLINEA PRUEBA"),
+        ("Concepción Sur", unicodedata.normalize("NFD", "Concepción Sur")),  # composed vs decomposed ó
+    ],
+)
+def test_load_flights_refuses_one_name_spelled_two_ways_naming_both_rows(
+    sample_rows: pd.DataFrame, tmp_path: Path, column: str, written: str, respelled: str
+) -> None:
+    rows = sample_rows.copy()
+    rows.loc[0, column] = written
+    rows.loc[3, column] = respelled
+    with pytest.raises(DataError) as refused:
+        load_flights(write(rows, tmp_path))
+    message = str(refused.value)
+    assert f"column {column}: one name spelled 2 ways: {written!r} in row 2, {respelled!r} in row 5" in message
 
 
 def test_embedded_sample_holds_every_airline_and_city_of_the_2017_data(stats: dict) -> None:

@@ -53,6 +53,9 @@ def test_flight_schedule_accepts_dataset_formats(schedule: str) -> None:
         ({"Fecha-I": "2017-03-14"}, "Fecha-I"),
         ({"Fecha-I": "2017-03-14T08:30"}, "Fecha-I"),
         ({"Fecha-I": "14/03/2017 08:30"}, "Fecha-I"),
+        ({"Fecha-I": "2017-03-14\u202808:30"}, "Fecha-I"),  # a line separator: it would split a log line
+        ({"Fecha-I": "2017-03-14  08:30"}, "Fecha-I"),
+        ({"Fecha-I": "2017-03-14\n08:30"}, "Fecha-I"),
         ({"Fecha-I": "2017-02-30 10:00", "MES": 2}, "Fecha-I"),
         ({"Fecha-I": "2017-04-14 10:00"}, "Fecha-I"),
         ({"MES": "3"}, "MES"),
@@ -88,7 +91,10 @@ def test_example_request_is_the_one_in_readme_and_loadtest() -> None:
 
 
 def strptime_verdict(value: str) -> datetime | None:
-    """The dataset's formats read by strptime: the reference parse_schedule must agree with."""
+    """The dataset's formats read by strptime, in ASCII with one space: the reference parse_schedule
+    must agree with."""
+    if not value.isascii() or [character for character in value if character.isspace()] != [" "]:
+        return None
     for fmt in SCHEDULE_FORMATS:
         try:
             return datetime.strptime(value, fmt)
@@ -139,6 +145,9 @@ def test_schedule_parser_agrees_with_strptime_on_the_dataset_formats(value: str)
         "2017-03-14 08:30:60",
         "2017-3-14 8:30",
         "2017-03-14  08:30",
+        "2017-03-14\u202808:30",
+        "2017-03-14\t08:30",
+        "2017-03-14\u300008:30",
     ],
 )
 def test_schedule_parser_agrees_with_strptime_at_the_edges(value: str) -> None:

@@ -98,6 +98,7 @@ def test_model_card_describes_the_served_model(client: httpx.Client) -> None:
     assert card["tag"].startswith("flight_delay:")
     assert re.fullmatch(r"[0-9a-f]{64}", card["training_data"]["sha256"])
     assert card["training_data"]["rows"] > 0
+    assert card["training_data"]["source"] == "sample.csv"  # the file's name, not the training machine's path
     assert 0 < card["threshold"] < 1
     assert set(card["metrics"]) == {"required_only", "all_fields"}
     assert card["vocabularies"] == VOCABULARY.metadata()  # learned from the sample: the 2017 data's lists

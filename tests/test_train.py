@@ -39,6 +39,7 @@ def test_train_saves_model_with_full_metadata(stored: Any) -> None:
     assert {k: metadata[k] for k in expected_spec()} == expected_spec()
     assert 0 < metadata["threshold"] < 1
     assert metadata["training_data"]["rows"] == 4_000
+    assert metadata["training_data"]["source"] == "sample.csv"  # the file's name: where it lay is the trainer's
     assert set(metadata["metrics"]) == {"required_only", "all_fields"}
     for view in metadata["metrics"].values():
         # a model that ranks at random scores 0.50 +- 0.02 on these ~1,300 held-out flights; this one 0.59 to 0.62

@@ -1,0 +1,44 @@
+"""models/config.py: the settings read from the environment, and the one line that refuses a bad one."""
+
+import pytest
+
+from models.config import MIN_TOKEN_CHARACTERS, BadSettingError, Settings
+
+TOKEN = "0123456789abcdef0123456789abcdef"
+VARIABLE = "FLIGHT_DELAY_OUTCOMES_TOKEN"
+
+
+@pytest.mark.parametrize("sent", [TOKEN, f"{TOKEN}\n", f"  {TOKEN}\t\r\n"])
+def test_outcomes_token_is_stripped_of_surrounding_white_space(monkeypatch: pytest.MonkeyPatch, sent: str) -> None:
+    monkeypatch.setenv(VARIABLE, sent)
+    token = Settings.from_environment().outcomes_token
+    assert token is not None and token.get_secret_value() == TOKEN
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("", "it is empty"),
+        ("   \n", "it is empty"),
+        ("a" * (MIN_TOKEN_CHARACTERS - 1), f"it has {MIN_TOKEN_CHARACTERS - 1}"),
+        (f"{TOKEN}\x07", "it holds others"),
+        (f"{TOKEN[:16]} {TOKEN[16:]}", "it holds others"),
+        (f"{TOKEN}é", "it holds others"),
+    ],
+)
+def test_unusable_outcomes_token_refuses_the_start_in_one_line_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, value: str, reason: str
+) -> None:
+    monkeypatch.setenv(VARIABLE, value)
+    with pytest.raises(BadSettingError) as refused:
+        Settings.from_environment()
+    line = str(refused.value)
+    assert "\n" not in line
+    assert line.startswith(f"{VARIABLE}=<{len(value)} characters, not shown> is not accepted: ")
+    assert reason in line
+    assert value.strip() == "" or value.strip() not in line
+
+
+def test_unset_outcomes_token_leaves_the_route_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(VARIABLE, raising=False)
+    assert Settings.from_environment().outcomes_token is None
