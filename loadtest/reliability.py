@@ -11,6 +11,8 @@
     python loadtest/reliability.py lone --against REV   # the same, paired with the code of git revision REV
     python loadtest/reliability.py lone --paired-env FLIGHT_DELAY_MONITORING=false   # paired with a setting
     python loadtest/reliability.py slow-clients  # 30,000 slow connections of each kind for 60 s, direct and via HAProxy
+    python loadtest/reliability.py polled-monitoring --against REV   # lone requests while /v1/monitoring is polled
+    python loadtest/reliability.py slow-readers  # 9,000 never-reading connections asking for large answers, 60 s
     python loadtest/reliability.py path-flood    # 100,000 requests to random paths: /metrics before and after
 
 Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it; a result
@@ -42,7 +44,7 @@ sys.path.insert(0, str(HERE.parent))
 from accounting_client import BackgroundLoad  # noqa: E402
 from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
 from run import PROJECT_DIR, checkout, say, server, unused, wrk  # noqa: E402
-from slow_client import KINDS  # noqa: E402
+from slow_client import KINDS, UNREAD_KINDS  # noqa: E402
 
 from models.config import Settings  # noqa: E402
 from models.schema import EXAMPLE_REQUEST  # noqa: E402
@@ -352,9 +354,15 @@ def percentile(values: list[float], share: float) -> float | None:
 
 
 def slow_attack(
-    url: str, kind: str, deadline_s: float, service: subprocess.Popen[bytes], service_url: str, balancer: Any = None
+    url: str,
+    kind: str,
+    deadline_s: float,
+    service: subprocess.Popen[bytes],
+    service_url: str,
+    balancer: Any = None,
+    connections: int = ATTACK_CONNECTIONS,
 ) -> dict[str, Any]:
-    """ATTACK_CONNECTIONS slow connections of `kind` against `url` for ATTACK_SECONDS, with probes on new
+    """`connections` slow connections of `kind` against `url` for ATTACK_SECONDS, with probes on new
     connections meanwhile; then how long the slow connections were kept (as the attacker saw it, and
     the service's own closes by reason), the workers' memory and the recovery."""
     host, port = url.removeprefix("http://").split(":")
@@ -362,7 +370,7 @@ def slow_attack(
     front_before = balancer.stats()["r1"] if balancer else {}
     command = [sys.executable, str(HERE / "slow_client.py"), kind, host, port]
     attackers = [
-        subprocess.Popen([*command, str(ATTACK_CONNECTIONS // ATTACKERS), str(ATTACK_SECONDS)], stdout=subprocess.PIPE)
+        subprocess.Popen([*command, str(connections // ATTACKERS), str(ATTACK_SECONDS)], stdout=subprocess.PIPE)
         for _ in range(ATTACKERS)
     ]
     memory: list[float] = []
@@ -399,7 +407,7 @@ def slow_attack(
     say(f"{kind}: {len(answered)}/{len(outcomes)} probes answered, {closed} slow connections closed")
     return {
         "attacker": {
-            "connections": ATTACK_CONNECTIONS,
+            "connections": connections,
             "processes": ATTACKERS,
             "seconds": ATTACK_SECONDS,
             "own_loop_lag_s_max": max(report["loop_lag_s_max"] for report in reports),
@@ -463,6 +471,38 @@ def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
                 outcome["haproxy"][kind] = slow_attack(LB_URL, kind, FRONT_REQUEST_DEADLINE_S, process, url, balancer)
         finally:
             balancer.stop()
+    return outcome
+
+
+NEVER_READING = 9_000  # the issue's attack: one client's connections, each asking for a large answer
+POD_MEMORY_LIMIT_MIB = 768  # deploy/k8s/base/deployment.yaml: the two workers must stay under it
+
+
+def slow_readers(args: argparse.Namespace) -> dict[str, Any]:
+    """9,000 connections that ask for the largest answers (the API page's script, /docs.json, /metrics, a
+    1,000-flight prediction) and never read, for 60 s, straight at the service and through HAProxy."""
+    from scale import LB_URL, SLOTS, Balancer, port
+
+    settings = Settings()
+    outcome: dict[str, Any] = {"pod_memory_limit_mib": POD_MEMORY_LIMIT_MIB, "direct": None, "haproxy": None}
+    fronts = args.fronts or ["direct", "haproxy"]
+    kind = args.unread
+    with tempfile.TemporaryDirectory() as directory, server("service", port=port(SLOTS[0])) as (url, process):
+        if "direct" in fronts:
+            outcome["direct"] = slow_attack(url, kind, settings.send_timeout_s, process, url, connections=NEVER_READING)
+        if "haproxy" in fronts:
+            balancer = Balancer(Path(directory))
+            try:
+                for slot in SLOTS[1:]:
+                    balancer.remove(slot)
+                wait_until_up = time.monotonic() + 15
+                while balancer.states().get("r1") != "UP" and time.monotonic() < wait_until_up:
+                    time.sleep(0.2)
+                outcome["haproxy"] = slow_attack(
+                    LB_URL, kind, settings.send_timeout_s, process, url, balancer, connections=NEVER_READING
+                )
+            finally:
+                balancer.stop()
     return outcome
 
 
@@ -535,8 +575,56 @@ def lone_requests(code: Path, env: dict[str, str] | None = None) -> dict[str, An
     return sizes
 
 
+def lone_one_flight_ms(url: str, requests: int = 200) -> dict[str, float]:
+    """Median and p99 milliseconds of lone one-flight predictions on one keep-alive connection."""
+    from http.client import HTTPConnection
+
+    connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
+    times = []
+    for attempt in range(requests + 20):
+        started = time.perf_counter()
+        connection.request("POST", "/v1/prediction", PROBE_BODY, {"Content-Type": "application/json"})
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200, answer.status
+        if attempt >= 20:
+            times.append((time.perf_counter() - started) * 1000)
+        time.sleep(0.005)
+    connection.close()
+    times.sort()
+    return {"median_ms": round(statistics.median(times), 2), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 2)}
+
+
+def polled_monitoring(args: argparse.Namespace) -> dict[str, Any]:
+    """Lone one-flight predictions on an idle service, then while one client polls GET /v1/monitoring
+    over 4 connections (wrk -t1 -c4), for this checkout and, with --against REV, REV's code;
+    --rounds rounds each, alternating."""
+    rounds: dict[str, list[dict[str, Any]]] = {"this checkout": []}
+    if args.against:
+        rounds[f"at {args.against}"] = []
+    with checkout(args.against) as other:
+        codes = dict(zip(rounds, (PROJECT_DIR, other), strict=False))
+        for _round in range(args.rounds):
+            for name, code in codes.items():
+                with server("service", code=code) as (url, _process):
+                    idle = lone_one_flight_ms(url)
+                    poller = subprocess.Popen(
+                        ["wrk", "-t1", "-c4", "-d30s", f"{url}/v1/monitoring"], stdout=subprocess.PIPE, text=True
+                    )
+                    time.sleep(1)
+                    polled = lone_one_flight_ms(url)
+                    poller.terminate()
+                    output = poller.communicate()[0]
+                polls = next((line.split()[-1] for line in output.splitlines() if "Requests/sec" in line), None)
+                rounds[name].append({"idle": idle, "polled": polled, "polls_per_s": polls})
+                say(f"{name}: idle {idle}, polled {polled}, {polls} polls/s")
+    return {"requests_each": 200, "rounds": rounds}
+
+
 DRILLS = {
+    "polled-monitoring": polled_monitoring,
     "slow-clients": slow_clients,
+    "slow-readers": slow_readers,
     "path-flood": path_flood,
     "overload": overload,
     "big-request": big_request,
@@ -557,9 +645,17 @@ def main() -> None:
     parser.add_argument(
         "--paired-env", help="lone: also measure this checkout with KEY=VALUE[,KEY=VALUE...] set, in the same run"
     )
-    parser.add_argument("--rounds", type=int, default=2, help="lone --paired-env: rounds of each (default 2)")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="lone --paired-env, polled-monitoring: rounds of each (default 2)"
+    )
     parser.add_argument("--kinds", nargs="+", choices=KINDS, help="slow-clients: only these kinds (default: all)")
     parser.add_argument("--fronts", nargs="+", choices=["direct", "haproxy"], help="slow-clients: only these")
+    parser.add_argument(
+        "--unread",
+        choices=UNREAD_KINDS,
+        default="never-read",
+        help="slow-readers: which large answers (default: all four)",
+    )
     parser.add_argument("--paths", type=int, default=100_000, help="path-flood: requests (default 100,000)")
     parser.add_argument("--overwrite", action="store_true", help="replace the drill's result file if it exists")
     args = parser.parse_args()
@@ -568,6 +664,7 @@ def main() -> None:
     ) + (f"-against-{args.against}" if args.against else "")
     name += f"-paired-{args.paired_env.replace('=', '-').replace(',', '-').lower()}" if args.paired_env else ""
     name += "".join(f"-{part}" for part in (args.fronts or []) + (args.kinds or []))  # a part of a drill, apart
+    name += f"-{args.unread}" if args.drill == "slow-readers" and args.unread != "never-read" else ""
     result = RESULTS / f"{name}.json"
     unused(result, overwrite=args.overwrite)  # the docs cite these files
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

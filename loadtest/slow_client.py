@@ -1,7 +1,9 @@
 """The attacker of the slow-client drills: one process holding thousands of connections that never
-finish a request, each reopened 1 s after the server closes it, so the attack keeps its size.
+finish a request, or (`never-read`) that ask for a large answer and never read it, each reopened
+1 s after the server closes it, so the attack keeps its size.
 
     python loadtest/slow_client.py KIND HOST PORT CONNECTIONS SECONDS   # prints one JSON line
+    (KIND: one of KINDS or of UNREAD_KINDS)
 
 A process here may hold 20,000 open files, so `reliability.py slow-clients` runs several. The line
 reports how long the server kept each connection (histogram in 0.1 s), what it answered first, how
@@ -11,6 +13,7 @@ many connects failed, and how many connections the process held, once a second.
 import asyncio
 import json
 import resource
+import socket
 import sys
 import time
 from collections import Counter
@@ -35,6 +38,31 @@ KINDS = {
     "large-body": Kind(POST + b"Content-Length: 1000000\r\n\r\n", b" " * 2048, 1),
 }
 REOPEN_AFTER_S = 1.0
+# never-read: the largest answers the service has, one per connection in turn, asked for with a 4 KB
+# receive buffer (so the server's unsent data stays with the server); nothing is ever read.
+THOUSAND_FLIGHTS = json.dumps(
+    {
+        "flights": [
+            {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3, "Fecha-I": "2017-03-14 08:30", "SIGLADES": "Lima"}
+        ]
+        * 1000
+    }
+).encode()
+LARGE_ANSWERS = (
+    b"GET /static_content/swagger-ui-bundle.js HTTP/1.1\r\nHost: attacker\r\n\r\n",
+    b"GET /docs.json HTTP/1.1\r\nHost: attacker\r\n\r\n",
+    b"GET /metrics HTTP/1.1\r\nHost: attacker\r\n\r\n",
+    POST + b"Content-Length: %d\r\n\r\n" % len(THOUSAND_FLIGHTS) + THOUSAND_FLIGHTS,
+)
+UNREAD_KINDS = {  # never-read takes the four in turn; the others one of them, to tell their costs apart
+    "never-read": LARGE_ANSWERS,
+    "never-read-script": LARGE_ANSWERS[:1],
+    "never-read-docs": LARGE_ANSWERS[1:2],
+    "never-read-metrics": LARGE_ANSWERS[2:3],
+    "never-read-1000": LARGE_ANSWERS[3:],
+}
+RECEIVE_BUFFER = 4096
+CHECK_EVERY_S = 1.0  # how often a never-reading connection looks, without reading, whether it was reset
 
 
 async def hold(kind: Kind, host: str, port: int, until: float, lifetimes: Counter[float], stats: Counter[str]) -> None:
@@ -74,6 +102,53 @@ async def hold(kind: Kind, host: str, port: int, until: float, lifetimes: Counte
             await asyncio.sleep(REOPEN_AFTER_S)
 
 
+async def hold_unread(
+    requests: tuple[bytes, ...],
+    index: int,
+    host: str,
+    port: int,
+    until: float,
+    lifetimes: Counter[float],
+    stats: Counter[str],
+) -> None:
+    """Keep one never-reading connection open until `until`, asking for requests[index % len(requests)]
+    and reading nothing; reopened after the server aborts it (a reset, seen by peeking)."""
+    loop = asyncio.get_running_loop()
+    request = requests[index % len(requests)]
+    while time.monotonic() < until:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (host, port))
+            await loop.sock_sendall(sock, request)
+        except OSError:
+            stats["connect_failed"] += 1
+            sock.close()
+            await asyncio.sleep(REOPEN_AFTER_S)
+            continue
+        opened = time.monotonic()
+        stats["open"] += 1
+        closed = "drill_end"
+        while time.monotonic() < until:
+            await asyncio.sleep(CHECK_EVERY_S)
+            try:
+                if sock.recv(1, socket.MSG_PEEK) == b"":
+                    closed = "closed"
+                    break
+            except BlockingIOError:  # nothing sent yet: still open
+                continue
+            except OSError:
+                closed = "reset"
+                break
+        stats["open"] -= 1
+        sock.close()
+        if closed != "drill_end":
+            lifetimes[round(time.monotonic() - opened, 1)] += 1
+            stats[f"{closed}_answer_unread"] += 1
+            await asyncio.sleep(REOPEN_AFTER_S)
+
+
 async def sample(until: float, stats: Counter[str], held: list[int], lags: list[float]) -> None:
     """Once a second: the connections held, and how late this process's own event loop woke up
     (a busy attacker notices a close late, which lengthens the lifetimes it reports)."""
@@ -83,7 +158,7 @@ async def sample(until: float, stats: Counter[str], held: list[int], lags: list[
         lags.append(time.monotonic() - now - 1)
 
 
-async def attack(kind: Kind, host: str, port: int, connections: int, seconds: float) -> dict[str, object]:
+async def attack(kind: str, host: str, port: int, connections: int, seconds: float) -> dict[str, object]:
     """`connections` slow connections for `seconds`; the process's report."""
     until = time.monotonic() + seconds
     lifetimes: Counter[float] = Counter()
@@ -91,8 +166,13 @@ async def attack(kind: Kind, host: str, port: int, connections: int, seconds: fl
     held: list[int] = []
     lags: list[float] = []
     tasks = [asyncio.create_task(sample(until, stats, held, lags))]
-    for _ in range(connections):  # opened at about 2,000/s, as a single attacking host would
-        tasks.append(asyncio.create_task(hold(kind, host, port, until, lifetimes, stats)))
+    for index in range(connections):  # opened at about 2,000/s, as a single attacking host would
+        held_open = (
+            hold(KINDS[kind], host, port, until, lifetimes, stats)
+            if kind in KINDS
+            else hold_unread(UNREAD_KINDS[kind], index, host, port, until, lifetimes, stats)
+        )
+        tasks.append(asyncio.create_task(held_open))
         if len(tasks) % 100 == 0:
             await asyncio.sleep(0.05)
     await asyncio.gather(*tasks)
@@ -108,7 +188,7 @@ def main(argv: list[str]) -> None:
     kind, host, port, connections, seconds = argv
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    report = asyncio.run(attack(KINDS[kind], host, int(port), int(connections), float(seconds)))
+    report = asyncio.run(attack(kind, host, int(port), int(connections), float(seconds)))
     print(json.dumps(report))
 
 

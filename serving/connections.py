@@ -1,4 +1,4 @@
-"""Deadlines and a cap on a worker's connections, which uvicorn leaves unbounded.
+"""Deadlines, a cap and a memory bound on a worker's connections, which uvicorn leaves unbounded.
 
 uvicorn 0.55, as BentoML 1.4.40 runs it, has no deadline for receiving a request: its keep-alive
 time-out covers only the idle time between requests, every byte resets it, and a connection that
@@ -8,24 +8,44 @@ answered (issue 18). `DeadlineProtocol`, uvicorn's httptools protocol with three
 - **idle deadline**: a connection that sends nothing, new or between requests, is closed after `idle_s`;
 - **request deadline**: from the first byte of a request, its headers and body must be in within
   `request_s`; otherwise the client gets 408 (unless its answer has started) and the connection closes;
+- **send deadline**: an answer the client does not read holds memory (what the kernel's socket
+  buffer cannot take waits in the transport's) and, without this, its slot for ever: asyncio's
+  `close()` waits for unsent data to leave first. From the moment a connection's unsent data
+  passes WRITE_HIGH_WATER (or it is closed with data unsent), it must make progress (a byte
+  taken by the client) every `send_s`; otherwise it is aborted (nginx's `send_timeout`);
+- **unsent bytes**: the unsent data of the stalled connections of a worker is bounded by
+  `max_unsent_bytes`; past it, the connection stalled longest is aborted;
 - **cap**: at `max_connections` open connections in the worker, a new connection evicts the one that
   has waited longest without a request in the application (idle or slow: a request sent at once is
-  never the oldest); when every connection has a request in the application, the new one is refused.
-  The cap sits below the worker's open-file limit, so `accept()` never fails for want of descriptors.
+  never the oldest), or whose answer is stalled on its client; when every connection has a request
+  in the application, the new one is refused. The cap sits below the worker's open-file limit, so
+  `accept()` never fails for want of descriptors.
 
-No timer runs while the application holds a complete request: answers in progress, keep-alive reuse
-and requests received in time are untouched. Every close is counted by reason through `on_close`.
+Every connection closed with data unsent is aborted (with a reset, so the kernel drops its copy too),
+never closed after a flush. No timer runs while the application holds a complete request and its
+answer leaves: answers in progress, keep-alive reuse and requests received in time are untouched.
+Every close is counted by reason through `on_close`.
+
+Memory: a connection that is not stalled holds less than WRITE_HIGH_WATER unsent; the stalled ones
+together hold at most `max_unsent_bytes` plus the one answer that passed it (the largest answer the
+service writes at once is /metrics or /docs.json, under 200 KB; static files go out in 64 KB chunks).
+So a worker's connections hold at most max_connections x WRITE_HIGH_WATER + max_unsent_bytes + 1 MB:
+64 + 64 + 1 MB with the defaults (docs/reliability.md).
 
 Reliance on uvicorn internals (pinned in requirements.txt, checked by tests/test_connections.py):
 BentoML's worker builds `uvicorn.Config` without `http=`, so the protocol class comes from
 `uvicorn.config.HTTP_PROTOCOLS["auto"]`, which `install()` points here; the subclass uses
-`HttpToolsProtocol`'s `connections`, `cycle`, `transport`, `timeout_keep_alive`, `data_received`,
-`on_message_complete`, `on_response_complete`, `timeout_keep_alive_handler`, and the cycle's
-`more_body`, `response_started`, `response_complete`, `disconnected`, `message_event`, `keep_alive`.
+`HttpToolsProtocol`'s `connections`, `cycle`, `transport`, `flow`, `timeout_keep_alive`,
+`timeout_keep_alive_task`, `data_received`, `on_message_complete`, `on_response_complete`,
+`pause_writing`, `resume_writing`, `timeout_keep_alive_handler`, and the cycle's `more_body`,
+`response_started`, `response_complete`, `disconnected`, `message_event`, `keep_alive`.
 """
 
 import asyncio
+import contextlib
 import resource
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -36,7 +56,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from serving.guard import error_body
 
 FD_RESERVE = 512  # descriptors a worker keeps for everything but connections (model, metric files, logs)
-CLOSE_REASONS = ("idle", "request_deadline", "evicted", "refused")  # the label values of on_close
+# The label values of on_close.
+CLOSE_REASONS = ("idle", "request_deadline", "send_deadline", "unsent_bytes", "evicted", "refused")
+# Unsent bytes past which a connection's transport pauses its writer (asyncio's default is 64 KiB).
+# Every answer but /metrics, /docs.json and the static files is smaller, so it changes nothing for
+# them; it bounds what a client that does not read holds without being counted as stalled.
+WRITE_HIGH_WATER = 16_384
+RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection and drops unsent data
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,8 @@ class Limits:
     request_s: float
     max_connections: int
     on_close: Callable[[str], None] = lambda reason: None
+    send_s: float = 20.0
+    max_unsent_bytes: int = 64 * 1_048_576
 
 
 def timeout_response(request_s: float) -> bytes:
@@ -67,12 +95,16 @@ class DeadlineProtocol(HttpToolsProtocol):
     # Connections without a request in the application, oldest first: the order of eviction.
     # One event loop per worker process: no lock needed.
     waiting: ClassVar[dict["DeadlineProtocol", None]] = {}
+    # Connections whose unsent data passed WRITE_HIGH_WATER, stalled longest first, with that size.
+    stalled: ClassVar[dict["DeadlineProtocol", int]] = {}
+    unsent: ClassVar[int] = 0  # the sum of `stalled`'s sizes
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         # uvicorn's own timer closes idle keep-alive connections; typed int there, call_later takes a float
         self.timeout_keep_alive = self.limits.idle_s  # type: ignore[assignment]
         self.deadline: asyncio.TimerHandle | None = None
+        self.send_deadline: asyncio.TimerHandle | None = None
         self.receiving = False  # a request has started to arrive and is not complete yet
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
@@ -82,11 +114,13 @@ class DeadlineProtocol(HttpToolsProtocol):
             transport.abort()
             return
         super().connection_made(transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.waiting[self] = None
         self.deadline = self.loop.call_later(self.limits.idle_s, self.close_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_deadline()
+        self.unstall()
         self.waiting.pop(self, None)
         if self.flow is not None:  # None where connection_made refused it
             super().connection_lost(exc)
@@ -105,13 +139,89 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.waiting.pop(self, None)
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()  # arms uvicorn's keep-alive timer (idle_s) unless closing
-        if not self.transport.is_closing():
-            self.waiting[self] = None
+        super().on_response_complete()  # arms uvicorn's keep-alive timer (idle_s) unless closing or pipelined
+        if self.transport.is_closing():
+            if self.transport.get_write_buffer_size() and self.send_deadline is None:
+                self.arm_send_deadline()  # closed after its answer, which the client has not taken yet
+        elif self.timeout_keep_alive_task is not None:  # waiting for its next request, not answering one
+            self.waiting.pop(self, None)
+            self.waiting[self] = None  # at the end: it has waited since now
+
+    def pause_writing(self) -> None:
+        """The unsent data passed WRITE_HIGH_WATER: the connection is stalled on its client."""
+        super().pause_writing()
+        size = self.transport.get_write_buffer_size()
+        self.stalled[self] = size
+        DeadlineProtocol.unsent += size
+        self.waiting.pop(self, None)
+        self.waiting[self] = None  # evictable: its client, not the application, holds it
+        if self.send_deadline is None:
+            self.arm_send_deadline()
+        while DeadlineProtocol.unsent > self.limits.max_unsent_bytes:
+            next(iter(self.stalled)).abort("unsent_bytes")
+
+    def resume_writing(self) -> None:
+        """The client took the unsent data down to the low-water mark: no longer stalled."""
+        super().resume_writing()
+        self.unstall()
+        if self.send_deadline is not None and not self.transport.is_closing():
+            self.send_deadline.cancel()
+            self.send_deadline = None
+        if self.cycle is not None and not self.cycle.response_complete:  # back to answering
+            self.waiting.pop(self, None)
+
+    def unstall(self) -> None:
+        DeadlineProtocol.unsent -= self.stalled.pop(self, 0)
+
+    def arm_send_deadline(self) -> None:
+        self.send_deadline = self.loop.call_later(
+            self.limits.send_s, self.check_send_progress, self.transport.get_write_buffer_size()
+        )
+
+    def check_send_progress(self, unsent_before: int) -> None:
+        """The send deadline: abort unless the client took some of the unsent data since the last check."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent and unsent >= unsent_before:
+            self.send_deadline = None
+            self.abort("send_deadline")
+            return
+        if self in self.stalled:
+            DeadlineProtocol.unsent -= self.stalled[self] - unsent
+            self.stalled[self] = unsent
+        self.arm_send_deadline() if unsent else setattr(self, "send_deadline", None)
+
+    def abort(self, reason: str | None) -> None:
+        """Count the reason (None: counted already) and reset the connection, dropping its unsent data
+        (here and in the kernel)."""
+        if reason is not None:
+            self.limits.on_close(reason)
+        self.unstall()
+        self.waiting.pop(self, None)
+        self.cancel_deadline()
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already gone
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+        self.transport.abort()
+
+    def close_or_abort(self, reason: str) -> None:
+        """Close a connection the service is done with: at once if nothing is unsent, else abort it."""
+        if self.transport.get_write_buffer_size():
+            self.abort(reason)
+        else:
+            self.limits.on_close(reason)
+            self.transport.close()
 
     def timeout_keep_alive_handler(self) -> None:
-        if not self.transport.is_closing():
-            self.limits.on_close("idle")
+        if self.transport.is_closing():
+            return
+        if self.transport.get_write_buffer_size():  # its last answer is still unread: do not wait for it
+            self.abort("idle")
+            return
+        self.limits.on_close("idle")
         super().timeout_keep_alive_handler()
 
     def cancel_deadline(self) -> None:
@@ -123,8 +233,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         """Nothing arrived within the idle deadline: close without an answer."""
         self.deadline = None
         if not self.transport.is_closing():
-            self.limits.on_close("idle")
-            self.transport.close()
+            self.close_or_abort("idle")
 
     def close_late_request(self) -> None:
         """The request was not in within the request deadline: 408 where no answer has started, then close."""
@@ -144,15 +253,16 @@ class DeadlineProtocol(HttpToolsProtocol):
                 self.transport.close()
                 return
         self.transport.write(self.response_408)
-        self.transport.close()
+        if self.transport.get_write_buffer_size():  # its client reads nothing: do not wait for it to
+            self.abort(None)  # counted already
+        else:
+            self.transport.close()
 
     def evict_oldest(self) -> bool:
-        """Close the connection that has waited longest without a request in the application, if any."""
+        """Abort the connection that has waited longest without a request in the application, or stalled
+        longest on its client, if any."""
         for victim in self.waiting:
-            del self.waiting[victim]
-            victim.cancel_deadline()
-            self.limits.on_close("evicted")
-            victim.transport.close()
+            victim.abort("evicted")
             return True
         return False
 
@@ -173,7 +283,9 @@ def install(limits: Limits) -> Limits:
     open-file limit. Returns the limits in force."""
     open_files = raise_open_file_limit()
     capped = min(limits.max_connections, max(open_files - FD_RESERVE, 1))
-    DeadlineProtocol.limits = Limits(limits.idle_s, limits.request_s, capped, limits.on_close)
+    DeadlineProtocol.limits = Limits(
+        limits.idle_s, limits.request_s, capped, limits.on_close, limits.send_s, limits.max_unsent_bytes
+    )
     DeadlineProtocol.response_408 = timeout_response(limits.request_s)
     HTTP_PROTOCOLS["auto"] = f"{__name__}:DeadlineProtocol"
     return DeadlineProtocol.limits

@@ -9,8 +9,10 @@
 - every 4xx/5xx body is rewritten to `{"error": ..., "detail": [...]}` without the links to the
   validation library's documentation (they carry its version), inputs or tracebacks; the problems of
   each 400 go to `on_invalid` (the service counts values its model does not know);
-- more requests in flight in this worker than `max_in_flight`, or one of them waiting for its
-  answer longer than `shed_after_s`: 503 at once, so a spike is shed quickly instead of queueing
+- more requests in flight in this worker than `max_in_flight`, more request bytes in flight than
+  `max_bytes_in_flight` (so a flood of 1,000-flight requests is shed while one-flight requests still
+  fit: 9,000 never-reading connections posting them left 85% of probes answered without it), or one
+  of them waiting for its answer longer than `shed_after_s`: 503 at once, so a spike is shed quickly instead of queueing
   into client time-outs; every 503 carries `Retry-After`. A request is admitted, and counted, only
   once its body is in, and its wait counts from then: clients that upload slowly cannot fill the
   in-flight limit or make the worker shed everyone else (30,000 slow uploads left 125 of 240 new
@@ -57,8 +59,10 @@ REASONS = {  # the "error" of each error status, whoever sent it
     404: "not found",
     405: "method not allowed",
     408: "request timeout",
+    409: "conflict",
     413: "request too large",
     415: "unsupported media type",
+    422: "unprocessable content",
     503: "overloaded, retry shortly",
     504: "timed out",
 }
@@ -86,6 +90,7 @@ class RequestGuard:
         routes: tuple[str, ...],
         max_body_bytes: int,
         max_in_flight: int,
+        max_bytes_in_flight: int,
         shed_after_s: float,
         timeout_s: float,
         on_error_response: Callable[[int], None] = lambda status: None,
@@ -101,6 +106,8 @@ class RequestGuard:
         self.routes = routes
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
+        self.max_bytes_in_flight = max_bytes_in_flight
+        self.bytes_in_flight = 0  # of the admitted requests' bodies
         self.shed_after_s = shed_after_s
         self.too_large = f"the body must be at most {max_body_bytes} bytes"
         self.in_flight = 0  # one event loop per worker process: no lock needed
@@ -130,14 +137,17 @@ class RequestGuard:
             return
         responding = CleanErrors(send, self.on_invalid)
         number = 0  # the request's number once admitted: its body is in and it was not shed
+        size = 0  # its body's bytes, once admitted
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read_body(receive, self.max_body_bytes)
                 if body is None:  # the client left before its body was in
                     return
-                if self.overloaded():
+                if self.overloaded(len(body)):
                     await self.answer_error(send, 503, "the service is at capacity, retry after 1 s")
                     return
+                size = len(body)
+                self.bytes_in_flight += size
                 self.in_flight += 1
                 self.accepted += 1
                 number = self.accepted
@@ -145,7 +155,7 @@ class RequestGuard:
                 if self.log is not None and self.log.sampled():
                     logged = LoggedResponse(responding, request_id(headers))
                     await self.app(scope, replaying(body, receive), logged)
-                    if logged.status == 200:
+                    if logged.status == 200 and not logged.replayed:  # a replayed answer was logged the first time
                         self.log.offer(scope["path"], logged.request_id, body, b"".join(logged.chunks))
                 else:
                     await self.app(scope, replaying(body, receive), responding)
@@ -163,6 +173,7 @@ class RequestGuard:
         finally:
             if number:
                 self.in_flight -= 1
+                self.bytes_in_flight -= size
                 self.waiting.pop(number, None)
 
     async def answer_error(self, send: Send, status: int, message: str) -> None:
@@ -170,9 +181,12 @@ class RequestGuard:
         self.on_error_response(status)
         await respond(send, status, message)
 
-    def overloaded(self) -> bool:
-        """Too many requests in flight, or the one waiting longest has waited too long."""
+    def overloaded(self, size: int) -> bool:
+        """Too many requests in flight, or too many bytes with this body's `size` (a lone request is
+        always admitted), or the one waiting longest has waited too long."""
         if self.in_flight >= self.max_in_flight:
+            return True
+        if self.in_flight and self.bytes_in_flight + size > self.max_bytes_in_flight:
             return True
         oldest = next(iter(self.waiting.values()), None)
         return oldest is not None and time.monotonic() - oldest > self.shed_after_s
@@ -206,11 +220,13 @@ class LoggedResponse:
         self.send = send
         self.request_id = request_id
         self.status = 0
+        self.replayed = False  # an outcomes answer given again for a retried Idempotency-Key
         self.chunks: list[bytes] = []
 
     async def __call__(self, message: Message) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
+            self.replayed = (b"idempotent-replayed", b"true") in message["headers"]
             if self.status == 200:  # the answers the log keeps
                 message = {**message, "headers": [*message["headers"], (b"x-request-id", self.request_id.encode())]}
         else:

@@ -1,4 +1,5 @@
-"""BentoML's request metrics with bounded labels: no label value comes from the client.
+"""BentoML's request metrics with bounded labels (no label value comes from the client), and a
+/metrics page made at most once a second per worker.
 
 BentoML 1.4.40's RunnerTrafficMetricsMiddleware labels every request with its raw URL path, so each
 unknown path adds series: 20,000 random paths made /metrics 76 MB, one scrape 30 s and a worker
@@ -11,11 +12,16 @@ of the API routes) and its `metrics_*` attributes, and `serving.guard.arrange_mi
 where BentoML's own stood; tests/test_lean_route.py pins both.
 """
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from timeit import default_timer
 from typing import Any
 
 from bentoml._internal.context import server_context
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
 
 from serving.guard import ASGIApp, Message, Receive, Scope, Send
 
@@ -97,3 +103,47 @@ class BoundedTrafficMetrics(RunnerTrafficMetricsMiddleware):
             await self.app(scope, receive, recording_send)
         finally:
             metrics.in_progress.dec()
+
+
+class PageCache:
+    """One page made at most once per `fresh_s`: callers meanwhile share the last one, and callers
+    during its making wait for it rather than make another."""
+
+    def __init__(self, fresh_s: float) -> None:
+        self.fresh_s = fresh_s
+        self.page: Response | None = None
+        self.at = -float("inf")
+        self.lock: asyncio.Lock | None = None  # made on the worker's event loop, at the first call
+
+    async def get(self, make: Callable[[], Awaitable[Response]]) -> Response:
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            if self.page is None or time.monotonic() - self.at >= self.fresh_s:
+                self.page = await make()
+                self.at = time.monotonic()
+            page = self.page
+        return Response(page.body, status_code=page.status_code, media_type=page.media_type)
+
+
+def cache_metrics_page(fresh_s: float) -> None:
+    """Make each worker's /metrics at most once per `fresh_s`.
+
+    BentoML 1.4.40's `ServiceAppFactory.metrics` reads every worker's metric files for each request
+    (in a thread, but under the GIL): 9,000 connections asking for /metrics left 2 of 240 probes
+    answered in a minute (docs/reliability.md#clients-that-never-read). Prometheus scrapes every 15 s
+    or so; a page up to `fresh_s` old changes nothing for it. Patches that method (pinned by
+    tests/test_lean_route.py); 0 leaves it as it is.
+    """
+    if not fresh_s:
+        return
+    from _bentoml_impl.server.app import ServiceAppFactory
+
+    make_page = getattr(ServiceAppFactory.metrics, "made_by", ServiceAppFactory.metrics)  # BentoML's own
+    cache = PageCache(fresh_s)
+
+    async def metrics(self: ServiceAppFactory, request: Request) -> Response:
+        return await cache.get(lambda: make_page(self, request))
+
+    metrics.made_by = make_page  # type: ignore[attr-defined]
+    ServiceAppFactory.metrics = metrics  # type: ignore[method-assign,assignment]

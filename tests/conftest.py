@@ -144,7 +144,12 @@ def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tupl
     running service's /metrics. Its prediction log goes beside the log too (prediction-log/), not
     into the project.
     """
-    env = {"FLIGHT_DELAY_LOG_DIR": str(log.parent / "prediction-log"), **(env or {})}
+    # /metrics made for every request: the tests read it right after acting (test_lean_route.py tests the page cache)
+    env = {
+        "FLIGHT_DELAY_LOG_DIR": str(log.parent / "prediction-log"),
+        "FLIGHT_DELAY_METRICS_PAGE_S": "0",
+        **(env or {}),
+    }
     if "BENTOML_HOME" not in env:
         assert SESSION_MODEL, "request the trained_model fixture before serving it"
         home = log.parent / "bentoml-home"

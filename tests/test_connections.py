@@ -2,15 +2,20 @@
 at their deadline, clients at a normal pace and keep-alive reuse are not, a new connection at the cap
 evicts a waiting one, the 413 reaches urllib, and unknown paths add no metric series."""
 
+import asyncio
 import http.client
 import json
 import random
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -147,8 +152,7 @@ def test_new_connection_at_the_cap_evicts_the_oldest_waiting_one(strict_url: str
         answer = httpx.post(f"{strict_url}/v1/prediction", json=EXAMPLE_REQUEST, timeout=10)
         assert answer.status_code == 200
         assert closed_reasons(strict_url)["evicted"] - before >= 10
-        hogs[0].settimeout(2)
-        assert hogs[0].recv(1) == b""  # the oldest hog was closed
+        assert reset_or_closed(hogs[0], 2)  # the oldest hog was aborted
     finally:
         for hog in hogs:
             hog.close()
@@ -221,3 +225,188 @@ def test_raise_open_file_limit_lifts_the_soft_limit_to_the_hard_one(tmp_path: Pa
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "True"
+
+
+# The send side, against uvicorn with DeadlineProtocol in this process: an app that answers
+# GET /bytes/N with one body of N bytes, /chunks/N with N bytes in 64 KiB chunks, /sleep/S "xx"
+# after S seconds, anything else "xx".
+SEND_S = 0.5
+
+
+async def sizes_app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def,type-arg]  # raw ASGI
+    kind, _, size = scope["path"].strip("/").partition("/")
+    if kind == "sleep":
+        await asyncio.sleep(float(size))
+    total = int(size) if size.isdigit() else 2
+    chunk = 65_536 if kind == "chunks" else total
+    headers = [(b"content-type", b"application/octet-stream"), (b"content-length", str(total).encode())]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    for start in range(0, total, chunk):
+        size_now = min(chunk, total - start)
+        await send({"type": "http.response.body", "body": b"x" * size_now, "more_body": start + size_now < total})
+
+
+@contextmanager
+def deadline_server(**limits: Any) -> Iterator[tuple[int, list[str]]]:
+    """uvicorn serving sizes_app with DeadlineProtocol and these limits in a thread: (port, closes by reason)."""
+    closes: list[str] = []
+    DeadlineProtocol.limits = Limits(
+        **{"idle_s": 5.0, "request_s": 5.0, "max_connections": 100, **limits}, on_close=closes.append
+    )
+    DeadlineProtocol.response_408 = connections.timeout_response(DeadlineProtocol.limits.request_s)
+    DeadlineProtocol.waiting.clear()
+    DeadlineProtocol.stalled.clear()
+    DeadlineProtocol.unsent = 0
+    config = uvicorn.Config(sizes_app, port=0, http=DeadlineProtocol, lifespan="off", log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        yield server.servers[0].sockets[0].getsockname()[1], closes
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def never_reading(port: int, path: str) -> socket.socket:
+    """A connection with a 4 KB receive buffer that asks for `path` and reads nothing."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+    return sock
+
+
+def reset_or_closed(sock: socket.socket, within_s: float) -> bool:
+    """Whether the server ended the connection (a reset, or its end after what it sent) within `within_s`."""
+    sock.settimeout(within_s)
+    deadline = time.monotonic() + within_s
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(1 << 20):
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+    return False
+
+
+def wait_for(condition: Callable[[], bool], within_s: float) -> bool:
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def get(port: int, path: str = "/ok") -> tuple[int, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("path", ["/bytes/3000000", "/chunks/3000000"])
+def test_answer_left_unread_is_aborted_at_the_send_deadline_and_frees_its_memory(path: str) -> None:
+    with deadline_server(send_s=SEND_S) as (port, closes):
+        sock = never_reading(port, path)
+        started = time.monotonic()
+        assert wait_for(lambda: closes == ["send_deadline"], 2 * SEND_S + SLACK_S), closes
+        assert time.monotonic() - started >= SEND_S
+        assert DeadlineProtocol.unsent == 0 and not DeadlineProtocol.stalled
+        with sock:
+            assert reset_or_closed(sock, 2)
+
+
+def test_client_reading_slowly_keeps_its_answer_past_the_send_deadline() -> None:
+    size = 400_000
+    with deadline_server(send_s=SEND_S) as (port, closes):
+        sock = never_reading(port, f"/bytes/{size}")
+        received = b""
+        sock.settimeout(5)
+        started = time.monotonic()
+        while not received.endswith(b"x" * 100) or len(received.split(b"\r\n\r\n", 1)[-1]) < size:
+            received += sock.recv(8192)  # 8 KB at a time, with pauses shorter than the deadline
+            time.sleep(0.005)
+            assert time.monotonic() - started < 30
+        sock.close()
+        assert time.monotonic() - started > SEND_S  # it took longer than the deadline, and made progress
+        assert closes == []
+
+
+def test_stalled_answers_past_the_unsent_bound_abort_the_oldest() -> None:
+    with deadline_server(send_s=30) as (port, closes):
+        first = never_reading(port, "/bytes/8000000")  # more than the kernel's send buffer takes (4 MB at most)
+        assert wait_for(lambda: DeadlineProtocol.unsent > 0, 2)
+        time.sleep(0.2)
+        # the bound: what the first holds now, and a little: the second stall passes it
+        DeadlineProtocol.limits = replace(DeadlineProtocol.limits, max_unsent_bytes=DeadlineProtocol.unsent + 1000)
+        second = never_reading(port, "/bytes/8000000")
+        assert wait_for(lambda: closes == ["unsent_bytes"], 2), closes
+        assert DeadlineProtocol.unsent <= DeadlineProtocol.limits.max_unsent_bytes
+        with first, second:
+            assert reset_or_closed(first, 2)
+            assert not reset_or_closed(second, 0.3)  # the newer one is still served
+
+
+def test_new_connection_at_the_cap_evicts_a_stalled_answer_and_is_answered() -> None:
+    with deadline_server(send_s=30, max_connections=3) as (port, closes):
+        stalled = [never_reading(port, "/chunks/3000000") for _ in range(3)]
+        assert wait_for(lambda: len(DeadlineProtocol.stalled) == 3, 2)
+        assert get(port) == (200, b"xx")
+        assert closes == ["evicted"]
+        try:
+            assert reset_or_closed(stalled[0], 2)
+        finally:
+            for sock in stalled:
+                sock.close()
+
+
+def test_connection_closed_after_an_unread_answer_does_not_keep_its_slot() -> None:
+    with deadline_server(send_s=SEND_S) as (port, closes):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"GET /bytes/3000000 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        assert wait_for(lambda: closes == ["send_deadline"], 2 * SEND_S + SLACK_S), closes
+        sock.close()
+
+
+def test_reused_keep_alive_connection_goes_to_the_back_of_the_eviction_order() -> None:
+    with deadline_server(max_connections=2) as (port, closes):
+        first = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        first.connect()
+        time.sleep(0.05)
+        second = socket.create_connection(("127.0.0.1", port))
+        time.sleep(0.05)
+        first.request("GET", "/ok")
+        assert first.getresponse().read() == b"xx"  # reused after the second connected: now the newest
+        third = socket.create_connection(("127.0.0.1", port))
+        try:
+            assert wait_for(lambda: closes == ["evicted"], 2)
+            assert reset_or_closed(second, 2)
+            first.request("GET", "/ok")
+            assert first.getresponse().read() == b"xx"
+        finally:
+            first.close()
+            second.close()
+            third.close()
+
+
+def test_pipelined_connection_is_not_evictable_while_its_next_request_is_answered() -> None:
+    with deadline_server() as (port, _closes):
+        sock = socket.create_connection(("127.0.0.1", port))
+        sock.sendall(b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\nGET /sleep/1 HTTP/1.1\r\nHost: t\r\n\r\n")
+        sock.settimeout(5)
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")  # the first answer; the second is being made
+        time.sleep(0.3)
+        assert not DeadlineProtocol.waiting  # nothing to evict: its request is in the application
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.close()

@@ -29,9 +29,21 @@ class Gate:
         await send({"type": "http.response.body", "body": b"[]"})
 
 
-def guard(app: Any, max_in_flight: int = 100, shed_after_s: float = 60.0, timeout_s: float = 60.0) -> RequestGuard:
+def guard(
+    app: Any,
+    max_in_flight: int = 100,
+    shed_after_s: float = 60.0,
+    timeout_s: float = 60.0,
+    max_bytes_in_flight: int = 1_000_000,
+) -> RequestGuard:
     return RequestGuard(
-        app, (ROUTE,), max_body_bytes=1_000, max_in_flight=max_in_flight, shed_after_s=shed_after_s, timeout_s=timeout_s
+        app,
+        (ROUTE,),
+        max_body_bytes=1_000,
+        max_in_flight=max_in_flight,
+        max_bytes_in_flight=max_bytes_in_flight,
+        shed_after_s=shed_after_s,
+        timeout_s=timeout_s,
     )
 
 
@@ -117,6 +129,21 @@ def test_requests_beyond_max_in_flight_are_shed_with_503_and_retry_after() -> No
     assert shed[1][b"retry-after"] == b"1"
     assert shed[2]["error"] == "overloaded, retry shortly"
     assert [status for status, _, _ in answered] == [200, 200, 200]
+
+
+def test_large_bodies_past_the_bytes_in_flight_are_shed_while_small_ones_still_fit() -> None:
+    large, small = (b'{"flights":"' + b"x" * 600 + b'"}',), (b"{}",)
+
+    async def scenario() -> list[int]:
+        app = Gate()
+        checked = guard(app, max_bytes_in_flight=1_000)
+        held = await started(call(checked, chunks=large))  # 614 of 1,000 bytes in flight
+        shed = await call(checked, chunks=large)  # 1,228 would pass the bound
+        small_one = await started(call(checked, chunks=small))
+        app.opened.set()
+        return [shed[0], *[(await task)[0] for task in held + small_one], (await call(checked, chunks=large))[0]]
+
+    assert asyncio.run(scenario()) == [503, 200, 200, 200]
 
 
 def test_requests_are_shed_while_the_oldest_has_waited_too_long() -> None:
