@@ -1,8 +1,11 @@
 """The flight-delay prediction service: the HTTP layer only (validate, batch, predict, respond)."""
 
 import gc
+import hashlib
 import hmac
+import os
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -12,7 +15,7 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from models.config import MODEL_NAME, OUTCOMES_ROUTE, PREDICTION_ROUTES, BadSettingError, Settings
@@ -24,14 +27,17 @@ from models.schema import (
     ChallengeResponse,
     FlightList,
     Outcome,
+    OutcomeRequest,
     Prediction,
     request_models,
 )
 from serving import connections
 from serving.batching import cap_learned_wait
 from serving.guard import RequestGuard, arrange_middlewares
+from serving.idempotency import Claim, IdempotencyStore, usable_key
 from serving.lean_route import PredictionRoute
-from serving.monitoring import Monitor, pod_report
+from serving.metrics import cache_metrics_page
+from serving.monitoring import Monitor, ReportCache, pod_report
 from serving.prediction_log import PredictionLog
 
 try:
@@ -88,26 +94,62 @@ async def model_card(_: Request) -> JSONResponse:
     return JSONResponse(bentoml.get_current_service().card)
 
 
-async def outcomes(request: Request) -> JSONResponse:
+async def outcomes(request: Request) -> JSONResponse | Response:
     """Flights that have left, with their real departure (Fecha-O): each is scored with the model this
-    service runs and counted in the realized quality of GET /v1/monitoring. Needs
-    `Authorization: Bearer <token>`, the token set in FLIGHT_DELAY_OUTCOMES_TOKEN."""
+    service runs and counted in the realized quality of GET /v1/monitoring. Flights of an airline or
+    city the model does not know are not counted, and listed under `not_counted`; the others are.
+    Needs `Authorization: Bearer <token>`, the token set in FLIGHT_DELAY_OUTCOMES_TOKEN. With an
+    `Idempotency-Key` header, a retry with the same key and body is answered as the first and counts
+    nothing again."""
     token = settings.outcomes_token
     if token is None:
         return refusal(403, "outcomes are off: set FLIGHT_DELAY_OUTCOMES_TOKEN (a Kubernetes Secret) to accept them")
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(credentials.encode(), token.get_secret_value().encode()):
+    scheme, _, credentials = request.headers.get("authorization", "").strip().partition(" ")
+    sent = credentials.strip().encode()
+    if scheme.lower() != "bearer" or not sent or not hmac.compare_digest(sent, token.get_secret_value().encode()):
         return refusal(401, "send Authorization: Bearer <token>, the token of FLIGHT_DELAY_OUTCOMES_TOKEN")
     service = bentoml.get_current_service()
     if service.monitor is None:
         return refusal(404, "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS")
+    key = request.headers.get("idempotency-key")
+    if key is not None and not usable_key(key):
+        return problem(400, ["header", "Idempotency-Key"], "an Idempotency-Key is 1 to 255 printable ASCII characters")
+    body = await request.body()
     try:
-        flights = REQUESTS.outcome_request.model_validate_json(await request.body()).flights
+        flights = OutcomeRequest.model_validate_json(body).flights
     except ValidationError as exc:
         detail = exc.errors(include_context=False, include_input=False, include_url=False)
         return JSONResponse({"detail": detail}, 400)  # the guard writes the error body every 400 has
-    delayed = await run_in_threadpool(service.count_outcomes, flights)
-    return JSONResponse({"model": service.card["tag"], "flights": len(flights), "delayed": delayed})
+    if key is None:
+        return JSONResponse(await run_in_threadpool(service.count_outcomes, flights))
+    store = idempotency_store()
+    claim, answer = await run_in_threadpool(store.claim, key, hashlib.sha256(body).hexdigest())
+    if claim is Claim.DONE:
+        assert answer is not None
+        return Response(answer, media_type="application/json", headers={"idempotent-replayed": "true"})
+    if claim is Claim.BUSY:
+        return problem(409, ["header", "Idempotency-Key"], "a request with this key is being answered; retry later")
+    if claim is Claim.OTHER_BODY:
+        return problem(422, ["header", "Idempotency-Key"], "this key was used with another body")
+    try:
+        response = JSONResponse(await run_in_threadpool(service.count_outcomes, flights))
+    except BaseException:
+        await run_in_threadpool(store.release, key)
+        raise
+    await run_in_threadpool(store.finish, key, bytes(response.body))
+    return response
+
+
+@cache
+def idempotency_store() -> IdempotencyStore:
+    """The server's store of outcome answers by key: one SQLite file beside its Prometheus files,
+    shared by its workers and cleared with them at the server's start."""
+    return IdempotencyStore(Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]) / "idempotency.sqlite")
+
+
+def problem(status: int, loc: list[str], message: str) -> JSONResponse:
+    """An error of the outcomes route with one problem; the guard gives it the body every error has."""
+    return JSONResponse({"detail": [{"type": "idempotency", "loc": loc, "msg": message}]}, status)
 
 
 def refusal(status: int, message: str) -> JSONResponse:
@@ -123,7 +165,14 @@ async def monitoring(_: Request) -> JSONResponse:
     flights with that input so far, or an input not judged by design (docs/monitoring.md)."""
     if not settings.monitoring or not settings.metrics:
         return JSONResponse({"error": "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS"}, 404)
-    return JSONResponse(pod_report(bentoml.get_current_service().card))
+    return JSONResponse(await monitoring_report().get())
+
+
+@cache
+def monitoring_report() -> ReportCache:
+    """This worker's GET /v1/monitoring, computed off the event loop at most once a second."""
+    card = bentoml.get_current_service().card
+    return ReportCache(lambda: pod_report(card), settings.metrics_page_s)
 
 
 # The service's own API page, at / and /docs, instead of BentoML's (a page titled with the bento
@@ -193,9 +242,15 @@ async def api_page(_: Request) -> HTMLResponse:
     return HTMLResponse(API_PAGE)
 
 
-async def api_spec(_: Request) -> JSONResponse:
+async def api_spec(_: Request) -> Response:
     """The OpenAPI document of the service, named after it and its model, with its GET routes."""
-    return JSONResponse(openapi_document())
+    return Response(openapi_bytes(), media_type="application/json")
+
+
+@cache
+def openapi_bytes() -> bytes:
+    """The document as sent, made once per worker: a flood of /docs.json costs no JSON encoding each."""
+    return bytes(JSONResponse(openapi_document()).body)
 
 
 @cache
@@ -231,11 +286,21 @@ def outcomes_operation(tag: str) -> dict[str, Any]:
         "description": outcomes.__doc__,
         "operationId": "flight_delay__outcomes",
         "security": [{"bearer": []}],
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "A key of the request (1 to 255 printable ASCII characters): a retry with the same key "
+                "and body within 24 h is answered as the first and counts nothing again.",
+                "schema": {"type": "string", "maxLength": 255},
+            }
+        ],
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {
-                    "schema": REQUESTS.outcome_request.model_json_schema(),
+                    "schema": OutcomeRequest.model_json_schema(),
                     "example": EXAMPLE_OUTCOMES,
                 }
             },
@@ -243,11 +308,17 @@ def outcomes_operation(tag: str) -> dict[str, Any]:
         "responses": {
             "200": {
                 "description": "Counted",
-                "content": {"application/json": {"example": {"flights": 1, "delayed": 1}}},
+                "content": {
+                    "application/json": {
+                        "example": {"model": "flight_delay:<version>", "flights": 1, "delayed": 1, "not_counted": []}
+                    }
+                },
             },
             "400": {"description": "Invalid flights, each problem named"},
             "401": {"description": "Missing or wrong token"},
             "403": {"description": "Outcomes are off: no token is configured"},
+            "409": {"description": "A request with this Idempotency-Key is being answered"},
+            "422": {"description": "This Idempotency-Key was used with another body"},
         },
     }
 
@@ -316,6 +387,14 @@ class FlightDelay:
             "created_at": info.creation_time.isoformat(),
             **{key: info.metadata[key] for key in CARD_METADATA},
         }
+        if source := self.card["training_data"].get("source"):  # models trained before 2026-12-04 kept the path
+            self.card["training_data"] = {**self.card["training_data"], "source": Path(source).name or source}
+
+    @bentoml.on_shutdown
+    def flush_monitoring(self) -> None:
+        """Count what the export thread has not counted yet, so a stop loses no prediction's counts."""
+        if self.monitor is not None:
+            self.monitor.close()
 
     @bentoml.api(
         route=PREDICTION_ROUTES[0],
@@ -349,13 +428,30 @@ class FlightDelay:
         labels = self.predictor.labels(self.probabilities(flights))
         return ChallengeResponse(predict=labels.tolist())
 
-    def count_outcomes(self, flights: list[Outcome]) -> int:
-        """Score flights that have left and count them against their outcomes; how many were delayed."""
+    def count_outcomes(self, flights: list[Outcome]) -> dict[str, Any]:
+        """Score flights that have left and count them against their outcomes, but for those of an airline
+        or city the model does not know: the answer of POST /v1/outcomes."""
         assert self.monitor is not None  # the route checks it first
-        features = encode(FlightColumns.from_flights(flights, self.predictor.vocabulary))
-        delayed = np.array([flight.delayed for flight in flights], dtype=np.float64)
-        self.monitor.count_outcomes(features, self.predictor.scores(features), delayed)
-        return int(delayed.sum())
+        vocabulary = self.predictor.vocabulary
+        known = {"OPERA": set(vocabulary.airlines), "SIGLADES": set(vocabulary.destinations)}
+        not_counted = [
+            {"index": index, "loc": ["flights", index, field], "msg": f"{value!r} is not one the model learned"}
+            for index, flight in enumerate(flights)
+            for field, value in (("OPERA", flight.OPERA), ("SIGLADES", flight.SIGLADES))
+            if value is not None and value not in known[field]
+        ]
+        skipped = {problem["index"] for problem in not_counted}
+        counted = [flight for index, flight in enumerate(flights) if index not in skipped]
+        delayed = np.array([flight.delayed for flight in counted], dtype=np.float64)
+        if counted:
+            features = encode(FlightColumns.from_flights(counted, vocabulary))
+            self.monitor.count_outcomes(features, self.predictor.scores(features), delayed)
+        return {
+            "model": self.card["tag"],
+            "flights": len(counted),
+            "delayed": int(delayed.sum()),
+            "not_counted": not_counted,
+        }
 
     def probabilities(self, flights: FlightList) -> np.ndarray:
         """Encode, predict and count a batch (the counts feed /v1/monitoring and /metrics)."""
@@ -373,8 +469,9 @@ guard_errors = bentoml.metrics.Counter(
 )
 connections_closed = bentoml.metrics.Counter(
     name="connections_closed",
-    documentation="Connections the worker closed itself, by reason: "
-    "idle, request_deadline (408), evicted or refused (at the connection cap)",
+    documentation="Connections the worker closed itself, by reason: idle, request_deadline (408), "
+    "send_deadline (an answer its client did not read), unsent_bytes (the worker's bound on unread answers), "
+    "evicted or refused (at the connection cap)",
     labelnames=["reason"],
 )
 log_drops = bentoml.metrics.Counter(
@@ -421,8 +518,11 @@ connections.install(
         request_s=settings.request_timeout_s,
         max_connections=settings.max_connections,
         on_close=lambda reason: connections_closed.labels(reason=reason).inc(),
+        send_s=settings.send_timeout_s,
+        max_unsent_bytes=settings.max_unsent_mb * 1_048_576,
     )
 )
+cache_metrics_page(settings.metrics_page_s)
 BENTOML_ROUTES = ("/livez", "/healthz", "/readyz", "/schema.json")  # BentoML's own (/metrics is not counted)
 arrange_middlewares(
     tracing=settings.tracing_sample_rate > 0,
@@ -436,6 +536,7 @@ FlightDelay.add_asgi_middleware(  # type: ignore[attr-defined]  # the decorator 
     routes=(*PREDICTION_ROUTES, OUTCOMES_ROUTE),
     max_body_bytes=settings.max_body_bytes,
     max_in_flight=settings.max_in_flight,
+    max_bytes_in_flight=settings.max_bytes_in_flight,
     shed_after_s=settings.shed_after_ms / 1000,
     timeout_s=settings.timeout_s,
     on_error_response=lambda status: guard_errors.labels(status=str(status)).inc(),

@@ -9,6 +9,12 @@ whole-array operations over all of it, and adds the counts to Prometheus counter
 first built, it cost 155 us a batch against 284 us for encoding and predicting one flight (timed
 while the machine was busy), most of it numpy's fixed cost per call, paid per batch.
 
+Nothing acknowledged is lost: outcomes (answered 200 only once counted) go to the counters in the
+request's own thread, not through the export; an export that fails is logged and counted
+(`flight_delay_monitoring_export_errors_total`) and the thread goes on; past MAX_PENDING_FLIGHTS
+waiting, a batch is dropped and counted (`flight_delay_monitoring_dropped_flights_total`) rather than
+held without bound; at shutdown `close()` exports what waits.
+
 Prometheus sums the pods (deploy/k8s/alerts/flight-delay.rules.yml records the cluster's drift);
 `pod_report()` sums this pod's workers from the metric files and scores them with models.quality,
 the functions train.py used for the reference.
@@ -18,9 +24,12 @@ named by PROMETHEUS_MULTIPROC_DIR (BentoML 1.4.40 sets it for every worker; test
 reads /v1/monitoring of a two-worker service).
 """
 
+import asyncio
+import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from types import SimpleNamespace
@@ -38,7 +47,11 @@ from models.quality import (
     realized_quality,
 )
 
+logger = logging.getLogger("bentoml.flight_delay")
 EXPORT_EVERY_S = 1.0
+# Flights handed over and not yet counted, past which a batch is dropped (and counted as dropped):
+# about 6 MB of features and probabilities, 50 s of the reference load's 4,000 flights a second.
+MAX_PENDING_FLIGHTS = 200_000
 NOT_MONITORED = ("minute_of_day", "day_of_year")  # finer copies of hour, month and day: not judged
 
 
@@ -131,6 +144,14 @@ def series() -> SimpleNamespace:
             labelnames=["model", "input", "value"],
             multiprocess_mode="max",
         ),
+        export_errors=bentoml.metrics.Counter(
+            name="flight_delay_monitoring_export_errors",
+            documentation="Exports of the monitoring counts that failed (logged); the counts of that pass are lost",
+        ),
+        dropped=bentoml.metrics.Counter(
+            name="flight_delay_monitoring_dropped_flights",
+            documentation="Predicted flights not counted by monitoring: the export fell behind by MAX_PENDING_FLIGHTS",
+        ),
         started=bentoml.metrics.Gauge(
             name=STARTED_NAME,
             documentation="When the workers of the pod started counting, by model",
@@ -151,9 +172,10 @@ class Monitor:
         bins = len(self.edges) + 1
         self.lock = threading.Lock()
         self.batches: list[tuple[np.ndarray, np.ndarray]] = []  # handed over since the last export
-        self.outcomes = np.zeros((3, bins))  # flights, delayed, sum of probabilities, by bin
-        self.squared_error = 0.0
+        self.pending = 0  # flights in `batches`
+        self.closed = threading.Event()
         metrics = series()
+        self.export_errors, self.dropped = metrics.export_errors, metrics.dropped
         self.input_children = [
             [metrics.input_flights.labels(model=model, input=name, value=value) for value in names[name]]
             for name in MONITORED
@@ -178,13 +200,18 @@ class Monitor:
             for value, share in zip(names[name], seen / seen.sum(), strict=False):
                 metrics.reference_share.labels(model=model, input=name, value=value).set(share)
         metrics.started.labels(model=model).set(time.time())
-        threading.Thread(target=self.export_forever, name="monitoring-export", daemon=True).start()
+        self.exporter = threading.Thread(target=self.export_forever, name="monitoring-export", daemon=True)
+        self.exporter.start()
 
     def count(self, features: np.ndarray, probabilities: np.ndarray) -> None:
         """Hand over one batch, its encoded features and the probabilities the model gave them, to be
-        counted by the next export."""
+        counted by the next export; dropped and counted as dropped when too many already wait."""
         with self.lock:
-            self.batches.append((features, probabilities))
+            if self.pending + len(probabilities) <= MAX_PENDING_FLIGHTS:
+                self.batches.append((features, probabilities))
+                self.pending += len(probabilities)
+                return
+        self.dropped.inc(len(probabilities))
 
     def count_outcomes(self, features: np.ndarray, probabilities: np.ndarray, delayed: np.ndarray) -> None:
         """Count flights whose outcome is known: their features, this model's probabilities, and whether
@@ -199,17 +226,17 @@ class Monitor:
             ]
         )
         squared_error = float(np.sum((delayed - probabilities) ** 2))
-        with self.lock:
-            self.outcomes += counts
-            self.squared_error += squared_error
+        for children, outcome_counts in zip(self.outcome_children, counts, strict=True):
+            for b in np.flatnonzero(outcome_counts):
+                children[b].inc(float(outcome_counts[b]))
+        if squared_error:
+            self.squared_error_child.inc(squared_error)
 
     def export(self) -> None:
-        """Count the batches handed over since the last export and add them, and the outcomes counted
-        since, to the Prometheus counters."""
+        """Count the batches handed over since the last export and add them to the Prometheus counters."""
         with self.lock:
             batches, self.batches = self.batches, []
-            outcomes, self.outcomes = self.outcomes, np.zeros_like(self.outcomes)
-            squared_error, self.squared_error = self.squared_error, 0.0
+            self.pending = 0
         if batches:
             features = np.concatenate([batch[0] for batch in batches])
             probabilities = np.concatenate([batch[1] for batch in batches])
@@ -227,16 +254,47 @@ class Monitor:
             for child, total in zip(self.sum_children, totals, strict=True):
                 if total:
                     child.inc(total)
-        for children, outcome_counts in zip(self.outcome_children, outcomes, strict=True):
-            for b in np.flatnonzero(outcome_counts):
-                children[b].inc(float(outcome_counts[b]))
-        if squared_error:
-            self.squared_error_child.inc(squared_error)
 
     def export_forever(self) -> None:
-        while True:
-            time.sleep(EXPORT_EVERY_S)
+        """Export every EXPORT_EVERY_S until closed; a failed export is logged and counted, and the
+        next one goes on."""
+        while not self.closed.wait(EXPORT_EVERY_S):
+            self.export_safely()
+
+    def export_safely(self) -> None:
+        try:
             self.export()
+        except Exception:
+            logger.exception("monitoring: an export failed; its counts are lost")
+            self.export_errors.inc()
+
+    def close(self) -> None:
+        """Stop the export thread and export what waits (at the worker's shutdown)."""
+        self.closed.set()
+        self.exporter.join(5)
+        self.export_safely()
+
+
+class ReportCache:
+    """GET /v1/monitoring for a worker: computed in a thread (it reads every worker's metric files,
+    about 15 ms), at most once per `fresh_s` (FLIGHT_DELAY_METRICS_PAGE_S); callers meanwhile share the
+    last one, and callers during a computation wait for it rather than start another."""
+
+    def __init__(self, compute: Callable[[], dict[str, Any]], fresh_s: float) -> None:
+        self.compute = compute
+        self.fresh_s = fresh_s
+        self.report: dict[str, Any] | None = None
+        self.at = -float("inf")
+        self.lock: asyncio.Lock | None = None  # made on the worker's event loop, at the first call
+
+    async def get(self) -> dict[str, Any]:
+        if self.lock is None:
+            self.lock = asyncio.Lock()
+        async with self.lock:
+            if self.report is None or time.monotonic() - self.at >= self.fresh_s:
+                self.report = await asyncio.to_thread(self.compute)
+                self.at = time.monotonic()
+            return self.report
 
 
 def pod_samples() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

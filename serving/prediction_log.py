@@ -17,6 +17,10 @@ worker's own parses them and writes the lines.
   and counted (`on_drop`); a prediction never waits for the log or fails with it. A write error
   drops and counts the same way.
 - At shutdown, `close()` writes what is waiting.
+- Outcomes (POST /v1/outcomes) are logged too, sampled the same way: one record per flight with its
+  inputs, its real departure (`Fecha-O`) and whether it was counted (`counted`: false for a flight
+  the model does not know); `delay` and `probability` are null on them. They are what a report of
+  realized quality and a retraining need.
 """
 
 import json
@@ -31,12 +35,14 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
-from models.config import LOG_FILES, MODEL_NAME
+from models.config import LOG_FILES, MODEL_NAME, OUTCOMES_ROUTE
 
 logger = logging.getLogger("bentoml.flight_delay")
 FIELDS = ("OPERA", "TIPOVUELO", "MES", "Fecha-I", "SIGLADES")  # the prediction fields, as the client sent them
 COLUMNS = (  # name, role and type of each column, as bentoml.monitor's schema file lists them
     *((field, "feature", "categorical") for field in FIELDS),
+    ("Fecha-O", "target", "categorical"),  # outcomes only: the real departure
+    ("counted", "metadata", "categorical"),  # outcomes only: whether the model could score it
     ("delay", "prediction", "categorical"),
     ("probability", "prediction", "numerical"),  # null on /predict, which answers labels only
     ("model", "metadata", "categorical"),
@@ -44,6 +50,8 @@ COLUMNS = (  # name, role and type of each column, as bentoml.monitor's schema f
     ("index", "metadata", "numerical"),  # the flight's position in its request
 )
 MAX_PENDING_BYTES = 16 * 1_048_576  # of request and answer bodies waiting for the writer
+# Characters a line-based reader takes as line ends (str.splitlines) that JSON may carry unescaped.
+LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})
 CLOSE_WAIT_S = 5.0
 
 
@@ -138,7 +146,15 @@ class PredictionLog:
         """The JSON lines of one request's flights (both are already validated: the answer was a 200)."""
         flights = json.loads(body)["flights"]
         answered = json.loads(answer)
-        if isinstance(answered, dict):  # /predict: {"predict": [labels]}
+        outcome: list[dict[str, Any]] = [{} for _ in flights]
+        if route == OUTCOMES_ROUTE:  # {"model", "flights", "delayed", "not_counted": [{"index", ...}]}
+            skipped = {problem["index"] for problem in answered.get("not_counted", [])}
+            predictions = [{"delay": None, "probability": None} for _ in flights]
+            outcome = [
+                {"Fecha-O": flight.get("Fecha-O"), "counted": index not in skipped}
+                for index, flight in enumerate(flights)
+            ]
+        elif isinstance(answered, dict):  # /predict: {"predict": [labels]}
             predictions = [{"delay": label, "probability": None} for label in answered["predict"]]
         else:
             predictions = answered
@@ -155,14 +171,16 @@ class PredictionLog:
                     **{field: flight.get(field) for field in FIELDS},
                     "delay": prediction["delay"],
                     "probability": prediction["probability"],
+                    **extra,
                     "index": index,
                     **common,
                 }
             )
-            for index, (flight, prediction) in enumerate(zip(flights, predictions, strict=True))
+            for index, (flight, prediction, extra) in enumerate(zip(flights, predictions, outcome, strict=True))
         )
 
 
 def dump(record: dict[str, Any]) -> str:
-    """One compact JSON line, non-ASCII kept as it is (city names)."""
-    return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+    """One compact JSON line, non-ASCII kept as it is (city names) but for the characters a line-based
+    reader would split it at, which are escaped."""
+    return json.dumps(record, ensure_ascii=False, separators=(",", ":")).translate(LINE_BREAKS)

@@ -1,11 +1,16 @@
 """Monitoring: each score against hand-computed values, the binned ROC AUC against the exact one, and
 GET /v1/monitoring of a two-worker service against the flights sent to it."""
 
+import asyncio
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
+import bentoml
 import httpx
 import numpy as np
 import pytest
@@ -13,7 +18,7 @@ from conftest import REQUESTS, VOCABULARY, bentoml_serve
 from sklearn.metrics import roc_auc_score
 
 from models.data import embedded_sample
-from models.features import MONITORED, FlightColumns, category_counts, encode
+from models.features import MONITORED, FlightColumns, Vocabulary, category_counts, encode
 from models.predictor import DelayPredictor
 from models.quality import (
     binned_auc,
@@ -24,6 +29,8 @@ from models.quality import (
     min_flights,
     probability_bins,
 )
+from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST
+from serving.monitoring import Monitor, ReportCache
 
 
 @pytest.mark.parametrize(
@@ -204,3 +211,110 @@ def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_worker
         "missing": len(body),
         "min_flights": 6_200,
     }
+
+
+@pytest.mark.integration
+def test_counts_of_answered_requests_survive_an_immediate_sigterm(trained_model: str, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    token = "test-token-not-a-secret"
+    env = {"FLIGHT_DELAY_WORKERS": "2", "FLIGHT_DELAY_OUTCOMES_TOKEN": token, "FLIGHT_DELAY_LOG_SAMPLE": "0"}
+    predictions, outcomes = 300, 20
+    with bentoml_serve(tmp_path / "serve.log", env) as (url, process), httpx.Client(base_url=url) as http:
+        answers = [
+            http.post("/v1/prediction", json={"flights": EXAMPLE_REQUEST["flights"][:1]}) for _ in range(predictions)
+        ]
+        counted = [
+            http.post("/v1/outcomes", json=EXAMPLE_OUTCOMES, headers={"Authorization": f"Bearer {token}"})
+            for _ in range(outcomes)
+        ]
+        process.send_signal(signal.SIGTERM)  # at once: the last export was under a second ago
+        process.wait(30)
+    assert {answer.status_code for answer in answers + counted} == {200}
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(tmp_path / "bentoml-home" / "prometheus_multiproc_dir"))
+    totals: dict[str, float] = {}
+    for family in registry.collect():
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    assert totals["flight_delay_probability_bin_flights_total"] == predictions
+    assert totals["flight_delay_outcome_flights_total"] == outcomes
+
+
+def small_monitor(tag: str) -> Monitor:
+    """A Monitor of the session's model, as a worker builds it."""
+    metadata: dict[str, Any] = dict(bentoml.models.get(tag).info.metadata)
+    vocabulary = Vocabulary.from_metadata(metadata["vocabularies"])
+    return Monitor(metadata["reference"], metadata["threshold"], tag, vocabulary)
+
+
+def batch_of(monitor: Monitor, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Features and probabilities of `size` example flights."""
+    flights = [REQUESTS.flight.model_validate(EXAMPLE_REQUEST["flights"][1])] * size
+    return encode(FlightColumns.from_flights(flights, VOCABULARY)), np.full(size, 0.3)
+
+
+@pytest.mark.filterwarnings("ignore:bentoml.metrics module is deprecated:DeprecationWarning")  # as the service uses it
+def test_failed_export_is_counted_and_the_next_one_still_counts(
+    trained_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monitor = small_monitor(trained_model)
+    errors: list[int] = []
+    monkeypatch.setattr(monitor.export_errors, "inc", lambda: errors.append(1))
+    features, probabilities = batch_of(monitor, 5)
+    original = monitor.export
+    calls = []
+
+    def failing_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bad pass")
+        original()
+
+    monitor.export = failing_once  # type: ignore[method-assign]
+    monitor.count(features, probabilities)
+    monitor.export_safely()
+    assert monitor.exporter.is_alive()
+    monitor.count(features, probabilities)
+    monitor.close()
+    assert len(calls) == 2 and errors == [1]
+    assert monitor.pending == 0
+
+
+@pytest.mark.filterwarnings("ignore:bentoml.metrics module is deprecated:DeprecationWarning")  # as the service uses it
+def test_handed_over_flights_past_the_bound_are_dropped_and_counted(
+    trained_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving import monitoring
+
+    monkeypatch.setattr(monitoring, "MAX_PENDING_FLIGHTS", 8)
+    monitor = small_monitor(trained_model)
+    features, probabilities = batch_of(monitor, 5)
+    dropped: list[int] = []
+    monkeypatch.setattr(monitor.dropped, "inc", dropped.append)
+    monitor.count(features, probabilities)
+    monitor.count(features, probabilities)  # 10 would pass 8
+    assert (monitor.pending, dropped) == (5, [5])
+    monitor.close()
+    assert monitor.pending == 0
+
+
+def test_report_cache_computes_off_the_loop_once_for_concurrent_callers() -> None:
+    asyncio.run(report_cache_checks())
+
+
+async def report_cache_checks() -> None:
+    threads = []
+
+    def compute() -> dict[str, Any]:
+        threads.append(threading.current_thread())
+        time.sleep(0.05)
+        return {"n": len(threads)}
+
+    cache = ReportCache(compute, fresh_s=0.3)
+    first = await asyncio.gather(*(cache.get() for _ in range(10)))
+    assert first == [{"n": 1}] * 10 and threads[0] is not threading.current_thread()
+    assert await cache.get() == {"n": 1}
+    await asyncio.sleep(0.35)
+    assert await cache.get() == {"n": 2}

@@ -67,8 +67,8 @@ def test_missing_or_wrong_token_gets_401_with_www_authenticate_and_counts_nothin
         ({"Fecha-O": "2017-07-24 20:02"}, "Fecha-O"),  # three days late: implausible
         ({"Fecha-O": "2017-07-21 18:00"}, "Fecha-O"),  # 100 minutes early
         ({"Fecha-O": "21/07/2017 20:02"}, "Fecha-O"),
-        ({"OPERA": "Nowhere Air"}, "OPERA"),
         ({"Fecha-I": None}, "Fecha-I"),
+        ({"Fecha-I": "2017-07-21\u202819:40"}, "Fecha-I"),
     ],
 )
 def test_invalid_outcome_gets_400_naming_the_field(with_token: str, change: dict[str, Any], field: str) -> None:
@@ -120,3 +120,35 @@ def test_realized_quality_equals_the_figures_of_the_flights_sent(with_token: str
     assert realized["brier"] == pytest.approx(np.mean((delayed - p) ** 2), abs=1e-4)
     assert realized["calibration_error"] == pytest.approx(calibration, abs=1e-4)
     assert realized["roc_auc"] == pytest.approx(roc_auc_score(delayed, p), abs=0.01)
+
+
+# After the realized-quality test, which needs a service that has counted nothing before it.
+
+
+def test_flights_the_model_does_not_know_are_listed_and_the_others_counted(with_token: str) -> None:
+    known = EXAMPLE_OUTCOMES["flights"][0]
+    flights = [known, {**known, "OPERA": "Nowhere Air"}, {**known, "SIGLADES": "Atlantis"}, known]
+    before = outcomes_counted(with_token)["flights"]
+    answer = post(with_token, {"flights": flights})
+    assert answer.status_code == 200
+    assert answer.json()["flights"] == 2 and answer.json()["delayed"] == 2
+    assert [(problem["index"], problem["loc"]) for problem in answer.json()["not_counted"]] == [
+        (1, ["flights", 1, "OPERA"]),
+        (2, ["flights", 2, "SIGLADES"]),
+    ]
+    assert outcomes_counted(with_token)["flights"] == before + 2
+
+
+def test_retry_with_the_same_idempotency_key_is_answered_again_and_counted_once(with_token: str) -> None:
+    before = outcomes_counted(with_token)["flights"]
+    first = post(with_token, EXAMPLE_OUTCOMES, **{"Idempotency-Key": "feed-2017-07-21-batch-1"})
+    retries = [post(with_token, EXAMPLE_OUTCOMES, **{"Idempotency-Key": "feed-2017-07-21-batch-1"}) for _ in range(4)]
+    assert first.status_code == 200 and "idempotent-replayed" not in first.headers
+    assert {(retry.status_code, retry.headers["idempotent-replayed"]) for retry in retries} == {(200, "true")}
+    assert {retry.content for retry in retries} == {first.content}
+    assert outcomes_counted(with_token)["flights"] == before + 1  # both workers see the key
+    other = {"flights": [{**EXAMPLE_OUTCOMES["flights"][0], "Fecha-O": "2017-07-21 19:41"}]}
+    reused = post(with_token, other, **{"Idempotency-Key": "feed-2017-07-21-batch-1"})
+    assert reused.status_code == 422 and reused.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]
+    assert post(with_token, EXAMPLE_OUTCOMES, **{"Idempotency-Key": "x" * 256}).status_code == 400
+    assert outcomes_counted(with_token)["flights"] == before + 1

@@ -13,11 +13,12 @@ import pytest
 from conftest import bentoml_serve
 
 from models.config import LOG_FILES, MODEL_NAME
-from models.schema import EXAMPLE_REQUEST
+from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST
 from serving import prediction_log
 from serving.prediction_log import PredictionLog
 
 BODY = json.dumps(EXAMPLE_REQUEST).encode()
+TOKEN = "test-token-not-a-secret"
 ANSWER = json.dumps([{"delay": 0, "probability": 0.25}, {"delay": 1, "probability": 0.5}]).encode()
 
 
@@ -55,8 +56,34 @@ def test_log_writes_a_record_per_flight_with_its_inputs_as_sent_and_its_answer(t
     assert written[2]["timestamp"] == "1970-01-01T00:01:00+00:00"
     schema = (tmp_path / MODEL_NAME / "schema" / "schema.3.log").read_text().splitlines()
     assert [column["name"] for column in json.loads(schema[0])["columns"]] == [
-        *prediction_log.FIELDS, "delay", "probability", "model", "route", "index"
+        *prediction_log.FIELDS, "Fecha-O", "counted", "delay", "probability", "model", "route", "index"
     ]  # fmt: skip
+
+
+def test_log_writes_outcomes_with_their_departure_and_whether_each_was_counted(tmp_path: Path) -> None:
+    flights = [EXAMPLE_OUTCOMES["flights"][0], {**EXAMPLE_OUTCOMES["flights"][0], "OPERA": "Nowhere Air"}]
+    answer = {"model": "m", "flights": 1, "delayed": 1, "not_counted": [{"index": 1, "loc": [], "msg": "unknown"}]}
+    log = opened(tmp_path)
+    log.offer("/v1/outcomes", "rid-3", json.dumps({"flights": flights}).encode(), json.dumps(answer).encode())
+    log.close()
+    written = records(tmp_path)
+    assert [(r["OPERA"], r["Fecha-O"], r["counted"], r["delay"], r["probability"]) for r in written] == [
+        ("Sky Airline", "2017-07-21 20:02", True, None, None),
+        ("Nowhere Air", "2017-07-21 20:02", False, None, None),
+    ]
+    assert {r["route"] for r in written} == {"/v1/outcomes"}
+
+
+def test_log_escapes_the_characters_a_line_reader_splits_at(tmp_path: Path) -> None:
+    odd = {**EXAMPLE_REQUEST["flights"][0], "OPERA": "A\u2028B\u2029C\x85D\x0bE\x1cF"}
+    log = opened(tmp_path)
+    log.offer(
+        "/v1/prediction", "rid-4", json.dumps({"flights": [odd]}).encode(), ANSWER[: ANSWER.index(b"}") + 1] + b"]"
+    )
+    log.close()
+    text = next((tmp_path / MODEL_NAME / "data").glob("data.*.log")).read_text()
+    assert len(text.splitlines()) == 1
+    assert json.loads(text)["OPERA"] == odd["OPERA"]
 
 
 def test_log_rotates_within_its_disk_bound_and_keeps_the_newest_records(tmp_path: Path) -> None:
@@ -113,8 +140,12 @@ def test_log_samples_about_its_share_of_requests(tmp_path: Path) -> None:
 def test_service_logs_every_flight_answered_by_its_workers_even_across_sigterm(
     trained_model: str, tmp_path: Path
 ) -> None:
-    env = {"FLIGHT_DELAY_LOG_SAMPLE": "1", "FLIGHT_DELAY_WORKERS": "2"}
+    env = {"FLIGHT_DELAY_LOG_SAMPLE": "1", "FLIGHT_DELAY_WORKERS": "2", "FLIGHT_DELAY_OUTCOMES_TOKEN": TOKEN}
     with bentoml_serve(tmp_path / "serve.log", env) as (url, process), httpx.Client(base_url=url) as http:
+        auth = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "outcomes-1"}
+        outcome = http.post("/v1/outcomes", json=EXAMPLE_OUTCOMES, headers=auth)
+        replayed = http.post("/v1/outcomes", json=EXAMPLE_OUTCOMES, headers=auth)
+        assert (outcome.status_code, replayed.headers["idempotent-replayed"]) == (200, "true")
         logged = http.post("/v1/prediction", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "client-id.1"})
         assert logged.headers["x-request-id"] == "client-id.1"
         invented = http.post("/predict", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "not a <token>"})
@@ -122,9 +153,15 @@ def test_service_logs_every_flight_answered_by_its_workers_even_across_sigterm(
         refused = http.post("/v1/prediction", json={"flights": [{"OPERA": "Nope"}]})
         assert refused.status_code == 400 and "x-request-id" not in refused.headers
         answers = [http.post("/v1/prediction", json=EXAMPLE_REQUEST) for _ in range(200)]
+        dropped = [line for line in http.get("/metrics").text.splitlines() if "prediction_log_dropped" in line]
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+    assert not [line for line in dropped if not line.startswith("#")]  # no write_error: every route is written
     written = records(tmp_path / "prediction-log")
+    outcomes = [record for record in written if record["route"] == "/v1/outcomes"]
+    assert [record["request_id"] for record in outcomes] == [outcome.headers["x-request-id"]]  # the replay is not
+    assert outcomes[0]["Fecha-O"] == EXAMPLE_OUTCOMES["flights"][0]["Fecha-O"] and outcomes[0]["counted"]
+    written = [record for record in written if record["route"] != "/v1/outcomes"]
     flights = len(EXAMPLE_REQUEST["flights"])
     assert len(written) == (2 + len(answers)) * flights  # the 400 is not logged
     assert {record["model"] for record in written} == {trained_model}
