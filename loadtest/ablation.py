@@ -9,8 +9,8 @@ today; existing files are refused unless --overwrite).
     python loadtest/ablation.py [--rounds 3] [--duration 10] [--only KNOB ...] [--against REV] [--name NAME]
 
 --against REV measures a code change: each round also runs the code of git revision REV (checked
-out in a temporary worktree, same model store) under the reference load and under 100 flights per
-request at 64 connections, next to this checkout's.
+out in a temporary worktree, same model store) under the reference load, under 100 flights per
+request at 64 connections and with a new connection per request, next to this checkout's.
 """
 
 import argparse
@@ -40,6 +40,8 @@ def shadow_fast_loops() -> str:
 
 # Everything serving/monitoring.py and serving/prediction_log.py do, off.
 MONITORING_OFF = {"FLIGHT_DELAY_MONITORING": "false", "FLIGHT_DELAY_LOG_SAMPLE": "0"}
+# Rows whose knob names it send every request on a connection of its own (wrk -H 'Connection: close').
+NEW_CONNECTIONS = "new connection per request, 64 connections"
 # (knob, value, service environment, wrk connections, flights per request); the first row is the default.
 CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("default", "as shipped", {}, 200, 1),
@@ -65,9 +67,11 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("100 flights per request, 64 connections", "lean route on", {}, 64, 100),
     ("100 flights per request, 64 connections", "lean route off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 64, 100),
     ("connections", "400", {}, 400, 1),
+    (NEW_CONNECTIONS, "as shipped", {}, 64, 1),
     # code at another revision (--against): the value is replaced by "at REV"
     ("code", "<revision>", {}, 200, 1),
     ("code, 100 flights per request, 64 connections", "<revision>", {}, 64, 100),
+    (f"code, {NEW_CONNECTIONS}", "<revision>", {}, 64, 1),
     ("connections", "800", {}, 800, 1),
     ("default", "again, last of the round", {}, 200, 1),  # shows any drift within a round
 ]
@@ -126,9 +130,10 @@ def main() -> None:
                 env = {key: shadow if text == "<shadow>" else text for key, text in env.items()}
                 say(f"round {round_number}/{args.rounds}, configuration {number}/{len(configs)}: {knob} = {value}")
                 code = other if value.startswith("at ") else PROJECT_DIR
+                new = NEW_CONNECTIONS in knob
                 with server("service", env, code=code) as (url, _):
-                    wrk(url, args.warmup, 4, connections, flights, "warm-up")
-                    summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}"))
+                    wrk(url, args.warmup, 4, connections, flights, "warm-up", new)
+                    summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}", new))
                 run = {"round": round_number, "knob": knob, "value": value, "env": env}
                 runs.append({**run, "connections": connections, "flights_per_request": flights, "summary": summary})
     default_rps = {r["round"]: r["summary"]["requests_per_s"] for r in runs if r["value"] == "as shipped"}

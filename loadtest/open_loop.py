@@ -15,6 +15,7 @@ last, whichever is later, latency from the actual send (what a closed-loop tool 
     python loadtest/open_loop.py point --rate 2000 --duration 30       # one rate, a fresh service
     python loadtest/open_loop.py point --rate 2000 --target ceiling    # the bare ASGI server: the client's floor
     python loadtest/open_loop.py curve                                 # 10% to 100% of closed-loop capacity
+    python loadtest/open_loop.py curve --new-connections --name curve-new-connections   # a connection per request
     python loadtest/open_loop.py headline                              # highest Poisson rate with p99 <= 25 ms
     python loadtest/open_loop.py headline --workers 1 --server-cpus 0 --client-cpus 1   # one core's worth
     python loadtest/open_loop.py crosscheck --rate 1500 --duration 10  # the same rate by httperf --period=e
@@ -81,6 +82,7 @@ class Load:
     max_connections: int = 256  # per process, open loop
     flights_per_request: int = 1
     seed: int = 0
+    new_connections: bool = False  # each request on a connection of its own (Connection: close), open loop
 
 
 def due_times(load: Load, process: int = 0, processes: int = 1) -> np.ndarray:
@@ -99,17 +101,19 @@ def due_times(load: Load, process: int = 0, processes: int = 1) -> np.ndarray:
     return times[times < load.seconds]
 
 
-def payloads(url: str, flights_per_request: int) -> list[bytes]:
-    """Whole HTTP requests, one per starting flight of loadtest/flights.jsonl, as script.lua builds them."""
+def payloads(url: str, flights_per_request: int, close: bool = False) -> list[bytes]:
+    """Whole HTTP requests, one per starting flight of loadtest/flights.jsonl, as script.lua builds them;
+    `close` asks the server to close each connection after its answer."""
     parts = urlsplit(url)
     pool = [line for line in (HERE / "flights.jsonl").read_text().splitlines() if line]
+    closing = "Connection: close\r\n" if close else ""
     requests = []
     for first in range(len(pool)):
         flights = ",".join(pool[(first + k) % len(pool)] for k in range(flights_per_request))
         body = f'{{"flights":[{flights}]}}'.encode()
         head = (
             f"POST {parts.path or '/v1/prediction'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n{closing}\r\n"
         )
         requests.append(head.encode() + body)
     return requests
@@ -199,9 +203,10 @@ class Client:
             self.connecting -= 1
 
     def due(self, due: float) -> None:
-        """A request falls due (open loop): a free connection sends it, or it waits for one."""
+        """A request falls due (open loop): a free connection sends it, or it waits for one. With new
+        connections, it waits for a connection opened for it (the connect counts in its latency)."""
         self.outstanding += 1
-        while self.idle:
+        while self.idle and not self.load.new_connections:
             exchange = self.idle.pop()
             if time.monotonic() - exchange.idle_since < IDLE_S:
                 exchange.send(self.payload(), due)
@@ -233,6 +238,9 @@ class Client:
         self.lag.record_value(max(1, round((exchange.sent - exchange.due) * 1e6)))
         if exchange.answer is not None:
             exchange.answer.set_result(None)
+        elif self.load.new_connections:  # the server closes it too; connection_lost() counts it out
+            assert exchange.transport is not None
+            exchange.transport.close()
         else:
             self.ready(exchange)
 
@@ -250,7 +258,7 @@ class Client:
             exchange.answer.set_exception(ConnectionError("connection lost"))
 
     async def open_loop(self, times: np.ndarray, start: float) -> None:
-        for _ in range(min(PREOPENED, self.load.max_connections)):
+        for _ in range(0 if self.load.new_connections else min(PREOPENED, self.load.max_connections)):
             await self.connect()
         for offset in times:
             delay = start + offset - time.monotonic()
@@ -294,7 +302,7 @@ def run_process(load: Load, process: int, processes: int, start_wall: float) -> 
     times = due_times(load, process, processes)
     closed = -(-load.closed // processes)  # the closed loop's connections, shared out
     client = Client(Load(**{**asdict(load), "seed": load.seed + process, "closed": closed}),
-                    payloads(load.url, load.flights_per_request))  # fmt: skip
+                    payloads(load.url, load.flights_per_request, load.new_connections))  # fmt: skip
     start = time.monotonic() + (start_wall - time.time())
     before = resource.getrusage(resource.RUSAGE_SELF)
     uvloop.run(client.run(times, start))
@@ -442,6 +450,7 @@ def load_at(url: str, rate: float, args: argparse.Namespace, closed: int = 0, se
     return Load(
         f"{url}/v1/prediction", rate, seconds or args.duration, args.arrivals, closed,
         flights_per_request=args.flights_per_request, seed=args.seed,
+        new_connections=args.new_connections and not closed,
     )  # fmt: skip
 
 
@@ -705,6 +714,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-cpus", help="CPUs the client and wrk run on (e.g. 1)")
     parser.add_argument("--processes", type=int, default=2, help="client processes")
     parser.add_argument("--flights-per-request", type=int, default=1)
+    parser.add_argument(
+        "--new-connections", action="store_true", help="open loop: each request on a connection of its own"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", help="results file name under loadtest/results/open-loop/ (default COMMAND-TODAY)")
     parser.add_argument("--overwrite", action="store_true")

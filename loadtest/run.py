@@ -148,20 +148,31 @@ def server(
 
 
 def wrk_process(
-    url: str, seconds: int, threads: int, connections: int, flights_per_request: int
+    url: str, seconds: int, threads: int, connections: int, flights_per_request: int, new_connections: bool = False
 ) -> subprocess.Popen[str]:
-    """wrk with script.lua against url/v1/prediction, started; its stdout is piped."""
+    """wrk with script.lua against url/v1/prediction, started; its stdout is piped. With `new_connections`
+    every request goes on a connection of its own (Connection: close), as scripts without a session,
+    serverless callers and many gateways send them."""
+    close = ["-H", "Connection: close"] if new_connections else []
     command = [
-        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s",
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", *close,
         "-s", str(HERE / "script.lua"), f"{url}/v1/prediction",
     ]  # fmt: skip
     env = {**os.environ, "FLIGHTS_PER_REQUEST": str(flights_per_request), "FLIGHTS_FILE": str(HERE / "flights.jsonl")}
     return subprocess.Popen(command, cwd=PROJECT_DIR, env=env, stdout=subprocess.PIPE, text=True)
 
 
-def wrk(url: str, seconds: int, threads: int, connections: int, flights_per_request: int, label: str) -> str:
+def wrk(
+    url: str,
+    seconds: int,
+    threads: int,
+    connections: int,
+    flights_per_request: int,
+    label: str,
+    new_connections: bool = False,
+) -> str:
     """Run wrk to the end, printing the seconds left; its raw output."""
-    process = wrk_process(url, seconds, threads, connections, flights_per_request)
+    process = wrk_process(url, seconds, threads, connections, flights_per_request, new_connections)
     end = time.monotonic() + seconds
     while process.poll() is None:
         left = end - time.monotonic()
@@ -175,14 +186,23 @@ def wrk(url: str, seconds: int, threads: int, connections: int, flights_per_requ
     return output
 
 
-def measure(url: str, kind: str, args: argparse.Namespace, results: Path) -> dict[str, Any]:
-    """Warm up, then the measured run; the raw output is kept next to the report."""
+NEW_CONNECTION_ROW = "new connection per request"
+NEW_CONNECTION_CLIENTS = 64  # wrk connections of the new-connection-per-request row (issue 25's measurement)
+
+
+def measure(
+    url: str, kind: str, args: argparse.Namespace, results: Path, new_connections: bool = False
+) -> dict[str, Any]:
+    """Warm up, then the measured run; the raw output is kept next to the report. With `new_connections`,
+    a connection per request over NEW_CONNECTION_CLIENTS connections."""
+    connections = NEW_CONNECTION_CLIENTS if new_connections else args.connections
     if args.warmup:
         say(f"{kind}: warming up for {args.warmup} s")
-        wrk(url, args.warmup, args.threads, args.connections, args.flights_per_request, f"{kind} warm-up")
-    say(f"{kind}: measuring wrk -t{args.threads} -c{args.connections} -d{args.duration}s")
-    raw = wrk(url, args.duration, args.threads, args.connections, args.flights_per_request, kind)
-    (results / f"{kind}.wrk.txt").write_text(raw)
+        wrk(url, args.warmup, args.threads, connections, args.flights_per_request, f"{kind} warm-up", new_connections)
+    header = " -H 'Connection: close'" if new_connections else ""
+    say(f"{kind}: measuring wrk -t{args.threads} -c{connections} -d{args.duration}s{header}")
+    raw = wrk(url, args.duration, args.threads, connections, args.flights_per_request, kind, new_connections)
+    (results / f"{kind.replace(', ', '-').replace(' ', '-')}.wrk.txt").write_text(raw)
     summary = parse_summary(raw)
     say(f"{kind}: {summary['requests']:,} requests, {summary['requests_per_s']:,.0f} req/s, "
         f"p99 {summary['latency_ms']['p99']:.1f} ms, {failures(summary)} failed")  # fmt: skip
@@ -219,10 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with server("service") as (url, _):
             runs["service"] = measure(url, "service", args, results)
+            if args.baselines:
+                runs[NEW_CONNECTION_ROW] = measure(url, NEW_CONNECTION_ROW, args, results, new_connections=True)
     if args.baselines:
         for kind in ("baseline", "ceiling"):
             with server(kind) as (url, _):
                 runs[kind] = measure(url, kind, args, results)
+                runs[f"{kind}, {NEW_CONNECTION_ROW}"] = measure(
+                    url, f"{kind}, {NEW_CONNECTION_ROW}", args, results, new_connections=True
+                )
     command = (f"python loadtest/run.py --duration {args.duration} --threads {args.threads} "
                f"--connections {args.connections} --flights-per-request {args.flights_per_request}"
                + (" --baselines" if args.baselines else ""))  # fmt: skip

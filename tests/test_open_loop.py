@@ -174,3 +174,12 @@ def test_two_processes_against_the_bare_server_merge_into_one_run() -> None:
     assert result["statuses"] == {"200": result["due"]} and result["failed"] == 0
     assert result["processes"] == 2 and result["connections"] >= 2
     assert 0 < result["latency_ms"]["p50"] <= result["latency_ms"]["p99"] <= result["latency_ms"]["max"]
+
+
+def test_open_loop_with_new_connections_sends_each_request_on_a_connection_of_its_own() -> None:
+    with answering_server() as running:
+        load = Load(running.url, rate=50, seconds=0.5, arrivals="fixed", new_connections=True)
+        part = run_process(load, 0, 1, time.time() + 0.2)
+    assert part["statuses"] == {"200": 25}
+    assert running.connections == 25  # none preopened, none reused
+    assert all(b"Connection: close\r\n" in request for request in open_loop.payloads(running.url, 1, close=True))
