@@ -136,7 +136,9 @@ def main() -> None:
                     summary = parse_summary(wrk(url, args.duration, 4, connections, flights, f"{knob} = {value}", new))
                 run = {"round": round_number, "knob": knob, "value": value, "env": env}
                 runs.append({**run, "connections": connections, "flights_per_request": flights, "summary": summary})
-    default_rps = {r["round"]: r["summary"]["requests_per_s"] for r in runs if r["value"] == "as shipped"}
+    default_rps = {
+        r["round"]: r["summary"]["requests_per_s"] for r in runs if (r["knob"], r["value"]) == CONFIGS[0][:2]
+    }
     lines = [
         f"Ablation, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, {args.rounds} rounds of wrk -t4 "
         f"-d{args.duration}s (-c200 unless the row says otherwise) after a {args.warmup} s warm-up, "

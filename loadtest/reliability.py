@@ -613,7 +613,7 @@ def polled_monitoring(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     time.sleep(1)
                     polled = lone_one_flight_ms(url)
-                    poller.terminate()
+                    poller.send_signal(signal.SIGINT)  # wrk prints its summary on SIGINT
                     output = poller.communicate()[0]
                 polls = next((line.split()[-1] for line in output.splitlines() if "Requests/sec" in line), None)
                 rounds[name].append({"idle": idle, "polled": polled, "polls_per_s": polls})
