@@ -556,43 +556,38 @@ def lone_requests(code: Path, env: dict[str, str] | None = None) -> dict[str, An
         connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
         for size in (1, 100, 1_000):
             body = json.dumps({"flights": [pool[i % len(pool)] for i in range(size)]})
-            times = []
-            for attempt in range(220):
-                started = time.perf_counter()
-                connection.request("POST", "/v1/prediction", body, {"Content-Type": "application/json"})
-                answer = connection.getresponse()
-                answer.read()
-                assert answer.status == 200, answer.status
-                if attempt >= 20:
-                    times.append((time.perf_counter() - started) * 1000)
-            times.sort()
-            sizes[f"{size}_flights"] = {
-                "median_ms": round(statistics.median(times), 2),
-                "p99_ms": round(times[int(0.99 * (len(times) - 1))], 2),
-            }
+            sizes[f"{size}_flights"] = lone_times(connection, body)
             say(f"{size} flights: {sizes[f'{size}_flights']}")
         connection.close()
     return sizes
 
 
-def lone_one_flight_ms(url: str, requests: int = 200) -> dict[str, float]:
-    """Median and p99 milliseconds of lone one-flight predictions on one keep-alive connection."""
-    from http.client import HTTPConnection
-
-    connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
+def lone_times(connection: Any, body: str, requests: int = 200, pause_s: float = 0.0) -> dict[str, float]:
+    """Median and p99 milliseconds of `requests` predictions of `body` sent one at a time on an
+    http.client connection, after 20 unmeasured, `pause_s` apart."""
     times = []
     for attempt in range(requests + 20):
         started = time.perf_counter()
-        connection.request("POST", "/v1/prediction", PROBE_BODY, {"Content-Type": "application/json"})
+        connection.request("POST", "/v1/prediction", body, {"Content-Type": "application/json"})
         answer = connection.getresponse()
         answer.read()
         assert answer.status == 200, answer.status
         if attempt >= 20:
             times.append((time.perf_counter() - started) * 1000)
-        time.sleep(0.005)
-    connection.close()
+        time.sleep(pause_s)
     times.sort()
     return {"median_ms": round(statistics.median(times), 2), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 2)}
+
+
+def lone_one_flight_ms(url: str) -> dict[str, float]:
+    """Lone one-flight predictions on one keep-alive connection, 5 ms apart."""
+    from http.client import HTTPConnection
+
+    connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
+    try:
+        return lone_times(connection, PROBE_BODY, pause_s=0.005)
+    finally:
+        connection.close()
 
 
 def polled_monitoring(args: argparse.Namespace) -> dict[str, Any]:

@@ -188,7 +188,10 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self in self.stalled:
             DeadlineProtocol.unsent -= self.stalled[self] - unsent
             self.stalled[self] = unsent
-        self.arm_send_deadline() if unsent else setattr(self, "send_deadline", None)
+        if unsent:
+            self.arm_send_deadline()
+        else:
+            self.send_deadline = None
 
     def abort(self, reason: str | None) -> None:
         """Count the reason (None: counted already) and reset the connection, dropping its unsent data

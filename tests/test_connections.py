@@ -227,7 +227,9 @@ def test_raise_open_file_limit_lifts_the_soft_limit_to_the_hard_one(tmp_path: Pa
     assert result.stdout.strip() == "True"
 
 
-# The send side, against uvicorn with DeadlineProtocol in this process: an app that answers
+# The send side, against uvicorn with DeadlineProtocol in this process. Answers of 8 MB: more than the
+# kernel's send buffer takes (net.ipv4.tcp_wmem allows 4 MB at most), so the rest waits in the worker.
+# An app that answers
 # GET /bytes/N with one body of N bytes, /chunks/N with N bytes in 64 KiB chunks, /sleep/S "xx"
 # after S seconds, anything else "xx".
 SEND_S = 0.5
@@ -313,7 +315,7 @@ def get(port: int, path: str = "/ok") -> tuple[int, bytes]:
         connection.close()
 
 
-@pytest.mark.parametrize("path", ["/bytes/3000000", "/chunks/3000000"])
+@pytest.mark.parametrize("path", ["/bytes/8000000", "/chunks/8000000"])
 def test_answer_left_unread_is_aborted_at_the_send_deadline_and_frees_its_memory(path: str) -> None:
     with deadline_server(send_s=SEND_S) as (port, closes):
         sock = never_reading(port, path)
@@ -358,7 +360,7 @@ def test_stalled_answers_past_the_unsent_bound_abort_the_oldest() -> None:
 
 def test_new_connection_at_the_cap_evicts_a_stalled_answer_and_is_answered() -> None:
     with deadline_server(send_s=30, max_connections=3) as (port, closes):
-        stalled = [never_reading(port, "/chunks/3000000") for _ in range(3)]
+        stalled = [never_reading(port, "/chunks/8000000") for _ in range(3)]
         assert wait_for(lambda: len(DeadlineProtocol.stalled) == 3, 2)
         assert get(port) == (200, b"xx")
         assert closes == ["evicted"]
@@ -374,7 +376,7 @@ def test_connection_closed_after_an_unread_answer_does_not_keep_its_slot() -> No
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", port))
-        sock.sendall(b"GET /bytes/3000000 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET /bytes/8000000 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         assert wait_for(lambda: closes == ["send_deadline"], 2 * SEND_S + SLACK_S), closes
         sock.close()
 
