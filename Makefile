@@ -11,7 +11,7 @@ endif
 export PYTHON  # container/*.sh and their tests use the same interpreter
 
 .DEFAULT_GOAL := help
-.PHONY: help install train serve run test lint audit loadtest ablation container container-test fresh-machine deploy-check monitoring-report compare
+.PHONY: help install train serve run test lint audit loadtest peers ablation container container-test fresh-machine deploy-check monitoring-report compare
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,10 @@ audit: install  ## pip-audit of the runtime packages; exit 1 vulnerable, 2 not a
 
 loadtest: install  ## the reference stress test with both baselines, into loadtest/results/reference-<today>/; needs wrk (apt-get install -y wrk)
 	$(PYTHON) loadtest/run.py --baselines
+
+peers: install  ## the service against the same model behind FastAPI, keep-alive and a new connection per request: loadtest/results/peers-<today>/
+	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-peers.txt
+	$(PYTHON) loadtest/run.py --baselines --peers --name peers-$$(date +%F)
 
 ablation: install  ## one knob at a time, in rounds: loadtest/results/ablation/ablation-<today>.md
 	$(PYTHON) loadtest/ablation.py

@@ -27,6 +27,8 @@ from typing import Any
 from urllib.error import URLError
 from urllib.request import urlopen
 
+import httpx
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
@@ -38,7 +40,9 @@ SERVERS = {
     "service": [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port"],
     "baseline": [sys.executable, str(HERE / "baseline.py"), "--port"],
     "ceiling": [sys.executable, str(HERE / "ceiling.py"), "--port"],
+    "fastapi": [sys.executable, str(HERE / "peer_fastapi.py"), "--port"],  # make peers: requirements-peers.txt
 }
+PEERS = ("fastapi",)
 
 
 def say(message: str) -> None:
@@ -209,6 +213,13 @@ def measure(
     return summary
 
 
+def sample_answers(url: str) -> list[Any]:
+    """The answers to the load test's first 50 bodies of 1 to 50 flights: a peer must give the same."""
+    pool = [json.loads(line) for line in (HERE / "flights.jsonl").read_text().splitlines() if line]
+    with httpx.Client(base_url=url, timeout=30) as http:
+        return [http.post("/v1/prediction", json={"flights": pool[:size]}).json() for size in range(1, 51)]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--url", help="base URL of a running service (default: start `bentoml serve`)")
@@ -218,6 +229,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=5, help="seconds of warm-up before measuring (default 5)")
     parser.add_argument("--flights-per-request", type=int, default=1, help="flights in each request (default 1)")
     parser.add_argument("--baselines", action="store_true", help="also run the per-request baseline and the ceiling")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also the model behind FastAPI (requirements-peers.txt), answers checked first",
+    )
     parser.add_argument(
         "--name", default=dated("reference"), help="results folder under loadtest/results/ (default reference-TODAY)"
     )
@@ -234,23 +250,27 @@ def main(argv: list[str] | None = None) -> int:
     unused(results, overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, Any]] = {}
+    answers = None
     if args.url:
         runs["service"] = measure(args.url.rstrip("/"), "service", args, results)
     else:
         with server("service") as (url, _):
+            answers = sample_answers(url) if args.peers else None
             runs["service"] = measure(url, "service", args, results)
-            if args.baselines:
+            if args.baselines or args.peers:
                 runs[NEW_CONNECTION_ROW] = measure(url, NEW_CONNECTION_ROW, args, results, new_connections=True)
-    if args.baselines:
-        for kind in ("baseline", "ceiling"):
-            with server(kind) as (url, _):
-                runs[kind] = measure(url, kind, args, results)
-                runs[f"{kind}, {NEW_CONNECTION_ROW}"] = measure(
-                    url, f"{kind}, {NEW_CONNECTION_ROW}", args, results, new_connections=True
-                )
+    kinds = (("baseline", "ceiling") if args.baselines else ()) + (PEERS if args.peers else ())
+    for kind in kinds:
+        with server(kind) as (url, _):
+            if kind in PEERS and sample_answers(url) != answers:
+                sys.exit(f"{kind} does not answer as the service does: not measured")
+            runs[kind] = measure(url, kind, args, results)
+            runs[f"{kind}, {NEW_CONNECTION_ROW}"] = measure(
+                url, f"{kind}, {NEW_CONNECTION_ROW}", args, results, new_connections=True
+            )
     command = (f"python loadtest/run.py --duration {args.duration} --threads {args.threads} "
                f"--connections {args.connections} --flights-per-request {args.flights_per_request}"
-               + (" --baselines" if args.baselines else ""))  # fmt: skip
+               + (" --baselines" if args.baselines else "") + (" --peers" if args.peers else ""))  # fmt: skip
     title = f"Stress test, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores"
     (results / "summary.json").write_text(json.dumps({"command": command, "runs": runs}, indent=2) + "\n")
     (results / "report.md").write_text(markdown(runs, title, command))
