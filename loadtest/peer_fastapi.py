@@ -1,13 +1,14 @@
 """The same model behind FastAPI, as FastAPI's docs show a model served: what a user would pick instead.
 
-One path operation per request, `async def`: the faster of FastAPI's two forms here (the same peer
+One path operation per request, `async def`: the faster of FastAPI's two forms here. The same peer
 with `def`, which FastAPI runs in its thread pool as its docs advise for blocking work, did 1,237
 req/s at the reference load, this one 3,258 a few minutes later (loadtest/results/peers-2026-12-04-def/
-and peers-2026-12-04/): a prediction takes less than the hop to a thread), so the service is measured against the peer at its best; the body
-declared as the project's own request model (`models.schema.request_models`,
-so validation and its 400s are the service's), the response model `list[Prediction]`, the same
-encoder and ONNX Runtime session (`models.predictor`). Served by uvicorn with uvloop and httptools
-and 2 workers, as the service's stack. Its packages: requirements-peers.txt.
+and peers-2026-12-04/): a prediction takes less than the hop to a thread. So the service is measured
+against the peer at its best. The body is the project's own request model
+(`models.schema.request_models`, so validation and its 400s are the service's), the response model
+`list[Prediction]`, with the same encoder and ONNX Runtime session (`models.predictor`). Served by
+uvicorn with uvloop and httptools and 2 workers, as the service's stack. Its packages:
+requirements-peers.txt.
 
     python loadtest/peer_fastapi.py --port 3003 --workers 2
 """
