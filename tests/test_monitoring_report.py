@@ -56,7 +56,8 @@ def write_log(folder: Path, records: list[dict[str, Any]], workers: int = 2) -> 
 def written(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Written:
     """A log of FLIGHTS synthetic flights for the session's model (one in ten through /predict, one in
     ten without the optional fields, a third with seconds in Fecha-I, probabilities drawn at random, not
-    the model's), OTHER_FLIGHTS of another model, one cut line and one JSON line that is no record; and
+    the model's), OTHER_FLIGHTS of another model, one outcome record, one cut line and one JSON line that
+    is no record; and
     the same flights' outcomes as a dataset CSV."""
     folder = tmp_path_factory.mktemp("monitoring-log")
     frame = synthetic_frame(json.loads(STATS_PATH.read_text()), rows=FLIGHTS, seed=7)  # not the training seed
@@ -96,6 +97,8 @@ def written(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Wri
     other = records.head(OTHER_FLIGHTS).assign(model=OTHER_TAG)
     data = write_log(folder, [*records.to_dict("records"), *other.to_dict("records")])
     with (data / "data.1.log").open("a") as file:
+        outcome = {**records.iloc[0].to_dict(), "route": "/v1/outcomes", "probability": None, "Fecha-O": None}
+        file.write(json.dumps(outcome, default=str) + "\n")  # an outcome: not a prediction
         file.write("[1, 2]\n" + '{"OPERA": "Sky Airline", "TIPOVUELO": "I", "MES"')  # no record; a cut last line
     records["p"] = np.where(latam, np.where(bare, required, optional), logged)
     return Written(folder, outcomes, records, trained_model)
@@ -109,8 +112,8 @@ def report(written: Written) -> Report:
 
 def test_read_log_counts_the_cut_line_and_the_line_that_is_no_record(written: Written) -> None:
     log = read_log(written.log, vocabulary_of)
-    assert log.lines == FLIGHTS + OTHER_FLIGHTS + 2
-    assert log.skipped == {"not JSON (a cut line)": 1, "not a prediction record": 1}
+    assert log.lines == FLIGHTS + OTHER_FLIGHTS + 3
+    assert log.skipped == {"not JSON (a cut line)": 1, "not a prediction record": 1, "an outcome record": 1}
     assert log.counts() == {written.tag: FLIGHTS, OTHER_TAG: OTHER_FLIGHTS}
 
 
@@ -199,7 +202,7 @@ def test_main_writes_the_report_with_its_plots(written: Written, tmp_path: Path)
     routes = f"`/v1/prediction` {FLIGHTS - latam:,}, `/predict` {latam:,}"
     assert f"| records of this model | {FLIGHTS:,} ({routes}) |" in text
     assert f"| records of other models (left out) | {OTHER_TAG} ({OTHER_FLIGHTS}) |" in text
-    assert "| skipped lines | 1 not a prediction record, 1 not JSON (a cut line)" in text
+    assert "| skipped lines | 1 an outcome record, 1 not a prediction record, 1 not JSON (a cut line)" in text
     assert "--log " + str(written.log) in text
     pictures = [line.split("(")[-1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
     assert len(pictures) == 9

@@ -31,7 +31,7 @@ from pydantic import ValidationError
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))  # run as a script from anywhere, like train.py's imports
 
-from models.config import CALIBRATION_BINS, MODEL_NAME  # noqa: E402
+from models.config import CALIBRATION_BINS, MODEL_NAME, OUTCOMES_ROUTE  # noqa: E402
 from models.data import DataError, load_flights  # noqa: E402
 from models.features import MONITORED, FlightColumns, Vocabulary, category_counts, encode  # noqa: E402
 from models.predictor import DelayPredictor, ModelError  # noqa: E402
@@ -154,9 +154,14 @@ def read_log(log: Path, vocabulary_of: Callable[[str], Vocabulary | None]) -> Lo
                 result.lines += 1
                 if result.lines % PROGRESS_EVERY == 0:
                     progress(f"{result.lines:,} lines read")
+                reason: str | None = None
                 try:
-                    parsed = parse_record(json.loads(line))
-                    reason = "not a prediction record" if parsed is None else None
+                    record = json.loads(line)
+                    if isinstance(record, dict) and record.get("route") == OUTCOMES_ROUTE:
+                        parsed, reason = None, "an outcome record"  # realized quality comes from --outcomes
+                    else:
+                        parsed = parse_record(record)
+                        reason = "not a prediction record" if parsed is None else None
                 except json.JSONDecodeError:
                     parsed, reason = None, "not JSON (a cut line)"
                 if parsed is None:
