@@ -57,8 +57,7 @@ def written(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Wri
     """A log of FLIGHTS synthetic flights for the session's model (one in ten through /predict, one in
     ten without the optional fields, a third with seconds in Fecha-I, probabilities drawn at random, not
     the model's), OTHER_FLIGHTS of another model, one outcome record, one cut line and one JSON line that
-    is no record; and
-    the same flights' outcomes as a dataset CSV."""
+    is no record; and the same flights' outcomes as a dataset CSV."""
     folder = tmp_path_factory.mktemp("monitoring-log")
     frame = synthetic_frame(json.loads(STATS_PATH.read_text()), rows=FLIGHTS, seed=7)  # not the training seed
     outcomes = folder / "outcomes.csv"
