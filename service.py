@@ -1,5 +1,6 @@
 """The flight-delay prediction service: the HTTP layer only (validate, batch, predict, respond)."""
 
+import asyncio
 import gc
 import hashlib
 import hmac
@@ -36,8 +37,8 @@ from serving.batching import cap_learned_wait
 from serving.guard import RequestGuard, arrange_middlewares
 from serving.idempotency import Claim, IdempotencyStore, usable_key
 from serving.lean_route import PredictionRoute
-from serving.metrics import cache_metrics_page
-from serving.monitoring import Monitor, ReportCache, pod_report
+from serving.metrics import Recent, cache_metrics_page
+from serving.monitoring import Monitor, pod_report
 from serving.prediction_log import PredictionLog
 
 try:
@@ -165,14 +166,14 @@ async def monitoring(_: Request) -> JSONResponse:
     flights with that input so far, or an input not judged by design (docs/monitoring.md)."""
     if not settings.monitoring or not settings.metrics:
         return JSONResponse({"error": "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS"}, 404)
-    return JSONResponse(await monitoring_report().get())
+    card = bentoml.get_current_service().card  # pod_report reads every worker's metric files: in a thread
+    return JSONResponse(await recent_report().get(lambda: asyncio.to_thread(pod_report, card)))
 
 
 @cache
-def monitoring_report() -> ReportCache:
-    """This worker's GET /v1/monitoring, computed off the event loop at most once a second."""
-    card = bentoml.get_current_service().card
-    return ReportCache(lambda: pod_report(card), settings.metrics_page_s)
+def recent_report() -> Recent[dict[str, Any]]:
+    """This worker's GET /v1/monitoring, made at most once per FLIGHT_DELAY_METRICS_PAGE_S."""
+    return Recent(settings.metrics_page_s)
 
 
 # The service's own API page, at / and /docs, instead of BentoML's (a page titled with the bento
@@ -433,7 +434,7 @@ class FlightDelay:
         or city the model does not know: the answer of POST /v1/outcomes."""
         assert self.monitor is not None  # the route checks it first
         vocabulary = self.predictor.vocabulary
-        known = {"OPERA": set(vocabulary.airlines), "SIGLADES": set(vocabulary.destinations)}
+        known = {"OPERA": vocabulary.airline_code, "SIGLADES": vocabulary.destination_code}
         not_counted = [
             {"index": index, "loc": ["flights", index, field], "msg": f"{value!r} is not one the model learned"}
             for index, flight in enumerate(flights)

@@ -120,6 +120,7 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.cancel_deadline()
+        self.cancel_send_deadline()
         self.unstall()
         self.waiting.pop(self, None)
         if self.flow is not None:  # None where connection_made refused it
@@ -164,9 +165,8 @@ class DeadlineProtocol(HttpToolsProtocol):
         """The client took the unsent data down to the low-water mark: no longer stalled."""
         super().resume_writing()
         self.unstall()
-        if self.send_deadline is not None and not self.transport.is_closing():
-            self.send_deadline.cancel()
-            self.send_deadline = None
+        if not self.transport.is_closing():  # a closing one must still hand over its data in time
+            self.cancel_send_deadline()
         if self.cycle is not None and not self.cycle.response_complete:  # back to answering
             self.waiting.pop(self, None)
 
@@ -201,9 +201,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.unstall()
         self.waiting.pop(self, None)
         self.cancel_deadline()
-        if self.send_deadline is not None:
-            self.send_deadline.cancel()
-            self.send_deadline = None
+        self.cancel_send_deadline()
         sock = self.transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # already gone
@@ -231,6 +229,11 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.deadline is not None:
             self.deadline.cancel()
             self.deadline = None
+
+    def cancel_send_deadline(self) -> None:
+        if self.send_deadline is not None:
+            self.send_deadline.cancel()
+            self.send_deadline = None
 
     def close_idle(self) -> None:
         """Nothing arrived within the idle deadline: close without an answer."""

@@ -136,17 +136,16 @@ class RequestGuard:
             await self.answer_error(send, 413, self.too_large)
             return
         responding = CleanErrors(send, self.on_invalid)
-        number = 0  # the request's number once admitted: its body is in and it was not shed
-        size = 0  # its body's bytes, once admitted
+        number = size = 0  # the request's number and body bytes once admitted (its body in, not shed)
         try:
             async with asyncio.timeout(self.timeout_s):
                 body = await read_body(receive, self.max_body_bytes)
                 if body is None:  # the client left before its body was in
                     return
-                if self.overloaded(len(body)):
+                size = len(body)
+                if self.overloaded(size):
                     await self.answer_error(send, 503, "the service is at capacity, retry after 1 s")
                     return
-                size = len(body)
                 self.bytes_in_flight += size
                 self.in_flight += 1
                 self.accepted += 1

@@ -16,7 +16,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from timeit import default_timer
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bentoml._internal.context import server_context
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
@@ -25,6 +25,7 @@ from starlette.responses import Response
 
 from serving.guard import ASGIApp, Message, Receive, Scope, Send
 
+T = TypeVar("T")
 OTHER_ROUTE = "other"  # the endpoint label of every path the service does not serve
 STATIC_PREFIX = "/static_content/"  # the API page's files, under one label
 
@@ -105,25 +106,25 @@ class BoundedTrafficMetrics(RunnerTrafficMetricsMiddleware):
             metrics.in_progress.dec()
 
 
-class PageCache:
-    """One page made at most once per `fresh_s`: callers meanwhile share the last one, and callers
-    during its making wait for it rather than make another."""
+class Recent(Generic[T]):
+    """A value made at most once per `fresh_s`: callers meanwhile share the last one, and callers during
+    its making wait for it rather than make another. Serves /metrics here and GET /v1/monitoring
+    (service.py), both made from every worker's metric files."""
 
     def __init__(self, fresh_s: float) -> None:
         self.fresh_s = fresh_s
-        self.page: Response | None = None
+        self.value: T | None = None
         self.at = -float("inf")
         self.lock: asyncio.Lock | None = None  # made on the worker's event loop, at the first call
 
-    async def get(self, make: Callable[[], Awaitable[Response]]) -> Response:
+    async def get(self, make: Callable[[], Awaitable[T]]) -> T:
         if self.lock is None:
             self.lock = asyncio.Lock()
         async with self.lock:
-            if self.page is None or time.monotonic() - self.at >= self.fresh_s:
-                self.page = await make()
+            if self.value is None or time.monotonic() - self.at >= self.fresh_s:
+                self.value = await make()
                 self.at = time.monotonic()
-            page = self.page
-        return Response(page.body, status_code=page.status_code, media_type=page.media_type)
+            return self.value
 
 
 def cache_metrics_page(fresh_s: float) -> None:
@@ -140,10 +141,11 @@ def cache_metrics_page(fresh_s: float) -> None:
     from _bentoml_impl.server.app import ServiceAppFactory
 
     make_page = getattr(ServiceAppFactory.metrics, "made_by", ServiceAppFactory.metrics)  # BentoML's own
-    cache = PageCache(fresh_s)
+    recent: Recent[Response] = Recent(fresh_s)
 
     async def metrics(self: ServiceAppFactory, request: Request) -> Response:
-        return await cache.get(lambda: make_page(self, request))
+        page = await recent.get(lambda: make_page(self, request))
+        return Response(page.body, status_code=page.status_code, media_type=page.media_type)
 
     metrics.made_by = make_page  # type: ignore[attr-defined]
     ServiceAppFactory.metrics = metrics  # type: ignore[method-assign,assignment]

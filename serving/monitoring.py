@@ -24,12 +24,10 @@ named by PROMETHEUS_MULTIPROC_DIR (BentoML 1.4.40 sets it for every worker; test
 reads /v1/monitoring of a two-worker service).
 """
 
-import asyncio
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from types import SimpleNamespace
@@ -273,28 +271,6 @@ class Monitor:
         self.closed.set()
         self.exporter.join(5)
         self.export_safely()
-
-
-class ReportCache:
-    """GET /v1/monitoring for a worker: computed in a thread (it reads every worker's metric files,
-    about 15 ms), at most once per `fresh_s` (FLIGHT_DELAY_METRICS_PAGE_S); callers meanwhile share the
-    last one, and callers during a computation wait for it rather than start another."""
-
-    def __init__(self, compute: Callable[[], dict[str, Any]], fresh_s: float) -> None:
-        self.compute = compute
-        self.fresh_s = fresh_s
-        self.report: dict[str, Any] | None = None
-        self.at = -float("inf")
-        self.lock: asyncio.Lock | None = None  # made on the worker's event loop, at the first call
-
-    async def get(self) -> dict[str, Any]:
-        if self.lock is None:
-            self.lock = asyncio.Lock()
-        async with self.lock:
-            if self.report is None or time.monotonic() - self.at >= self.fresh_s:
-                self.report = await asyncio.to_thread(self.compute)
-                self.at = time.monotonic()
-            return self.report
 
 
 def pod_samples() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

@@ -6,7 +6,7 @@ import inspect
 from _bentoml_impl.server.app import ServiceAppFactory
 from starlette.responses import Response
 
-from serving.metrics import PageCache, cache_metrics_page
+from serving.metrics import Recent, cache_metrics_page
 
 
 def test_metrics_page_is_made_once_per_interval_for_any_number_of_callers() -> None:
@@ -18,11 +18,11 @@ def test_metrics_page_is_made_once_per_interval_for_any_number_of_callers() -> N
         return Response(f"page {len(made)}".encode(), media_type="text/plain")
 
     async def scenario() -> list[bytes]:
-        cache = PageCache(fresh_s=0.3)
-        pages = await asyncio.gather(*(cache.get(make) for _ in range(50)))
-        later = await cache.get(make)
+        recent: Recent[Response] = Recent(fresh_s=0.3)
+        pages = await asyncio.gather(*(recent.get(make) for _ in range(50)))
+        later = await recent.get(make)
         await asyncio.sleep(0.35)
-        return [bytes(page.body) for page in [*pages, later, await cache.get(make)]]
+        return [bytes(page.body) for page in [*pages, later, await recent.get(make)]]
 
     pages = asyncio.run(scenario())
     assert pages == [b"page 1"] * 51 + [b"page 2"] and len(made) == 2

@@ -5,7 +5,7 @@ import asyncio
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from models.quality import (
     probability_bins,
 )
 from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST
-from serving.monitoring import Monitor, ReportCache
+from serving.metrics import Recent
+from serving.monitoring import Monitor
 
 
 @pytest.mark.parametrize(
@@ -300,7 +301,7 @@ def test_handed_over_flights_past_the_bound_are_dropped_and_counted(
     assert monitor.pending == 0
 
 
-def test_report_cache_computes_off_the_loop_once_for_concurrent_callers() -> None:
+def test_report_made_in_a_thread_is_made_once_for_concurrent_callers() -> None:
     asyncio.run(report_cache_checks())
 
 
@@ -312,9 +313,13 @@ async def report_cache_checks() -> None:
         time.sleep(0.05)
         return {"n": len(threads)}
 
-    cache = ReportCache(compute, fresh_s=0.3)
-    first = await asyncio.gather(*(cache.get() for _ in range(10)))
+    recent: Recent[dict[str, Any]] = Recent(fresh_s=0.3)
+
+    def make() -> Awaitable[dict[str, Any]]:  # as service.py makes GET /v1/monitoring
+        return asyncio.to_thread(compute)
+
+    first = await asyncio.gather(*(recent.get(make) for _ in range(10)))
     assert first == [{"n": 1}] * 10 and threads[0] is not threading.current_thread()
-    assert await cache.get() == {"n": 1}
+    assert await recent.get(make) == {"n": 1}
     await asyncio.sleep(0.35)
-    assert await cache.get() == {"n": 2}
+    assert await recent.get(make) == {"n": 2}
