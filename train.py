@@ -18,8 +18,8 @@ import bentoml
 import numpy as np
 import pandas as pd
 from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.metrics import average_precision_score, brier_score_loss, precision_recall_fscore_support, roc_auc_score
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+from sklearn.metrics import average_precision_score
+from sklearn.model_selection import GroupKFold
 
 from models.config import (
     CALIBRATION_BINS,
@@ -30,10 +30,10 @@ from models.config import (
     TARGET_RECALL,
     TEST_SIZE,
 )
-from models.data import DataError, embedded_sample, file_sha256, load_flights
+from models.data import DataError, calendar_days, embedded_sample, file_sha256, held_out_split, load_flights
 from models.features import MONITORED, FlightColumns, Vocabulary, category_counts, encode
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor, expected_spec, probability_gap
-from models.quality import probability_bins, probability_edges
+from models.quality import brier, label_quality, labelled_quality, probability_bins, probability_edges
 
 # A value (airline or destination) must have this many flights in the data to be learned. 1: every
 # value the data holds, so the 2017 data keeps all 23 airlines and 62 cities (4 of them with a single
@@ -95,52 +95,31 @@ def subset(columns: FlightColumns, rows: np.ndarray) -> FlightColumns:
     return FlightColumns(**{name: values[rows] for name, values in vars(columns).items()})
 
 
-def calibration_bins(delayed: np.ndarray, probability: np.ndarray) -> list[dict[str, float]]:
-    """Mean predicted probability and observed delay rate in CALIBRATION_BINS equal-count bins.
-
-    Equal counts, not equal widths: most flights sit between 0.05 and 0.4, where width bins would
-    leave the tails almost empty and the middle too coarse.
-    """
-    order = np.argsort(probability, kind="stable")
-    return [
-        {"predicted": float(probability[rows].mean()), "observed": float(delayed[rows].mean()), "flights": len(rows)}
-        for rows in np.array_split(order, CALIBRATION_BINS)
-    ]
-
-
-def calibration_error(bins: list[dict[str, float]]) -> float:
-    """Expected calibration error: the flight-weighted mean gap between predicted and observed over the bins."""
-    flights = sum(b["flights"] for b in bins)
-    return sum(abs(b["predicted"] - b["observed"]) * b["flights"] for b in bins) / flights
-
-
 def evaluate(
     predictor: DelayPredictor, columns: FlightColumns, delayed: np.ndarray, base_rate: float
 ) -> dict[str, Any]:
-    """Ranking, calibration and per-class precision, recall and F1 at the served threshold, per view.
+    """Ranking, calibration and per-class precision, recall and F1 at the served threshold, per view
+    (models.quality's figures, as tools/compare.py's, rounded for the metadata).
 
     base_rate: the delay rate of the training days, the no-skill forecast the Brier score is compared with.
     """
     report: dict[str, Any] = {}
     for view, view_columns in zip(VIEWS, (columns.without_optional(), columns), strict=True):
         probability = predictor.probabilities(view_columns)
-        bins = calibration_bins(delayed, probability)
-        precision, recall, f1, support = precision_recall_fscore_support(
-            delayed, predictor.labels(probability), labels=[0, 1], zero_division=0
-        )
+        own = labelled_quality(delayed, probability, predictor.threshold)
+        flagged = predictor.labels(probability) == 1
+        classes = {"on_time": label_quality(delayed == 0, ~flagged), "delayed": label_quality(delayed == 1, flagged)}
         report[view] = {
-            "roc_auc": round(float(roc_auc_score(delayed, probability)), 4),
+            "roc_auc": round(own["roc_auc"], 4),
             "pr_auc": round(float(average_precision_score(delayed, probability)), 4),
-            "mean_probability": round(float(probability.mean()), 4),
-            "delay_rate": round(float(delayed.mean()), 4),
-            "brier": round(float(brier_score_loss(delayed, probability)), 4),
-            "base_rate_brier": round(float(brier_score_loss(delayed, np.full(len(delayed), base_rate))), 4),
-            "calibration_error": round(calibration_error(bins), 4),
-            "reliability": [{key: round(value, 4) for key, value in b.items()} for b in bins],
+            **{key: round(own[key], 4) for key in ("mean_probability", "delay_rate", "brier")},
+            "base_rate_brier": round(brier(delayed, np.full(len(delayed), base_rate)), 4),
+            "calibration_error": round(own["calibration_error"], 4),
+            "reliability": [{key: round(value, 4) for key, value in b.items()} for b in own["reliability"]],
             **{
-                name: {"precision": round(float(p), 4), "recall": round(float(r), 4),
-                       "f1": round(float(f), 4), "support": int(s)}
-                for name, p, r, f, s in zip(("on_time", "delayed"), precision, recall, f1, support, strict=True)
+                name: {"precision": round(c["precision"], 4), "recall": round(c["recall"], 4),
+                       "f1": round(c["f1"], 4), "support": int(c["support"])}
+                for name, c in classes.items()
             },
         }  # fmt: skip
     return report
@@ -249,9 +228,8 @@ def train(
         flights = flights.loc[known].reset_index(drop=True)
     progress(f"vocabulary: {len(vocabulary.airlines)} airlines, {len(vocabulary.destinations)} destinations")
     columns, delayed = FlightColumns.from_frame(flights, vocabulary), flights["delayed"].to_numpy()
-    days = flights["Fecha-I"].dt.strftime("%Y-%m-%d").to_numpy()
-    splitter = GroupShuffleSplit(n_splits=1, test_size=TEST_SIZE, random_state=SEED)
-    train_rows, test_rows = next(splitter.split(delayed, groups=days))
+    days = calendar_days(flights)
+    train_rows, test_rows = held_out_split(flights)
     progress(f"{len(train_rows)} training and {len(test_rows)} held-out flights, split by calendar day")
     threshold = choose_threshold(subset(columns, train_rows), delayed[train_rows], days[train_rows])
     progress("fitting the final model")

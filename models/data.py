@@ -1,4 +1,5 @@
-"""Loading and checking the SCL flights dataset, and the synthetic sample that stands in for it.
+"""Loading and checking the SCL flights dataset, the synthetic sample that stands in for it, and the
+split of its calendar days into training and held-out days.
 
 The sample is generated from aggregate statistics of the real data (`sample_stats.json`: counts and
 delay rates by route, month, weekday and hour; no rows), so a machine without the dataset still
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.config import DELAY_MINUTES, PROJECT_DIR, SEED
+from models.config import DELAY_MINUTES, PROJECT_DIR, SEED, TEST_SIZE
 from models.features import FLIGHT_TYPES
 from models.schema import OUTCOME_WINDOW_MINUTES
 
@@ -106,6 +107,22 @@ def refuse(source: str, flights: pd.DataFrame, column: str, bad: np.ndarray, pro
     more = f" ({others} more row{'s' if others != 1 else ''} like it)" if others else ""
     value = str(flights[column].iloc[first])  # a date as parsed: its text is gone once parsed
     raise DataError(f"{source}, row {first + 2}, column {column}: {value!r} {problem}{more}")
+
+
+def calendar_days(flights: pd.DataFrame) -> np.ndarray:
+    """The calendar day of each flight's Fecha-I, as text: what splits and resamples group flights by,
+    since the flights of a day share its weather and its delays."""
+    return flights["Fecha-I"].dt.strftime("%Y-%m-%d").to_numpy()
+
+
+def held_out_split(flights: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the training days and of the held-out days (TEST_SIZE of the calendar days, drawn with
+    SEED): whole days on each side, so the held-out figures are of days the model never saw."""
+    from sklearn.model_selection import GroupShuffleSplit  # seconds to import: not for the tools that only read
+
+    splitter = GroupShuffleSplit(n_splits=1, test_size=TEST_SIZE, random_state=SEED)
+    training, held_out = next(splitter.split(flights, groups=calendar_days(flights)))
+    return training, held_out
 
 
 def file_sha256(path: Path) -> str:

@@ -15,15 +15,15 @@ import numpy as np
 from sklearn.base import clone
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GroupKFold, GroupShuffleSplit
+from sklearn.model_selection import GroupKFold
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the project's modules, run as a script
 
 import train
-from models.config import CV_FOLDS, SEED, TEST_SIZE
-from models.data import DataError
+from models.config import CV_FOLDS, SEED
+from models.data import DataError, calendar_days, held_out_split
 from models.features import FlightColumns, Vocabulary
+from models.quality import calibration_error, equal_count_bins, roc_auc
 
 WEIGHTS = {"balanced": "balanced", "none": None}
 SEEDS = (SEED, 1, 2, 3)  # training seeds (HistGradientBoosting's early-stopping split)
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     vocabulary = Vocabulary.learn(flights, train.MIN_VALUE_FLIGHTS)
     columns, delayed = FlightColumns.from_frame(flights, vocabulary), flights["delayed"].to_numpy()
-    days = flights["Fecha-I"].dt.strftime("%Y-%m-%d").to_numpy()
-    fit_rows, test_rows = next(GroupShuffleSplit(1, test_size=TEST_SIZE, random_state=SEED).split(delayed, groups=days))
+    days = calendar_days(flights)
+    fit_rows, test_rows = held_out_split(flights)
     fitting, held_out = train.subset(columns, fit_rows), train.subset(columns, test_rows)
     y_fit, y_test = delayed[fit_rows], delayed[test_rows]
     print(f"{'weights':<10}{'calibrator':<11}{'view':<15}{'ROC AUC':>8}{'calibration error':>19}")
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, calibrate in calibrators.items():
             for view, matrix in zip(train.VIEWS, train.both_views(held_out), strict=True):
                 p = calibrate(model.predict_proba(matrix)[:, 1])
-                error = train.calibration_error(train.calibration_bins(y_test, p))
-                print(f"{weights:<10}{name:<11}{view:<15}{roc_auc_score(y_test, p):>8.4f}{error:>19.4f}")
+                error = calibration_error(*equal_count_bins(y_test, p))
+                print(f"{weights:<10}{name:<11}{view:<15}{roc_auc(y_test, p):>8.4f}{error:>19.4f}")
         print(f"{weights:<10}Platt fit of the out-of-fold log-odds: slope {platt.coef_[0, 0]:.3f}, "
               f"intercept {platt.intercept_[0]:.3f}")  # fmt: skip
         seeded = [
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             for seed in SEEDS
         ]
         for view, matrix in zip(train.VIEWS, train.both_views(held_out), strict=True):
-            aucs = [roc_auc_score(y_test, model.predict_proba(matrix)[:, 1]) for model in seeded]
-            print(f"{weights:<10}ROC AUC over seeds {SEEDS}, {view}: {min(aucs):.4f} to {max(aucs):.4f}")
+            aucs = np.array([roc_auc(y_test, model.predict_proba(matrix)[:, 1]) for model in seeded], dtype=float)
+            print(f"{weights:<10}ROC AUC over seeds {SEEDS}, {view}: {aucs.min():.4f} to {aucs.max():.4f}")
     return 0
 
 

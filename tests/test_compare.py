@@ -16,7 +16,8 @@ from sklearn.metrics import brier_score_loss, f1_score, roc_auc_score
 import train
 from models.data import DATE_FORMAT, STATS_PATH, file_sha256, synthetic_frame
 from models.features import FlightColumns
-from tools.compare import MIN_SHARED_FLIGHTS, figures, gather, judged, load_model, main
+from models.quality import calibration_error, equal_count_bins
+from tools.compare import MIN_SHARED_FLIGHTS, gather, judged, load_model, main
 
 FLIGHTS = 6_000  # flights compared: enough for the minimum (2,000) with some of a new airline
 # The baseline's training flights: the session's 4,000 give a calibration error near 0.08 on new
@@ -124,16 +125,8 @@ def test_judged_equals_scikit_learn_on_the_rows_written_out(repeated: int) -> No
     assert got["roc_auc"] == pytest.approx(roc_auc_score(delayed[rows], probability[rows]), abs=1e-12)
     assert got["brier"] == pytest.approx(brier_score_loss(delayed[rows], probability[rows]), abs=1e-12)
     assert got["f1"] == pytest.approx(f1_score(delayed[rows], probability[rows] >= 0.3), abs=1e-12)
-    bins = train.calibration_bins(delayed[rows], probability[rows])
-    assert got["calibration_error"] == pytest.approx(train.calibration_error(bins), abs=1e-12)
-
-
-def test_figures_of_a_few_flights_without_a_delay_have_no_roc_auc_nor_calibration_error() -> None:
-    got = figures(np.zeros(3, dtype=np.int64), np.array([0.1, 0.2, 0.3]), 0.25)
-    assert {key: got[key] for key in ("flights", "roc_auc", "calibration_error", "f1", "recall", "reliability")} == {
-        "flights": 3, "roc_auc": None, "calibration_error": None, "f1": 0.0, "recall": 0.0, "reliability": []
-    }  # fmt: skip
-    assert got["brier"] == pytest.approx((0.01 + 0.04 + 0.09) / 3)
+    bins = equal_count_bins(delayed[rows], probability[rows])
+    assert got["calibration_error"] == pytest.approx(calibration_error(*bins), abs=1e-12)
 
 
 def test_main_refuses_a_candidate_trained_on_shuffled_outcomes(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import VOCABULARY
+from helpers import VOCABULARY
 
 from models.data import (
     DATASET_COLUMNS,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import assert_calibrated, assert_same_answers, skip_unless_ci
+from helpers import assert_calibrated, assert_same_answers, skip_unless_ci
 
 import train
 from models.config import DEFAULT_DATA_PATH

@@ -10,7 +10,7 @@ from typing import Any
 import bentoml
 import numpy as np
 import pytest
-from conftest import REQUESTS, VOCABULARY, assert_calibrated, assert_same_answers, stand_in_reference
+from helpers import REQUESTS, VOCABULARY, assert_calibrated, assert_same_answers, stand_in_reference
 from sklearn.model_selection import GroupKFold
 
 import train
@@ -124,19 +124,6 @@ def test_threshold_is_the_highest_that_catches_target_recall_out_of_fold(embedde
     margin = 1e-9  # float noise only: the required-only view has ties, and the threshold may sit on one
     assert min((score >= embedded_run.threshold - margin).mean() for score in late) >= TARGET_RECALL
     assert min((score > embedded_run.threshold + margin).mean() for score in late) < TARGET_RECALL
-
-
-def test_calibration_error_is_zero_when_every_bin_matches() -> None:
-    probability = np.repeat(np.linspace(0.05, 0.5, CALIBRATION_BINS), 100)
-    delayed = np.concatenate([np.arange(100) < round(p * 100) for p in np.linspace(0.05, 0.5, CALIBRATION_BINS)])
-    assert train.calibration_error(train.calibration_bins(delayed.astype(float), probability)) == pytest.approx(0)
-
-
-def test_calibration_error_of_a_constant_forecast_is_its_gap_to_the_rate() -> None:
-    delayed = (np.arange(1_000) % 5 == 0).astype(float)  # 20% delayed
-    bins = train.calibration_bins(delayed, np.full(1_000, 0.45))
-    assert [b["flights"] for b in bins] == [100] * CALIBRATION_BINS
-    assert train.calibration_error(bins) == pytest.approx(0.25)
 
 
 def test_train_plot_option_writes_reliability_diagram(sample_csv: Path, tmp_path: Path) -> None:

@@ -34,10 +34,10 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))  # run as a script from anywhere, like train.py's imports
 
 from models.config import CALIBRATION_BINS, DEFAULT_DATA_PATH, MODEL_NAME, SEED  # noqa: E402
-from models.data import DataError, file_sha256, load_flights  # noqa: E402
+from models.data import DataError, calendar_days, file_sha256, load_flights  # noqa: E402
 from models.features import FlightColumns  # noqa: E402
 from models.predictor import DelayPredictor, ModelError  # noqa: E402
-from train import calibration_bins, calibration_error  # noqa: E402
+from models.quality import labelled_quality  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -177,50 +177,11 @@ def served_tag(url: str) -> str:
 
 
 def judged(delayed: np.ndarray, probability: np.ndarray, threshold: float, weights: np.ndarray) -> dict[str, float]:
-    """ROC AUC, Brier, calibration error and F1 of flights counted `weights` times each (a bootstrap
-    resample of the rows; ones: the rows themselves). NaN where a figure has no meaning: ROC AUC
-    without both outcomes, the calibration error with fewer flights than bins.
-
-    ROC AUC from the flights per distinct probability, as models.quality.binned_auc with one bin per
-    value: exactly scikit-learn's, ties counted half. The calibration error is train.py's own, on
-    the resampled rows written out (its equal-count bins are of rows, not of weights).
-    """
-    groups, group = np.unique(probability, return_inverse=True)
-    late = np.bincount(group, weights * delayed, len(groups))
-    on_time = np.bincount(group, weights * (1 - delayed), len(groups))
-    pairs = late.sum() * on_time.sum()
-    below = np.cumsum(on_time) - on_time
-    flagged = probability >= threshold
-    true_flags = float(np.sum(weights * (flagged & (delayed == 1))))
-    rows = np.repeat(np.arange(len(delayed)), weights.astype(np.int64))
-    binned = len(rows) >= CALIBRATION_BINS
-    labelled = float(np.sum(weights * flagged)) + float(np.sum(weights * delayed))
-    return {
-        "roc_auc": float(np.sum(late * (below + on_time / 2)) / pairs) if pairs else float("nan"),
-        "brier": float(np.sum(weights * (probability - delayed) ** 2) / weights.sum()),
-        "calibration_error": (
-            calibration_error(calibration_bins(delayed[rows], probability[rows])) if binned else float("nan")
-        ),
-        "f1": 2 * true_flags / labelled if labelled else 0.0,  # scikit-learn's zero_division=0
-    }
-
-
-def figures(delayed: np.ndarray, probability: np.ndarray, threshold: float) -> dict[str, Any]:
-    """Every figure of one model on some flights: the judged ones, precision and recall at its
-    threshold, the observed delay rate and the mean probability; its reliability bins."""
-    flagged = probability >= threshold
-    true_flags = int(np.sum(flagged & (delayed == 1)))
-    own = judged(delayed, probability, threshold, np.ones(len(delayed)))
-    return {
-        "flights": len(delayed),
-        "delay_rate": float(delayed.mean()),
-        "mean_probability": float(probability.mean()),
-        **{key: None if np.isnan(value) else value for key, value in own.items()},
-        "precision": true_flags / int(flagged.sum()) if flagged.any() else 0.0,
-        "recall": true_flags / int(delayed.sum()) if delayed.any() else 0.0,
-        "threshold": threshold,
-        "reliability": calibration_bins(delayed, probability) if len(delayed) >= CALIBRATION_BINS else [],
-    }
+    """The MARGINS metrics of flights counted `weights` times each (a bootstrap resample of the rows;
+    ones: the rows themselves), from models.quality.labelled_quality as train.py's held-out ones. NaN
+    where a figure has no meaning, for the bound's nanquantile to leave out."""
+    own = labelled_quality(delayed, probability, threshold, weights)
+    return {m.metric: float("nan") if own[m.metric] is None else own[m.metric] for m in MARGINS}
 
 
 @dataclass
@@ -332,7 +293,7 @@ def apart(frame: pd.DataFrame, baseline: Model, candidate: Model) -> tuple[np.nd
         if rows.any():
             scored = frame.loc[rows]
             probability = model.predictor.probabilities(FlightColumns.from_frame(scored, model.predictor.vocabulary))
-            own = figures(scored["delayed"].to_numpy(), probability, model.predictor.threshold)
+            own = labelled_quality(scored["delayed"].to_numpy(), probability, model.predictor.threshold)
             setattr(result, f"{name}_figures", own)
     return known_b & known_c, result
 
@@ -368,7 +329,7 @@ def gather(baseline: Model, candidate: Model, data: Path, resamples: int = RESAM
         raise CompareError(str(exc)) from None
     shared_rows, left_apart = apart(frame, baseline, candidate)
     shared = frame.loc[shared_rows]
-    days = shared["Fecha-I"].dt.strftime("%Y-%m-%d").to_numpy()
+    days = calendar_days(shared)
     n_days = len(np.unique(days))
     digest = file_sha256(data)
     notes = [
@@ -396,7 +357,7 @@ def gather(baseline: Model, candidate: Model, data: Path, resamples: int = RESAM
         progress(f"scoring {len(shared):,} flights with {model.tag}")
         probability = model.predictor.probabilities(FlightColumns.from_frame(shared, model.predictor.vocabulary))
         scored.append((probability, model.predictor.threshold))
-    own = [figures(delayed, probability, threshold) for probability, threshold in scored]
+    own = [labelled_quality(delayed, probability, threshold) for probability, threshold in scored]
     judgements = judge(own[0], own[1], bootstrap(delayed, days, scored, resamples))
     refusals = [judgement.refusal() for judgement in judgements if not judgement.accepted]
     return Comparison(
