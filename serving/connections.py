@@ -34,7 +34,7 @@ So a worker's connections hold at most max_connections x WRITE_HIGH_WATER + max_
 
 Reliance on uvicorn internals (pinned in requirements.txt, checked by tests/test_connections.py):
 BentoML's worker builds `uvicorn.Config` without `http=`, so the protocol class comes from
-`uvicorn.config.HTTP_PROTOCOLS["auto"]`, which `install()` points here; the subclass uses
+`uvicorn.config.HTTP_PROTOCOLS["auto"]`, which serving/internals.py points here; the subclass uses
 `HttpToolsProtocol`'s `connections`, `cycle`, `transport`, `flow`, `timeout_keep_alive`,
 `timeout_keep_alive_task`, `data_received`, `on_message_complete`, `on_response_complete`,
 `pause_writing`, `resume_writing`, `timeout_keep_alive_handler`, and the cycle's `more_body`,
@@ -50,10 +50,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from serving.guard import error_body
+from serving.layer import error_body
 
 FD_RESERVE = 512  # descriptors a worker keeps for everything but connections (model, metric files, logs)
 # The label values of on_close.
@@ -90,7 +89,7 @@ def timeout_response(request_s: float) -> bytes:
 class DeadlineProtocol(HttpToolsProtocol):
     """uvicorn's HTTP protocol with an idle and a request deadline and a per-worker connection cap."""
 
-    limits: ClassVar[Limits]  # set by install(), once per worker
+    limits: ClassVar[Limits]  # set by configure(), once per worker
     response_408: ClassVar[bytes]
     # Connections without a request in the application, oldest first: the order of eviction.
     # One event loop per worker process: no lock needed.
@@ -284,14 +283,13 @@ def raise_open_file_limit() -> int:
     return hard
 
 
-def install(limits: Limits) -> Limits:
-    """Make the worker's uvicorn serve with DeadlineProtocol; the cap is kept FD_RESERVE under the
-    open-file limit. Returns the limits in force."""
+def configure(limits: Limits) -> Limits:
+    """Set the limits DeadlineProtocol enforces, the cap kept FD_RESERVE under the open-file limit
+    (serving/internals.py makes uvicorn serve with it). Returns the limits in force."""
     open_files = raise_open_file_limit()
     capped = min(limits.max_connections, max(open_files - FD_RESERVE, 1))
     DeadlineProtocol.limits = Limits(
         limits.idle_s, limits.request_s, capped, limits.on_close, limits.send_s, limits.max_unsent_bytes
     )
     DeadlineProtocol.response_408 = timeout_response(limits.request_s)
-    HTTP_PROTOCOLS["auto"] = f"{__name__}:DeadlineProtocol"
     return DeadlineProtocol.limits

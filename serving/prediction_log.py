@@ -35,7 +35,8 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Any
 
-from models.config import LOG_FILES, MODEL_NAME, OUTCOMES_ROUTE
+from models.config import MODEL_NAME
+from serving.settings import LOG_FILES, OUTCOMES_ROUTE
 
 logger = logging.getLogger("bentoml.flight_delay")
 FIELDS = ("OPERA", "TIPOVUELO", "MES", "Fecha-I", "SIGLADES")  # the prediction fields, as the client sent them

@@ -1,84 +1,29 @@
-"""Shared fixtures: an isolated model store, a model trained on a small synthetic sample, a running service.
+"""Fixtures: an isolated model store, a model trained on a small synthetic sample, and the service,
+in this process through its ASGI app (`client`) or as a `bentoml serve` process (`service_url`).
 
-Set FLIGHT_DELAY_URL to run the HTTP tests against a service that is already up (a container, say)
-instead of the `bentoml serve` process these fixtures start.
+Set FLIGHT_DELAY_URL to run the HTTP tests against a service that is already up (a container, say).
 """
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-import httpx
-import numpy as np
-import pytest
-
-# Before anything imports bentoml: the tests never read or write the user's own model store.
+# Before anything imports bentoml or prometheus_client: the tests never read or write the user's own
+# model store, and the service in this process keeps its metric files where its /metrics reads them.
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flight-delay-tests-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flight-delay-tests-metrics-")
+
+import httpx
+import pytest
+from helpers import SAMPLE_ROWS, SESSION_MODEL, bentoml_serve, wait_ready
 
 import train
-from models.config import PROJECT_DIR
 from models.data import STATS_PATH, embedded_sample, synthetic_frame
-from models.features import FlightColumns, Vocabulary
-from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
-from models.schema import request_models
-
-sys.path.insert(0, str(PROJECT_DIR / "loadtest"))  # the load-test tools the tests share
-
-from run import SERVERS, free_port  # how the service is started, everywhere
-
-SAMPLE_ROWS = 4_000
-# The 2017 data's 23 airlines and 62 cities (its routes in sample_stats.json): what a model trained on
-# the synthetic sample learns (each route is in it), and so what the test service accepts.
-_ROUTES = json.loads(STATS_PATH.read_text())["route"]
-VOCABULARY = Vocabulary(tuple(sorted({route[0] for route in _ROUTES})), tuple(sorted({route[1] for route in _ROUTES})))
-REQUESTS = request_models(VOCABULARY.airlines, VOCABULARY.destinations)
-STARTUP_SECONDS = 90
-
-
-def assert_same_answers(served: DelayPredictor, reference: DelayPredictor, columns: FlightColumns) -> None:
-    """The served predictor answers as the scikit-learn reference, with and without the optional fields:
-    probabilities within MAX_PROBABILITY_GAP, labels equal except where the reference's probability
-    lies within that gap of the threshold."""
-    for view in (columns.without_optional(), columns):
-        expected, got = reference.probabilities(view), served.probabilities(view)
-        assert np.abs(got - expected).max() <= MAX_PROBABILITY_GAP
-        decided = np.abs(expected - reference.threshold) > MAX_PROBABILITY_GAP
-        assert (served.labels(got)[decided] == reference.labels(expected)[decided]).all()
-        assert decided.mean() > 0.99  # the exception is rare, or the check would say little
-
-
-def assert_calibrated(metrics: dict[str, Any]) -> None:
-    """One view's held-out metrics show calibrated probabilities: a Brier score below the no-skill
-    forecast's and a calibration error of at most 0.02."""
-    assert metrics["brier"] < metrics["base_rate_brier"]
-    assert metrics["calibration_error"] <= 0.02
-
-
-def skip_unless_ci(reason: str) -> NoReturn:
-    """Skip a test whose tool or data is missing here; under CI (CI set), fail instead: CI runs every test."""
-    if os.environ.get("CI"):
-        pytest.fail(f"CI must run this test: {reason}")
-    pytest.skip(reason)
-
-
-def stand_in_reference() -> dict[str, Any]:
-    """A monitoring reference of the right shape (one flight per value, even probability bins), for
-    the models the tests make by hand."""
-    return {
-        "flights": 100,
-        "inputs": {name: [1] * (size + 1) for name, size in VOCABULARY.monitored().items()},
-        "probability_edges": [round(edge, 2) for edge in np.linspace(0.01, 0.99, 99)],
-        "probability_counts": [1] * 100,
-        "held_out": {"delay_rate": 0.2, "brier": 0.15, "roc_auc": 0.7},
-    }
+from models.predictor import DelayPredictor
 
 
 @pytest.fixture(scope="session")
@@ -95,9 +40,6 @@ def sample_model() -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
     return train.train(embedded_sample()[0])
 
 
-SESSION_MODEL: list[str] = []  # the tag trained_model made: what bentoml_serve serves unless told otherwise
-
-
 @pytest.fixture(scope="session")
 def trained_model(sample_csv: Path) -> str:
     """Tag of a flight_delay model trained by train.py on the small sample, in the test store."""
@@ -106,76 +48,6 @@ def trained_model(sample_csv: Path) -> str:
 
     SESSION_MODEL.append(str(bentoml.models.get("flight_delay:latest").tag))
     return SESSION_MODEL[0]
-
-
-def pin_model(home: Path, tag: str) -> None:
-    """Make `home` a BentoML home whose only model, and so its latest, is `tag` of the test store: other
-    tests train models into that store (train.py, compare), and a service serves the latest."""
-    name, version = tag.split(":")
-    models = home / "models" / name
-    models.mkdir(parents=True, exist_ok=True)
-    if not (models / version).exists():
-        (models / version).symlink_to(Path(os.environ["BENTOML_HOME"]) / "models" / name / version)
-    (models / "latest").write_text(version)
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = STARTUP_SECONDS) -> None:
-    """Poll /readyz until the service answers 200; fail early if its process died."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the service exited with code {process.returncode} before it was ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} was not ready within {seconds} s")
-
-
-@contextmanager
-def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`bentoml serve` of the store's latest model on a free port, its output in log: (URL, process) once ready.
-
-    env: variables to set for it. Unless it names a BENTOML_HOME, the service gets one of its own
-    beside the log, holding the session's model (trained_model) as its latest: BentoML keeps the
-    Prometheus files of all workers under it and clears them at start, which would blank another
-    running service's /metrics. Its prediction log goes beside the log too (prediction-log/), not
-    into the project.
-    """
-    # /metrics made for every request: the tests read it right after acting (test_lean_route.py tests the page cache)
-    env = {
-        "FLIGHT_DELAY_LOG_DIR": str(log.parent / "prediction-log"),
-        "FLIGHT_DELAY_METRICS_PAGE_S": "0",
-        **(env or {}),
-    }
-    if "BENTOML_HOME" not in env:
-        assert SESSION_MODEL, "request the trained_model fixture before serving it"
-        home = log.parent / "bentoml-home"
-        pin_model(home, SESSION_MODEL[0])
-        env["BENTOML_HOME"] = str(home)
-    port = free_port()
-    with log.open("wb") as output:  # the child keeps its own copy of the file
-        process = subprocess.Popen(
-            [*SERVERS["service"], str(port)],
-            cwd=PROJECT_DIR,
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process)
-        yield url, process
-    except RuntimeError as exc:
-        raise RuntimeError(f"{exc}; its log: {log.read_text()[-3000:]}") from exc
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
 
 
 @pytest.fixture(scope="session")
@@ -191,7 +63,31 @@ def service_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
 
 
 @pytest.fixture(scope="session")
-def client(service_url: str) -> Iterator[httpx.Client]:
-    """An HTTP client bound to the running service."""
+def served_client(service_url: str) -> Iterator[httpx.Client]:
+    """An HTTP client bound to the served service: for what needs a real server (sockets, workers)."""
     with httpx.Client(base_url=service_url, timeout=30) as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def client(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """An HTTP client of the service in this process, through its ASGI app (or FLIGHT_DELAY_URL's).
+
+    The service module is loaded once per session, on the session's model, with /metrics made for
+    every request (the tests read it right after acting) and its prediction log in a temporary place.
+    """
+    if url := os.environ.get("FLIGHT_DELAY_URL"):
+        wait_ready(url)
+        with httpx.Client(base_url=url.rstrip("/"), timeout=30) as http:
+            yield http
+        return
+    from starlette.testclient import TestClient
+
+    name, version = trained_model.split(":")
+    (Path(os.environ["BENTOML_HOME"]) / "models" / name / "latest").write_text(version)  # what service.py loads
+    os.environ["FLIGHT_DELAY_METRICS_PAGE_S"] = "0"
+    os.environ["FLIGHT_DELAY_LOG_DIR"] = str(tmp_path_factory.mktemp("in-process") / "prediction-log")
+    import service
+
+    with TestClient(service.FlightDelay.to_asgi()) as http:  # type: ignore[attr-defined]  # a Service, typed as the class
         yield http

@@ -8,11 +8,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from conftest import skip_unless_ci
+from helpers import skip_unless_ci
 
 from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST
-
-pytestmark = pytest.mark.integration
 
 PUBLIC_ROUTES = {
     "/v1/prediction": "post",
@@ -102,6 +100,7 @@ def browser() -> Iterator["object"]:
         driver.quit()
 
 
+@pytest.mark.integration
 def test_api_page_try_it_out_predicts_the_prefilled_example(browser: "object", service_url: str) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.remote.webdriver import WebDriver

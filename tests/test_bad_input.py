@@ -1,19 +1,17 @@
 """Bad input on both prediction routes: each case answered 4xx with a JSON body naming the problem,
-and the service still answers a valid request correctly right after it (against a running service)."""
+and the service still answers a valid request correctly right after it (through the service in this process)."""
 
 import json
 from typing import Any
 
 import httpx
 import pytest
-from conftest import VOCABULARY
+from helpers import VOCABULARY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from models.config import MAX_FLIGHTS
 from models.schema import EXAMPLE_REQUEST
-
-pytestmark = pytest.mark.integration
 
 PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 VALID = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}

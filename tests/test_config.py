@@ -2,7 +2,7 @@
 
 import pytest
 
-from models.config import MIN_TOKEN_CHARACTERS, BadSettingError, Settings
+from serving.settings import MIN_TOKEN_CHARACTERS, BadSettingError, Settings
 
 TOKEN = "0123456789abcdef0123456789abcdef"
 VARIABLE = "FLIGHT_DELAY_OUTCOMES_TOKEN"

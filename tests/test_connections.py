@@ -20,11 +20,12 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from conftest import bentoml_serve
+from helpers import bentoml_serve
 
 from models.schema import EXAMPLE_REQUEST
 from serving import connections
 from serving.connections import DeadlineProtocol, Limits
+from serving.internals import install_connection_limits
 
 IDLE_S, REQUEST_S, CAP = 1.0, 2.0, 40
 SLACK_S = 1.0  # a close counts as on time within the deadline plus this (the bound)
@@ -176,7 +177,8 @@ def metric_series(url: str) -> set[str]:
 
 
 @pytest.mark.integration
-def test_random_paths_add_no_metric_series(client: httpx.Client, service_url: str) -> None:
+def test_random_paths_add_no_metric_series(served_client: httpx.Client, service_url: str) -> None:
+    client = served_client
     for path in ("/does-not-exist", "/static_content/nothing"):  # the fixed few: one series set each
         client.get(path)
     before = metric_series(service_url)
@@ -198,7 +200,7 @@ def test_uvicorn_as_bentoml_configures_it_serves_with_the_deadline_protocol() ->
 
     config_call = inspect.getsource(worker.main.callback)  # type: ignore[arg-type]  # click's Command wraps it.split("uvicorn.Config(", 1)[1].split("\n    )", 1)[0]
     assert "http=" not in config_call
-    connections.install(Limits(idle_s=1, request_s=2, max_connections=10))
+    install_connection_limits(Limits(idle_s=1, request_s=2, max_connections=10))
     config = uvicorn.Config(app=lambda scope, receive, send: None)
     config.load()
     assert config.http_protocol_class is DeadlineProtocol
@@ -207,7 +209,7 @@ def test_uvicorn_as_bentoml_configures_it_serves_with_the_deadline_protocol() ->
 def test_install_keeps_the_cap_under_the_open_file_limit() -> None:
     import resource
 
-    installed = connections.install(Limits(idle_s=1, request_s=2, max_connections=10**9))
+    installed = install_connection_limits(Limits(idle_s=1, request_s=2, max_connections=10**9))
     soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     assert installed.max_connections == soft - connections.FD_RESERVE
 

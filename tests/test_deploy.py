@@ -25,11 +25,12 @@ import kubernetes_validate
 import pytest
 import yaml
 from bentoml._internal.container.generate import BENTO_UID_GID  # the uid and gid of BentoML's image recipe
-from conftest import skip_unless_ci
+from helpers import skip_unless_ci
 
-from models.config import PREDICTION_ROUTES, PROJECT_DIR, Settings
+from models.config import PROJECT_DIR
 from models.schema import EXAMPLE_REQUEST
 from serving.monitoring import EXPORT_EVERY_S
+from serving.settings import PREDICTION_ROUTES, Settings
 
 KUBERNETES_VERSION = "1.32"  # the oldest Kubernetes the manifests must apply to
 K8S_DIR = PROJECT_DIR / "deploy" / "k8s"

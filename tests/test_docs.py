@@ -8,9 +8,10 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
-from report import SOCKET_ERRORS  # in loadtest/, put on the path by conftest
 
-from models.config import PROJECT_DIR, Settings
+from loadtest.wrk import SOCKET_ERRORS
+from models.config import PROJECT_DIR
+from serving.settings import Settings
 
 README_MAX_LINES = 160
 EXTERNAL_SCHEMES = ("http://", "https://", "mailto:")
@@ -91,7 +92,7 @@ def documented(default: Any) -> str:
 
 
 def test_configuration_table_lists_every_setting_with_its_default() -> None:
-    """A setting added, renamed or given a new default in models/config.py shows in docs/configuration.md."""
+    """A setting added, renamed or given a new default in serving/settings.py shows in docs/configuration.md."""
     page = (PROJECT_DIR / "docs" / "configuration.md").read_text()
     table = {row[0]: row[1] for row in table_rows(page, "| variable | default | meaning |")}
     prefix = Settings.model_config["env_prefix"]

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import VOCABULARY, bentoml_serve, stand_in_reference
-from run import SERVERS
+from helpers import VOCABULARY, bentoml_serve, stand_in_reference
 
+from loadtest.servers import SERVERS
 from models.config import PROJECT_DIR
 from models.predictor import ONNX_FILE, expected_spec
 from models.schema import EXAMPLE_REQUEST

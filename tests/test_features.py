@@ -4,7 +4,7 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from conftest import REQUESTS, VOCABULARY
+from helpers import REQUESTS, VOCABULARY
 
 from models.features import FEATURES, FlightColumns, encode
 

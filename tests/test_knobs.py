@@ -1,6 +1,6 @@
-"""Every FLIGHT_DELAY_* knob works against the real server: each one flipped from its default serves
-the default's answers, a bad value stops the start with one line, and the guard's 503 and 504 come
-from the real server when its limits are set small."""
+"""Every FLIGHT_DELAY_* knob works against the real server: each one flipped from its default (three
+servers, a group of knobs each) serves the default's answers, a bad value stops the start with one
+line, and the layer's 503 and 504 come from the real server when its limits are set small."""
 
 import json
 import os
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import bentoml_serve
-from run import SERVERS  # in loadtest/, put on the path by conftest
+from helpers import bentoml_serve
 
-from models.config import PROJECT_DIR, Settings
+from loadtest.servers import SERVERS
+from models.config import PROJECT_DIR
 from models.schema import EXAMPLE_REQUEST
+from serving.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -71,12 +72,38 @@ def test_knob_table_flips_every_setting(monkeypatch: pytest.MonkeyPatch) -> None
         assert getattr(flipped, knob.lower()) != getattr(default, knob.lower()), knob
 
 
-@pytest.mark.parametrize("knob", sorted(FLIPPED))
-def test_service_with_knob_flipped_is_ready_and_answers_as_the_default(
-    knob: str, service_url: str, tmp_path: Path
+# The flipped knobs in three served processes, not one each. Knobs that turn the same path off are
+# kept apart, so none hides another: the lean route's three switches (LEAN_ROUTE, ACCESS_LOG, tracing
+# of /v1/prediction), batching off apart from the batcher's own knobs, metrics off apart from the
+# monitoring and metrics-page knobs, the prediction log off apart from its directory and size.
+GROUPS = {
+    "access log, no batching, no metrics, no prediction log": (
+        "ACCESS_LOG", "BATCHING", "METRICS", "LOG_SAMPLE", "WORKERS", "MAX_IN_FLIGHT", "MAX_BYTES_IN_FLIGHT",
+        "SHED_AFTER_MS", "TIMEOUT_S", "GC_FREEZE",
+    ),
+    "tracing, batcher knobs, no monitoring": (
+        "TRACING_SAMPLE_RATE", "UNTRACED_ROUTES", "GREEDY_BATCHING", "MAX_BATCH_SIZE", "MAX_LATENCY_MS",
+        "MONITORING", "METRICS_PAGE_S", "LOG_DIR", "LOG_MAX_MB", "OUTCOMES_TOKEN",
+    ),
+    "no lean route, connection limits": (
+        "LEAN_ROUTE", "MAX_BODY_BYTES", "IDLE_TIMEOUT_S", "REQUEST_TIMEOUT_S", "MAX_CONNECTIONS",
+        "SEND_TIMEOUT_S", "MAX_UNSENT_MB",
+    ),
+}  # fmt: skip
+
+
+def test_knob_groups_hold_every_knob_once() -> None:
+    grouped = [knob for knobs in GROUPS.values() for knob in knobs]
+    assert sorted(grouped) == sorted(FLIPPED)
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_service_with_knobs_flipped_is_ready_and_answers_as_the_default(
+    group: str, service_url: str, tmp_path: Path
 ) -> None:
     expected = answers(service_url)
-    with bentoml_serve(tmp_path / "serve.log", {f"FLIGHT_DELAY_{knob}": FLIPPED[knob]}) as (url, _process):
+    env = {f"FLIGHT_DELAY_{knob}": FLIPPED[knob] for knob in GROUPS[group]}
+    with bentoml_serve(tmp_path / "serve.log", env) as (url, _process):
         assert answers(url) == expected
 
 

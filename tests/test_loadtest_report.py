@@ -1,14 +1,11 @@
 """The load-test report: parsing wrk's summary line, the verdict against the bar, the report files."""
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "loadtest"))
-
-from report import BAR_REQUESTS, failures, markdown, parse_summary, plot, verdict
+from loadtest.wrk import BAR_REQUESTS, failures, markdown, parse_summary, plot, verdict
 
 SAMPLE = Path(__file__).parent / "data" / "wrk_service_sample.txt"  # a real wrk run of script.lua
 

@@ -14,7 +14,7 @@ import bentoml
 import httpx
 import numpy as np
 import pytest
-from conftest import REQUESTS, VOCABULARY, bentoml_serve
+from helpers import REQUESTS, VOCABULARY, bentoml_serve
 from sklearn.metrics import roc_auc_score
 
 from models.data import embedded_sample

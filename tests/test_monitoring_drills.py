@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import skip_unless_ci
-from monitoring_drills import (  # in loadtest/, put on the path by conftest
+from helpers import skip_unless_ci
+
+from loadtest.monitoring_drills import (
     CALIBRATION_BOUND,
     CLUSTER_TOLERANCE,
     PER_REQUEST,
@@ -28,12 +29,11 @@ from monitoring_drills import (  # in loadtest/, put on the path by conftest
     compare,
     figures,
     held_out_days,
-    metric_samples,
     pod_counts,
     reference_shares,
     verdicts,
 )
-
+from loadtest.probes import metric_samples
 from models.config import DEFAULT_DATA_PATH, TEST_SIZE
 from models.data import embedded_sample, file_sha256, load_flights
 from models.quality import js_distance, min_flights

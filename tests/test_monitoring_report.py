@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import VOCABULARY, bentoml_serve
+from helpers import VOCABULARY, bentoml_serve
 
 from models.data import STATS_PATH, synthetic_frame
 from models.features import FlightColumns

@@ -7,11 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-import open_loop  # in loadtest/, put on the path by conftest
 import pytest
 from hdrh.histogram import HdrHistogram
-from open_loop import PREOPENED, Load, bisect_rate, due_times, run_process, summarize
-from run import server
+
+from loadtest import client
+from loadtest.client import PREOPENED, Load, due_times, run_process, summarize
+from loadtest.open_loop import bisect_rate
+from loadtest.servers import server
 
 
 class Answering(asyncio.Protocol):
@@ -158,7 +160,7 @@ def test_open_loop_counts_dropped_connections_as_failed_without_waiting() -> Non
 def test_open_loop_replaces_connections_idle_past_the_cutoff(monkeypatch: pytest.MonkeyPatch) -> None:
     # A server closes idle keep-alive connections (uvicorn after 5 s); one it closes just as a request goes
     # out loses that request, so the client does not reuse a connection idle longer than IDLE_S (4 s).
-    monkeypatch.setattr(open_loop, "IDLE_S", 0.05)
+    monkeypatch.setattr(client, "IDLE_S", 0.05)
     with answering_server() as running:
         part = run_process(Load(running.url, rate=10, seconds=1, arrivals="fixed"), 0, 1, time.time() + 0.2)
     assert part["statuses"] == {"200": 10}
@@ -182,4 +184,4 @@ def test_open_loop_with_new_connections_sends_each_request_on_a_connection_of_it
         part = run_process(load, 0, 1, time.time() + 0.2)
     assert part["statuses"] == {"200": 25}
     assert running.connections == 25  # none preopened, none reused
-    assert all(b"Connection: close\r\n" in request for request in open_loop.payloads(running.url, 1, close=True))
+    assert all(b"Connection: close\r\n" in request for request in client.payloads(running.url, 1, close=True))

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import bentoml_serve
+from helpers import bentoml_serve
 from sklearn.metrics import roc_auc_score
 
 from models.data import embedded_sample

@@ -68,5 +68,5 @@ def test_bento_includes_every_project_module_the_service_imports(
 ) -> None:
     assert bento_imports.returncode == 0, bento_imports.stderr[-3000:]
     imported = set(bento_imports.stdout.split())
-    assert "serving/lean_route.py" in imported
+    assert "serving/layer.py" in imported
     assert imported <= set(BENTOFILE["include"])

@@ -10,12 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import bentoml_serve
+from helpers import bentoml_serve
 
-from models.config import LOG_FILES, MODEL_NAME
+from models.config import MODEL_NAME
 from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST
 from serving import prediction_log
 from serving.prediction_log import PredictionLog
+from serving.settings import LOG_FILES
 
 BODY = json.dumps(EXAMPLE_REQUEST).encode()
 TOKEN = "test-token-not-a-secret"

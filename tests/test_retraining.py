@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pandas as pd
 import pytest
-from conftest import VOCABULARY, bentoml_serve, pin_model
+from helpers import VOCABULARY, bentoml_serve, pin_model
 
 from models.config import PROJECT_DIR
 

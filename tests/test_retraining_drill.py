@@ -2,7 +2,8 @@
 
 import pandas as pd
 import pytest
-from retraining_drill import (  # in loadtest/, put on the path by conftest
+
+from loadtest.retraining_drill import (
     CARRIER,
     NEW_AIRLINE,
     markdown,

@@ -6,9 +6,10 @@ import shutil
 import subprocess
 
 import yaml
-from conftest import skip_unless_ci
-from scale import GRACE_S, PRESTOP_S, SLOTS, markdown, port  # in loadtest/, put on the path by conftest
+from helpers import skip_unless_ci
 
+from loadtest.cluster import GRACE_S, PRESTOP_S, SLOTS, port
+from loadtest.scale import markdown
 from models.config import PROJECT_DIR
 
 HAPROXY_CONFIG = PROJECT_DIR / "deploy" / "local" / "haproxy.cfg"
@@ -73,7 +74,7 @@ def test_scale_report_lists_figures_points_and_events() -> None:
             "events": [{"t_s": 10.2, "event": "r3 ready"}],
         }
     )  # fmt: skip
-    assert "python loadtest/scale.py rolling-update" in report
+    assert "python -m loadtest.scale rolling-update" in report
     assert "- failed: 0" in report and '- outcomes: {"200": 10}' in report
     assert "| 40% | 900 | 50% | 2.0 | 6.5 | 0 |" in report
     assert "| 10.2 | r3 ready |" in report

@@ -5,7 +5,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from conftest import REQUESTS
+from helpers import REQUESTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError

@@ -1,4 +1,5 @@
-"""The HTTP contract, checked against a running service (bentoml serve, or FLIGHT_DELAY_URL).
+"""The HTTP contract, checked through the service's ASGI app in this process (or FLIGHT_DELAY_URL);
+batching of concurrent requests against a served process.
 
 Every refused input is in test_bad_input.py."""
 
@@ -11,28 +12,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from conftest import REQUESTS, VOCABULARY
+from helpers import REQUESTS, VOCABULARY, varied_flights
 
 from models.config import MAX_FLIGHTS
 from models.features import FlightColumns
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
 from models.schema import EXAMPLE_REQUEST
-
-pytestmark = pytest.mark.integration
-
-
-def varied_flights(count: int) -> list[dict[str, Any]]:
-    """Deterministic, mostly different flights, half of them with the optional fields."""
-    flights = []
-    for i in range(count):
-        month = i % 12 + 1
-        airlines, destinations = VOCABULARY.airlines, VOCABULARY.destinations
-        entry: dict[str, Any] = {"OPERA": airlines[i % len(airlines)], "TIPOVUELO": "IN"[i % 2], "MES": month}
-        if i % 2:
-            entry["Fecha-I"] = f"2017-{month:02d}-{i % 28 + 1:02d} {i % 24:02d}:{(i * 7) % 60:02d}"
-            entry["SIGLADES"] = destinations[i % len(destinations)]
-        flights.append(entry)
-    return flights
 
 
 def test_prediction_answers_each_flight_in_order(client: httpx.Client) -> None:
@@ -153,7 +138,9 @@ def test_refusals_are_counted_by_the_guard_before_bentoml_sees_them(client: http
     assert metric(client, "bentoml_service_request_total", 'http_response_code="415"') == 0, "guard not outermost"
 
 
-def test_concurrent_requests_are_batched_and_answered_as_alone(client: httpx.Client, service_url: str) -> None:
+@pytest.mark.integration
+def test_concurrent_requests_are_batched_and_answered_as_alone(served_client: httpx.Client, service_url: str) -> None:
+    client = served_client
     flights = varied_flights(240)
     alone = [client.post("/v1/prediction", json={"flights": [f]}).json() for f in flights]
     batches_before, flights_before = adaptive_batch_count(client)

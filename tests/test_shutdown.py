@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-from accounting_client import BackgroundLoad  # in loadtest/, put on the path by conftest
-from conftest import bentoml_serve
+from helpers import bentoml_serve
 
+from loadtest.client import BackgroundLoad
 from models.schema import EXAMPLE_REQUEST
-from serving.guard import shutdown_counts
+from serving.layer import shutdown_counts
 
 pytestmark = pytest.mark.integration
 

@@ -31,19 +31,22 @@ from pydantic import ValidationError
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))  # run as a script from anywhere, like train.py's imports
 
-from models.config import CALIBRATION_BINS, MODEL_NAME, OUTCOMES_ROUTE  # noqa: E402
+from models.config import MODEL_NAME  # noqa: E402
 from models.data import DataError, load_flights  # noqa: E402
 from models.features import MONITORED, FlightColumns, Vocabulary, category_counts, encode  # noqa: E402
 from models.predictor import DelayPredictor, ModelError  # noqa: E402
 from models.quality import (  # noqa: E402
     DRIFT_THRESHOLD,
+    calibration_groups,
     expected_quality,
     input_drift,
     probability_bins,
     realized_quality,
+    reliability,
 )
 from models.schema import Flight  # noqa: E402
 from serving.monitoring import slot_names  # noqa: E402
+from serving.settings import OUTCOMES_ROUTE  # noqa: E402
 
 LOG_FILE = re.compile(r"data\.[^.]+\.log(\.[0-9]+)?")  # data.<worker>.log and its rotated copies .1, .2, ...
 FIELDS = ("OPERA", "TIPOVUELO", "MES", "Fecha-I", "SIGLADES")  # the flight as the client sent it
@@ -303,16 +306,9 @@ def realized(outcomes: Outcomes, edges: np.ndarray) -> dict[str, Any]:
 
 def live_reliability(outcomes: Outcomes, edges: np.ndarray) -> list[dict[str, float]]:
     """Mean probability and delay rate of the outcome flights in the reference's bins taken ten by ten
-    (ten equal-count bins of the training probabilities): the bins of the service's calibration error."""
+    (models.quality.calibration_groups): the bins of the service's calibration error."""
     p = outcomes.probabilities
-    flights, sums, delayed = (
-        binned(edges, p, weights).reshape(CALIBRATION_BINS, -1).sum(axis=1) for weights in (None, p, outcomes.delayed)
-    )
-    return [
-        {"predicted": s / n, "observed": d / n, "flights": int(n)}
-        for n, s, d in zip(flights, sums, delayed, strict=True)
-        if n
-    ]
+    return reliability(*calibration_groups(*(binned(edges, p, weights) for weights in (None, p, outcomes.delayed))))
 
 
 def by_day(scheduled: np.ndarray, values: np.ndarray) -> dict[np.datetime64, tuple[int, float]]:

@@ -1,33 +1,35 @@
-"""ASGI middleware in front of the prediction routes: refuse what must not be parsed, keep errors clean.
+"""The service's one request layer, in front of BentoML's app: admit, read the body, validate, hand to
+the batcher, answer, record, in one pass.
 
+For the prediction and outcomes routes (`routes`):
 - a body over the size limit: 413 before it is parsed (Content-Length, or counted as it streams); the
   rest of the body is read and dropped first, up to DRAIN_BYTES, since a client that sends its whole
   body before reading (Python's urllib) sees a connection reset instead of the 413 when the server
   closes on unread data (nginx's "lingering close" does the same);
-- a Content-Type other than JSON (BentoML would otherwise parse anything as JSON, and pickle on
-  internal routes): 415;
-- every 4xx/5xx body is rewritten to `{"error": ..., "detail": [...]}` without the links to the
-  validation library's documentation (they carry its version), inputs or tracebacks; the problems of
-  each 400 go to `on_invalid` (the service counts values its model does not know);
+- a Content-Type other than JSON (BentoML would otherwise parse anything as JSON): 415;
 - more requests in flight in this worker than `max_in_flight`, more request bytes in flight than
-  `max_bytes_in_flight` (so a flood of 1,000-flight requests is shed while one-flight requests still
+  `max_bytes_in_flight` (a flood of 1,000-flight requests is shed while one-flight requests still
   fit: 9,000 never-reading connections posting them left 85% of probes answered without it), or one
-  of them waiting for its answer longer than `shed_after_s`: 503 at once, so a spike is shed quickly instead of queueing
-  into client time-outs; every 503 carries `Retry-After`. A request is admitted, and counted, only
-  once its body is in, and its wait counts from then: clients that upload slowly cannot fill the
-  in-flight limit or make the worker shed everyone else (30,000 slow uploads left 125 of 240 new
-  requests answered when they counted); serving/connections.py bounds them instead;
+  of them waiting for its answer longer than `shed_after_s`: 503 at once with `Retry-After`, so a
+  spike is shed quickly instead of queueing into client time-outs. A request is admitted, and
+  counted, only once its body is in, and its wait counts from then: slow uploads cannot fill the
+  limits (30,000 of them left 125 of 240 new requests answered when they counted);
+  serving/connections.py bounds them instead;
 - no answer within `timeout_s`: 504 (BentoML's own time-out middleware costs a task and a timer that
   outlives the request, for every request);
-- at shutdown, one log line per worker: requests accepted, answered, and cut (accepted, not answered);
+- POST /v1/prediction (`batched`) is answered here: the body validated by the API's input model,
+  the flights handed to BentoML's batching dispatcher, the answer serialized by pydantic's Rust core
+  (serving/internals.py, `BatchedApi`). Under the reference load about half of a worker's CPU went to
+  BentoML's per-request framework around this route (docs/performance.md). Other routes go on to
+  BentoML's app with the body already read;
+- every 4xx/5xx body is `{"error": ..., "detail": [...]}` without the links to the validation
+  library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid`;
 - a sampled request's body and answer go to the worker's prediction log (serving/prediction_log.py),
-  and its answer names it with X-Request-ID (the client's own, if it sent a plain one).
+  and its answer names it with X-Request-ID (the client's own, if it sent a plain one);
+- at shutdown, one log line per worker: requests accepted, answered, and cut (accepted, not answered).
 
-Successful responses pass through untouched: the hot path costs one header lookup and one timer.
-`arrange_middlewares()` makes the guard the outermost middleware, so a refused request costs no
-BentoML middleware either (under 2,000 connections that doubled the rate of 503s the service could
-send), and drops the middlewares the guard replaces or that have nothing to do. The guard's own
-error responses are counted through `on_error_response`.
+Every request but /metrics is counted in BentoML's request metrics under its route (`metrics`,
+bounded labels); a request the layer refuses itself is counted through `on_error_response` instead.
 """
 
 import asyncio
@@ -38,9 +40,16 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from timeit import default_timer
+from typing import TYPE_CHECKING, Any
+
+from bentoml.exceptions import BentoMLException
+from pydantic import ValidationError
 
 from serving.prediction_log import PredictionLog
+
+if TYPE_CHECKING:
+    from serving.internals import BatchedApi, RouteMetrics, TrafficMetrics
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -66,7 +75,6 @@ REASONS = {  # the "error" of each error status, whoever sent it
     503: "overloaded, retry shortly",
     504: "timed out",
 }
-
 REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 
 logger = logging.getLogger("bentoml.flight_delay")
@@ -81,8 +89,8 @@ class BodyTooLargeError(Exception):
         self.more_body = more_body  # whether the client has more of it to send (to drain)
 
 
-class RequestGuard:
-    """Wraps the service's ASGI app; `routes` are the paths whose requests are checked."""
+class RequestLayer:
+    """Wraps BentoML's ASGI app; `routes` are the paths whose requests are admitted and checked."""
 
     def __init__(
         self,
@@ -96,44 +104,51 @@ class RequestGuard:
         on_error_response: Callable[[int], None] = lambda status: None,
         on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None,
         prediction_log: Callable[[], PredictionLog | None] = lambda: None,
+        batched: "BatchedApi | None" = None,
+        batched_route: str = "/v1/prediction",
+        metrics: "TrafficMetrics | None" = None,
     ) -> None:
         self.app = app
-        self.open_log = prediction_log  # called at the worker's start: a log of its own, or None
-        self.log: PredictionLog | None = None
-        self.on_error_response = on_error_response
-        self.on_invalid = on_invalid  # the problems of each 400 for invalid input, as the client sees them
-        self.timeout_s = timeout_s
         self.routes = routes
         self.max_body_bytes = max_body_bytes
         self.max_in_flight = max_in_flight
         self.max_bytes_in_flight = max_bytes_in_flight
-        self.bytes_in_flight = 0  # of the admitted requests' bodies
         self.shed_after_s = shed_after_s
+        self.timeout_s = timeout_s
+        self.on_error_response = on_error_response
+        self.on_invalid = on_invalid  # the problems of each 400 for invalid input, as the client sees them
+        self.open_log = prediction_log  # called at the worker's start: a log of its own, or None
+        self.log: PredictionLog | None = None
+        self.batched = batched
+        self.batched_route = batched_route
+        self.metrics = metrics
         self.too_large = f"the body must be at most {max_body_bytes} bytes"
         self.in_flight = 0  # one event loop per worker process: no lock needed
+        self.bytes_in_flight = 0  # of the admitted requests' bodies
         self.waiting: OrderedDict[int, float] = OrderedDict()  # request number -> when its body was in, oldest first
         self.accepted = 0
         self.answered = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "lifespan":
-            await self.app(scope, self.lifespan(receive), send)
-            return
-        if scope["type"] != "http" or scope["path"] not in self.routes:
-            await self.app(scope, receive, send)
-            return
+        if scope["type"] != "http":
+            await self.app(scope, self.lifespan(receive) if scope["type"] == "lifespan" else receive, send)
+        elif scope["path"] in self.routes:
+            await self.admitted(scope, receive, send)
+        else:
+            await self.passed_on(scope, receive, send)
+
+    async def admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request of a checked route: refused, shed, or answered within the time-out."""
         headers = dict(scope["headers"])
         media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if media_type not in JSON_TYPES:
-            await self.answer_error(
-                send, 415, "the request body must be JSON: send it with Content-Type: application/json"
-            )
+            await self.refuse(send, 415, "the request body must be JSON: send it with Content-Type: application/json")
             return
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_body_bytes:
             if b"expect" not in headers:  # a client waiting for 100 Continue has sent no body
                 await drain(receive)
-            await self.answer_error(send, 413, self.too_large)
+            await self.refuse(send, 413, self.too_large)
             return
         responding = CleanErrors(send, self.on_invalid)
         number = size = 0  # the request's number and body bytes once admitted (its body in, not shed)
@@ -144,29 +159,27 @@ class RequestGuard:
                     return
                 size = len(body)
                 if self.overloaded(size):
-                    await self.answer_error(send, 503, "the service is at capacity, retry after 1 s")
+                    await self.refuse(send, 503, "the service is at capacity, retry after 1 s")
                     return
                 self.bytes_in_flight += size
                 self.in_flight += 1
                 self.accepted += 1
                 number = self.accepted
                 self.waiting[number] = time.monotonic()
-                if self.log is not None and self.log.sampled():
-                    logged = LoggedResponse(responding, request_id(headers))
-                    await self.app(scope, replaying(body, receive), logged)
-                    if logged.status == 200 and not logged.replayed:  # a replayed answer was logged the first time
-                        self.log.offer(scope["path"], logged.request_id, body, b"".join(logged.chunks))
+                logged = self.log is not None and self.log.sampled()
+                if self.batched is not None and scope["path"] == self.batched_route and scope["method"] == "POST":
+                    await self.predict(headers, body, send, logged)
                 else:
-                    await self.app(scope, replaying(body, receive), responding)
+                    await self.passed_on_logged(scope, headers, body, receive, responding, logged)
             self.answered += 1
         except BodyTooLargeError as exc:
             if exc.more_body:
                 await drain(receive)
-            await self.answer_error(send, 413, self.too_large)
+            await self.refuse(send, 413, self.too_large)
         except TimeoutError:
             if responding.started:  # too late for a 504: the client sees the connection close
                 raise
-            await self.answer_error(send, 504, f"no answer within {self.timeout_s:g} s, retry later")
+            await self.refuse(send, 504, f"no answer within {self.timeout_s:g} s, retry later")
             if number:
                 self.answered += 1
         finally:
@@ -174,11 +187,6 @@ class RequestGuard:
                 self.in_flight -= 1
                 self.bytes_in_flight -= size
                 self.waiting.pop(number, None)
-
-    async def answer_error(self, send: Send, status: int, message: str) -> None:
-        """Answer with the guard's own error response, and count it."""
-        self.on_error_response(status)
-        await respond(send, status, message)
 
     def overloaded(self, size: int) -> bool:
         """Too many requests in flight, or too many bytes with this body's `size` (a lone request is
@@ -189,6 +197,102 @@ class RequestGuard:
             return True
         oldest = next(iter(self.waiting.values()), None)
         return oldest is not None and time.monotonic() - oldest > self.shed_after_s
+
+    async def predict(self, headers: dict[bytes, bytes], body: bytes, send: Send, logged: bool) -> None:
+        """Validate, batch, answer and record POST /v1/prediction, with no framework in between."""
+        assert self.batched is not None
+        metrics = self.started(self.batched_route)
+        start = default_timer()
+        try:
+            status, answer = await self.batched_answer(body)
+            if metrics is not None:
+                metrics.record(status, max(default_timer() - start, 0))
+            if status != 200:
+                response_headers = [self.batched.headers[1], *error_headers(status, answer)]
+            else:
+                response_headers = [*self.batched.headers, (b"content-length", str(len(answer)).encode())]
+                if logged and self.log is not None:
+                    named = request_id(headers)
+                    response_headers.append((b"x-request-id", named.encode()))
+                    self.log.offer(self.batched_route, named, body, answer)
+            await send({"type": "http.response.start", "status": status, "headers": response_headers})
+            await send({"type": "http.response.body", "body": answer})
+        finally:
+            if metrics is not None:
+                metrics.in_progress.dec()
+
+    async def batched_answer(self, body: bytes) -> tuple[int, bytes]:
+        """Status and body of the answer: the predictions, or a clean error."""
+        assert self.batched is not None
+        try:
+            request = self.batched.input_model.model_validate_json(body or b"{}")
+            return 200, await self.batched.infer(request)
+        except ValidationError as exc:
+            problems = exc.errors(include_context=False, include_input=False, include_url=False)
+            kept = [{key: value for key, value in problem.items() if key in KEPT_PROBLEM_KEYS} for problem in problems]
+            self.on_invalid(kept)
+            return 400, dump({"error": f"invalid request: {len(kept)} problem(s)", "detail": kept})
+        except BentoMLException as exc:
+            logger.exception("prediction refused")
+            return exc.error_code.value, clean_body(exc.error_code.value, b"")
+        except Exception:
+            logger.exception("prediction failed")
+            return 500, clean_body(500, b"")
+
+    async def passed_on_logged(
+        self,
+        scope: Scope,
+        headers: dict[bytes, bytes],
+        body: bytes,
+        receive: Receive,
+        send: "CleanErrors",
+        logged: bool,
+    ) -> None:
+        """An admitted request answered by BentoML's app, its body given whole; a sampled one logged."""
+        if not logged or self.log is None:
+            await self.passed_on(scope, replaying(body, receive), send)
+            return
+        logging_send = LoggedResponse(send, request_id(headers))
+        await self.passed_on(scope, replaying(body, receive), logging_send)
+        if logging_send.status == 200 and not logging_send.replayed:  # a replayed answer was logged the first time
+            self.log.offer(scope["path"], logging_send.request_id, body, b"".join(logging_send.chunks))
+
+    async def passed_on(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request answered by BentoML's app, recorded in the request metrics (but /metrics)."""
+        metrics = None if scope["path"] == "/metrics" else self.started(scope["path"])
+        if metrics is None:
+            await self.app(scope, receive, send)
+            return
+        start = default_timer()
+        status = 0
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                metrics.record(status, max(default_timer() - start, 0))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            metrics.in_progress.dec()
+
+    def started(self, path: str) -> "RouteMetrics | None":
+        """The metrics of `path`'s route with this request counted in progress (None: metrics off)."""
+        if self.metrics is None:
+            return None
+        metrics = self.metrics.of(path)
+        if metrics.stamped:
+            metrics.last_request.set_to_current_time()
+        metrics.in_progress.inc()
+        return metrics
+
+    async def refuse(self, send: Send, status: int, message: str) -> None:
+        """Answer with the layer's own error response, and count it."""
+        self.on_error_response(status)
+        await respond(send, status, message)
 
     def lifespan(self, receive: Receive) -> Receive:
         """`receive` of the lifespan that opens the prediction log at start, and at shutdown logs the
@@ -292,7 +396,7 @@ def clean_body(status: int, body: bytes) -> bytes:
 
 
 def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
-    """Headers of every error the guard sends: JSON, its length, Retry-After on a 503, and a close
+    """Headers of every error the layer sends: JSON, its length, Retry-After on a 503, and a close
     after a 413 (the rest of a body too large to read would otherwise be read as the next request)."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 503:
@@ -339,45 +443,6 @@ async def drain(receive: Receive) -> None:
             return
 
 
-def arrange_middlewares(
-    tracing: bool, metric_routes: frozenset[str], inner: tuple[Any, dict[str, Any]] | None = None
-) -> None:
-    """Rearrange the middlewares BentoML builds its app with: RequestGuard outermost, then `inner` if
-    given (a middleware class and its options; it also gets BentoML's app factory as `factory`), then
-    BentoML's own without its time-out middleware (the guard times out the prediction routes itself),
-    without its tracing middleware unless requests are traced, and with its request metrics labelled
-    by `metric_routes` only (serving.metrics.BoundedTrafficMetrics).
-
-    BentoML 1.4.40 puts middlewares added with `add_asgi_middleware` inside its own; this reaches
-    into its app factory (pinned in requirements.txt; tests/test_lean_route.py checks the order).
-    Paired 20-s runs of the reference load: 1,684 and 1,668 req/s as BentoML arranges them, 2,137
-    and 2,158 without the time-out and tracing middlewares (p99 250 ms -> 147 ms).
-    """
-    from _bentoml_impl.server.app import ServiceAppFactory
-    from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-    from starlette.middleware import Middleware
-
-    from serving.metrics import BoundedTrafficMetrics
-
-    listed = getattr(ServiceAppFactory.middlewares.fget, "listed", ServiceAppFactory.middlewares.fget)  # BentoML's own
-    dropped = {"TimeoutMiddleware"} | (set() if tracing else {"OpenTelemetryMiddleware"})
-
-    def arranged(self: ServiceAppFactory) -> list[Any]:
-        kept = [
-            Middleware(BoundedTrafficMetrics, routes=metric_routes, **m.kwargs)  # type: ignore[arg-type]  # Starlette's typing of factories
-            if m.cls is RunnerTrafficMetricsMiddleware
-            else m
-            for m in listed(self)
-            if m.cls.__name__ not in dropped  # type: ignore[attr-defined]
-        ]
-        guards = [middleware for middleware in kept if middleware.cls is RequestGuard]
-        added = [] if inner is None else [Middleware(inner[0], factory=self, **inner[1])]
-        return guards + added + [middleware for middleware in kept if middleware.cls is not RequestGuard]
-
-    arranged.listed = listed  # type: ignore[attr-defined]
-    ServiceAppFactory.middlewares = property(arranged)  # type: ignore[method-assign,assignment]
-
-
 def shutdown_counts(log: str) -> list[dict[str, int]]:
     """Each worker's shutdown line in a service log, as counts."""
     pattern = re.escape(SHUTDOWN_LOG).replace("%d", r"(\d+)")
@@ -401,7 +466,7 @@ def error_body(status: int, message: str) -> bytes:
 
 
 async def respond(send: Send, status: int, message: str) -> None:
-    """A complete JSON error response sent by the guard itself."""
+    """A complete JSON error response sent by the layer itself."""
     body = error_body(status, message)
     await send({"type": "http.response.start", "status": status, "headers": error_headers(status, body)})
     await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,4 @@
-"""The request guard on its own, in front of stand-in apps: what it refuses, sheds, rewrites and counts."""
+"""The request layer on its own, in front of stand-in apps: what it refuses, sheds, rewrites and counts."""
 
 import asyncio
 import json
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from serving.guard import RequestGuard, Scope, shutdown_counts
+from serving.layer import RequestLayer, Scope, shutdown_counts
 
 ROUTE = "/v1/prediction"
 JSON = [(b"content-type", b"application/json")]
@@ -35,8 +35,8 @@ def guard(
     shed_after_s: float = 60.0,
     timeout_s: float = 60.0,
     max_bytes_in_flight: int = 1_000_000,
-) -> RequestGuard:
-    return RequestGuard(
+) -> RequestLayer:
+    return RequestLayer(
         app,
         (ROUTE,),
         max_body_bytes=1_000,

@@ -1,0 +1,240 @@
+"""Every reliance of the service on BentoML's and uvicorn's internals, made here and nowhere else.
+
+BentoML 1.4.40 and uvicorn 0.55 are pinned in requirements.txt; each reliance below is pinned by the
+test named, which fails when an upgrade moves what it depends on.
+
+1. `cap_learned_wait`: patches `bentoml._internal.marshal.dispatcher.Optimizer` (`__init__`'s `o_a`,
+   `o_b`; `trigger_refresh`'s `wait`) so adaptive batching runs a batch as soon as the model is free.
+   Pinned by tests/test_internals.py::test_batching_waits_are_capped_on_bentoml_optimizer.
+2. `arrange_app`: replaces `ServiceAppFactory.middlewares` (a property) so the service's one request
+   layer (serving/layer.py) stands first, in place of BentoML's `RunnerTrafficMetricsMiddleware`, and
+   BentoML's `TimeoutMiddleware` (and `OpenTelemetryMiddleware` unless tracing) are dropped.
+   Pinned by tests/test_internals.py::test_one_request_layer_stands_in_front_of_bentoml_app.
+3. `BatchedApi`: hands validated flights to `ServiceAppFactory.batch_infer`, BentoML's batching
+   dispatcher, reading `factory.service.apis[name]` (`batchable`, `input_spec`, `output_spec`'s
+   `root` field) and `factory.name`. Pinned by
+   tests/test_internals.py::test_batched_api_answers_exactly_as_bentoml_path.
+4. `TrafficMetrics`: records BentoML's request metrics with the metric objects of
+   `RunnerTrafficMetricsMiddleware._setup()` (`metrics_request_*`, `metrics_last_request_timestamp`,
+   `skip_paths`) and `server_context`'s names. Pinned by
+   tests/test_internals.py::test_layer_records_bentoml_request_and_batch_metrics.
+5. `cache_metrics_page`: wraps `ServiceAppFactory.metrics`, BentoML's /metrics endpoint. Pinned by
+   tests/test_internals.py::test_metrics_page_is_made_at_most_once_per_interval.
+6. `install_connection_limits`: points `uvicorn.config.HTTP_PROTOCOLS["auto"]` (BentoML's worker
+   builds `uvicorn.Config` without `http=`) at serving/connections.py's `DeadlineProtocol`, a subclass
+   of `HttpToolsProtocol` that uses its attributes listed in that module's docstring. Pinned by
+   tests/test_connections.py.
+7. `PredictionList`: a list output declared on `_bentoml_sdk.io_models.IORootModel` with its
+   `media_type`, which spares BentoML building the type's JSON schema for every response. Pinned by
+   tests/test_internals.py::test_batched_api_answers_exactly_as_bentoml_path (the content type).
+8. `/static_content/`: the Swagger UI files BentoML ships and serves there, used by the service's
+   own API page (serving/api_page.py). Pinned by tests/test_api_page.py.
+9. `PROMETHEUS_MULTIPROC_DIR`: BentoML keeps every worker's metric files there and clears it at the
+   server's start; serving/monitoring.py reads them, serving/idempotency.py keeps its store beside
+   them (`multiprocess_dir`). Pinned by tests/test_monitoring.py and tests/test_outcomes.py.
+10. `service.openapi_spec.asdict()`: BentoML's generated OpenAPI document of the service, reshaped by
+    serving/api_page.py. Pinned by tests/test_api_page.py.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from _bentoml_impl.server.app import ServiceAppFactory
+from _bentoml_sdk.io_models import IORootModel
+from bentoml._internal.context import server_context
+from bentoml._internal.marshal import dispatcher
+from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+from pydantic import BaseModel, TypeAdapter
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from uvicorn.config import HTTP_PROTOCOLS
+
+from models.schema import Prediction
+from serving import connections
+from serving.metrics import Recent
+
+MAX_WAIT_S = 0.001  # one tick of the dispatcher's polling loop
+OTHER_ROUTE = "other"  # the endpoint label of every path the service does not serve
+STATIC_PREFIX = "/static_content/"  # the API page's files, under one label
+
+
+class PredictionList(IORootModel[list[Prediction]]):
+    """Response of /v1/prediction: one Prediction per flight, in request order.
+
+    Declaring the media type spares BentoML from building this type's JSON schema again for
+    every response to find it (a quarter of a worker's CPU time under load, measured with py-spy).
+    """
+
+    media_type = "application/json"
+
+
+def cap_learned_wait(max_wait_s: float = MAX_WAIT_S) -> None:
+    """Keep BentoML's learned and initial batching waits under `max_wait_s`: greedy batching.
+
+    BentoML's CorkDispatcher holds each request until its queue looks worth a batch, using a wait it
+    learns from the waits it saw. Under load those include the time behind the running batch, so the
+    learned wait grows with load and then decays very slowly; its initial estimates also scale with
+    max_latency_ms (0.67 s per item at 10 s). This model's cost per batch is almost flat, so the best
+    policy is to run a batch as soon as the model is free, with all requests queued meanwhile.
+    Measured with `python -m loadtest.reliability after-burst`: lone requests in the 12 s after a
+    10-s burst took a median of 90.9 ms without the cap and 9.0 ms with it.
+    """
+    optimizer = dispatcher.Optimizer
+    if getattr(optimizer, "_flight_delay_capped", False):
+        return
+    original_init, original_refresh = optimizer.__init__, optimizer.trigger_refresh
+
+    def init(self: Any, max_latency: float) -> None:
+        original_init(self, max_latency)
+        self.o_a, self.o_b = min(self.o_a, max_wait_s), min(self.o_b, max_wait_s)
+
+    def refresh(self: Any) -> None:
+        original_refresh(self)
+        self.wait = min(self.wait, max_wait_s)
+
+    optimizer.__init__ = init  # type: ignore[method-assign]  # the patch itself
+    optimizer.trigger_refresh = refresh  # type: ignore[method-assign]  # the patch itself
+    optimizer._flight_delay_capped = True  # type: ignore[attr-defined]  # applied once per process
+
+
+class BatchedApi:
+    """A batched API of BentoML's app, called without BentoML's per-request framework: flights are
+    validated by the API's own input model and handed to BentoML's batching dispatcher, so batches
+    are formed, sized and counted (`adaptive_batch_size`) as on BentoML's own path; the answer is
+    serialized by pydantic's Rust core with the output model's type (BentoML dumps to Python objects
+    and then `json.dumps` them: 4x the time for 100 flights)."""
+
+    def __init__(self, factory: ServiceAppFactory, name: str) -> None:
+        api = factory.service.apis[name]
+        if not api.batchable:
+            raise ValueError(f"{name} is not batchable: BentoML's own path serves it")
+        self.factory = factory
+        self.name = name
+        self.input_model: type[BaseModel] = api.input_spec
+        self.serialize = TypeAdapter(api.output_spec.model_fields["root"].annotation).dump_json
+        self.headers = [(b"content-type", b"application/json"), (b"server", f"BentoML Service/{factory.name}".encode())]
+
+    async def infer(self, request: BaseModel) -> bytes:
+        """The serialized answer to validated input; BentoMLException or any error of the batch function."""
+        return self.serialize(await self.factory.batch_infer(self.name, (), dict(request)))
+
+
+class RouteMetrics:
+    """BentoML's request metrics of one route, recorded through children looked up once per status."""
+
+    def __init__(self, traffic: RunnerTrafficMetricsMiddleware, route: str, stamped: bool) -> None:
+        self.traffic = traffic
+        self.stamped = stamped  # whether a request stamps last_request_timestamp_seconds (BentoML's skip_paths)
+        self.labels = {
+            "endpoint": route,
+            "service_name": server_context.bento_name,
+            "service_version": server_context.bento_version,
+            "runner_name": server_context.service_name,
+        }
+        names = {key: self.labels[key] for key in ("service_name", "service_version", "runner_name")}
+        self.in_progress = traffic.metrics_request_in_progress.labels(**self.labels)
+        self.last_request = traffic.metrics_last_request_timestamp.labels(**names)
+        self.by_status: dict[int, tuple[Any, Any]] = {}
+
+    def record(self, status: int, seconds: float) -> None:
+        """Count one answered request and its duration."""
+        children = self.by_status.get(status)
+        if children is None:
+            labels = {**self.labels, "http_response_code": status}
+            children = (
+                self.traffic.metrics_request_total.labels(**labels),
+                self.traffic.metrics_request_duration.labels(**labels),
+            )
+            self.by_status[status] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+class TrafficMetrics:
+    """BentoML's request metrics under bounded labels: each request's path is replaced by its route,
+    one of `routes` or OTHER_ROUTE (BentoML labels raw paths: 20,000 random paths made /metrics 76 MB,
+    one scrape 30 s and a worker 701 MiB, issue 18). Statuses are the service's own; methods no label."""
+
+    def __init__(self, routes: frozenset[str], options: dict[str, Any]) -> None:
+        self.traffic = RunnerTrafficMetricsMiddleware(None, **options)  # type: ignore[arg-type]  # only its metric objects
+        self.routes = routes
+        self.by_route: dict[str, RouteMetrics] = {}  # at most len(routes) + 2 entries
+
+    def of(self, path: str) -> RouteMetrics:
+        """The metrics of the route `path` is counted under."""
+        if path in self.routes:
+            route = path
+        else:
+            route = STATIC_PREFIX.rstrip("/") if path.startswith(STATIC_PREFIX) else OTHER_ROUTE
+        metrics = self.by_route.get(route)
+        if metrics is None:
+            if not self.traffic._is_setup:
+                self.traffic._setup()
+            stamped = not path.startswith(tuple(self.traffic.skip_paths))
+            metrics = self.by_route[route] = RouteMetrics(self.traffic, route, stamped)
+        return metrics
+
+
+def arrange_app(
+    layer: type, tracing: bool, batched_api: str | None, metric_routes: frozenset[str], **options: Any
+) -> None:
+    """Make BentoML build its app with `layer` first (after Starlette's error middleware), given
+    BentoML's app factory's `BatchedApi` of `batched_api` (None: BentoML's own path serves it) and
+    `TrafficMetrics` in place of BentoML's metrics middleware, and without BentoML's time-out
+    middleware (the layer times requests out itself) or its tracing middleware unless requests are
+    traced. Paired 20-s runs of the reference load: 1,684 and 1,668 req/s as BentoML arranges its
+    middlewares, 2,137 and 2,158 without the time-out and tracing ones (p99 250 ms -> 147 ms)."""
+    listed = getattr(ServiceAppFactory.middlewares.fget, "listed", ServiceAppFactory.middlewares.fget)  # BentoML's own
+    dropped = {"TimeoutMiddleware", RunnerTrafficMetricsMiddleware.__name__} | (
+        set() if tracing else {"OpenTelemetryMiddleware"}
+    )
+
+    def arranged(self: ServiceAppFactory) -> list[Middleware]:
+        own = listed(self)
+        traffic = [m.kwargs for m in own if m.cls is RunnerTrafficMetricsMiddleware]
+        first = Middleware(
+            layer,  # type: ignore[arg-type]
+            batched=BatchedApi(self, batched_api) if batched_api else None,
+            metrics=TrafficMetrics(metric_routes, traffic[0]) if traffic else None,
+            **options,
+        )
+        return [first, *(m for m in own if m.cls.__name__ not in dropped)]  # type: ignore[attr-defined]
+
+    arranged.listed = listed  # type: ignore[attr-defined]
+    ServiceAppFactory.middlewares = property(arranged)  # type: ignore[method-assign,assignment]
+
+
+def cache_metrics_page(fresh_s: float) -> None:
+    """Make each worker's /metrics at most once per `fresh_s`.
+
+    BentoML's endpoint reads every worker's metric files for each request (in a thread, but under the
+    GIL): 9,000 connections asking for /metrics left 2 of 240 probes answered in a minute
+    (docs/reliability.md#clients-that-never-read). Prometheus scrapes every 15 s or so; a page up to
+    `fresh_s` old changes nothing for it. 0 leaves the endpoint as it is.
+    """
+    if not fresh_s:
+        return
+    make_page = getattr(ServiceAppFactory.metrics, "made_by", ServiceAppFactory.metrics)  # BentoML's own
+    recent: Recent[Response] = Recent(fresh_s)
+
+    async def metrics(self: ServiceAppFactory, request: Request) -> Response:
+        page = await recent.get(lambda: make_page(self, request))
+        return Response(page.body, status_code=page.status_code, media_type=page.media_type)
+
+    metrics.made_by = make_page  # type: ignore[attr-defined]
+    ServiceAppFactory.metrics = metrics  # type: ignore[method-assign,assignment]
+
+
+def install_connection_limits(limits: connections.Limits) -> connections.Limits:
+    """Make the worker's uvicorn serve with `connections.DeadlineProtocol`, its cap kept FD_RESERVE under
+    the open-file limit. Returns the limits in force."""
+    in_force = connections.configure(limits)
+    HTTP_PROTOCOLS["auto"] = f"{connections.__name__}:DeadlineProtocol"
+    return in_force
+
+
+def multiprocess_dir() -> Path:
+    """The directory of this server's metric files, shared by its workers and cleared at its start."""
+    return Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -1,0 +1,147 @@
+"""The serving settings, read from FLIGHT_DELAY_* environment variables, and the service's route names."""
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+PREDICTION_ROUTES = ("/v1/prediction", "/predict")
+OUTCOMES_ROUTE = "/v1/outcomes"
+LOG_FILES = 4  # files each worker's prediction log rotates over
+# The shortest outcomes token accepted. 16 hex digits are 64 bits: guessing at 100,000 requests a
+# second would take about 3 million years on average. `openssl rand -hex 32`, as the docs say, gives 64.
+MIN_TOKEN_CHARACTERS = 16
+SECRET_SETTINGS = ("outcomes_token",)  # never echoed in a refusal
+
+
+class Settings(BaseSettings):
+    """Serving knobs, read from FLIGHT_DELAY_* environment variables and checked at start
+    (`Settings.from_environment`).
+
+    The defaults are the fast configuration measured in the README's stress-test section.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FLIGHT_DELAY_")
+
+    workers: PositiveInt | Literal["cpu_count"] = "cpu_count"
+    batching: bool = True
+    greedy_batching: bool = True  # cap BentoML's learned batching wait: see serving/internals.py
+    max_batch_size: Annotated[int, Field(ge=2)] = 256  # BentoML refuses 1
+    max_latency_ms: PositiveInt = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
+    max_in_flight: PositiveInt = 512  # per worker; beyond it requests are shed at once with 503 (Retry-After)
+    # Request bodies a worker holds admitted at once; past it a request is shed with 503 (a lone one is
+    # always admitted). 1 MiB is 8 1,000-flight requests: about 0.2 s of work (a lone one takes 26.5 ms,
+    # loadtest/results/reliability/lone.json), under shed_after_ms; 64 connections' 100-flight requests fit twice.
+    max_bytes_in_flight: Annotated[int, Field(ge=65_536)] = 1_048_576
+    shed_after_ms: PositiveInt = 1_000  # while a request has waited longer for its answer, new ones get 503
+    timeout_s: PositiveInt = 30
+    max_body_bytes: PositiveInt = 1_048_576  # 1,000 flights with every field take about 120 KB
+    # Connections (serving/connections.py). Idle: uvicorn's own keep-alive default. Request: a
+    # 1,000-flight body (120 KB) over "Slow 3G" (400 kbit/s, 2 s round trips) takes 2.4 s to send
+    # plus about 5 round trips of TCP slow start and the request's own: about 14 s.
+    idle_timeout_s: PositiveFloat = 5.0
+    request_timeout_s: PositiveFloat = 20.0
+    max_connections: PositiveInt = 4_096  # per worker, and at most its open-file limit less a reserve
+    # An answer whose client takes none of it for this long is abandoned and its connection aborted
+    # (nginx's send_timeout is 60 s). A client on "Slow 3G" takes 50 KB a second: any live client
+    # takes a byte within a second, and 20 s outlasts TCP's retransmission back-off up to its fifth try.
+    send_timeout_s: PositiveFloat = 20.0
+    # Unsent answer bytes the stalled connections of a worker may hold together (serving/connections.py):
+    # with the per-connection bound, a worker's connections hold at most about 128 MB (docs/reliability.md).
+    max_unsent_mb: PositiveInt = 64
+    access_log: bool = False
+    tracing_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    untraced_routes: list[str] = ["/v1/prediction", "/predict", "/health", "/v1/model"]
+    metrics: bool = True  # /metrics, with the adaptive-batching and process metrics
+    # Each worker reads the pod's metric files for its /metrics page and for GET /v1/monitoring at most
+    # this often (serving/metrics.py, serving/monitoring.py): a flood of either costs one read a second.
+    # 0: every request reads them (the tests, which read right after acting).
+    metrics_page_s: Annotated[float, Field(ge=0)] = 1.0
+    monitoring: bool = True  # drift and expected quality of the predictions (serving/monitoring.py); needs metrics
+    outcomes_token: SecretStr | None = None  # Bearer token of POST /v1/outcomes; without one the route answers 403
+    # The prediction log (serving/prediction_log.py): share of prediction requests logged, where, and
+    # the disk each worker's log may take (in LOG_FILES rotated files). At 5,000 one-flight requests
+    # a second, 1% is 3,000 records (about 300 bytes each: 0.9 MB) a minute: on 2 workers, 256 MB
+    # each keeps the last 9 hours or so.
+    log_sample: Annotated[float, Field(ge=0, le=1)] = 0.01
+    log_dir: Path = Path("monitoring")  # bentoml.monitor's default place: relative to the working directory
+    log_max_mb: Annotated[int, Field(ge=LOG_FILES)] = 256
+    gc_freeze: bool = True
+    lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/layer.py
+
+    @field_validator("outcomes_token", mode="before")
+    @classmethod
+    def _usable_token(cls, value: object) -> object:
+        """Strip the whitespace around the token (a token file's newline); refuse an empty, short or
+        non-printable one, which would let anyone in (an empty token matched `Bearer` alone) or no one."""
+        if not isinstance(value, str):
+            return value
+        token = value.strip()
+        if not token:
+            raise ValueError(f"a token of at least {MIN_TOKEN_CHARACTERS} printable characters: it is empty")
+        if not token.isprintable() or not token.isascii() or any(character.isspace() for character in token):
+            raise ValueError("a token of printable ASCII characters without spaces: it holds others")
+        if len(token) < MIN_TOKEN_CHARACTERS:
+            raise ValueError(f"a token of at least {MIN_TOKEN_CHARACTERS} characters: it has {len(token)}")
+        return token
+
+    @classmethod
+    def from_environment(cls) -> "Settings":
+        """The settings, or BadSettingError with one line per bad variable: its name, its value and what
+        is accepted (a crash-looping pod shows that line, not a traceback)."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems: dict[str, list[str]] = {}
+            for error in exc.errors(include_url=False):
+                message = error["msg"].removeprefix("Value error, ")  # pydantic's prefix of a validator's words
+                problems.setdefault(str(error["loc"][0]), []).append(message[0].lower() + message[1:])
+            raise BadSettingError(
+                "\n".join(refusal(field, " or ".join(messages)) for field, messages in problems.items())
+            ) from None
+        except SettingsError as exc:  # a list that is not JSON
+            field = str(exc).split('"')[1] if '"' in str(exc) else "?"
+            raise BadSettingError(refusal(field, "a JSON list of strings")) from None
+
+    def make_log_dir(self) -> None:
+        """Make the prediction log's directory when the log is on, or BadSettingError if it cannot be written
+        (checked at start: a worker would otherwise fail at its first logged request)."""
+        if not self.log_sample:
+            return
+        try:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            if not os.access(self.log_dir, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+        except OSError as exc:
+            raise BadSettingError(refusal("log_dir", f"a directory it can write ({exc.strerror})")) from None
+
+    def lean_route_applies(self) -> bool:
+        """Whether /v1/prediction takes the lean path: asked for, batched (it hands flights to BentoML's
+        batching dispatcher), and nothing it would skip is on (the access log, or tracing of that route)."""
+        traced = self.tracing_sample_rate > 0 and PREDICTION_ROUTES[0] not in self.untraced_routes
+        return self.lean_route and self.batching and not self.access_log and not traced
+
+
+class BadSettingError(ValueError):
+    """A FLIGHT_DELAY_* variable holds a value the service does not accept."""
+
+
+def refusal(field: str, accepted: str) -> str:
+    """The one line that refuses a setting; a secret's value is not shown."""
+    variable = f"FLIGHT_DELAY_{field.upper()}"
+    value = os.environ.get(variable, "")
+    shown = f"<{len(value)} characters, not shown>" if field in SECRET_SETTINGS else repr(value)
+    return f"{variable}={shown} is not accepted: {accepted}"
+
+
+def settings_or_exit() -> Settings:
+    """The settings in force, with the prediction log's directory made; or the process exits with one
+    line per bad variable (a crash-looping pod shows that line, not a traceback)."""
+    try:
+        settings = Settings.from_environment()
+        settings.make_log_dir()
+    except BadSettingError as exc:
+        raise SystemExit(f"refusing to start: {exc}") from None
+    return settings

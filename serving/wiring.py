@@ -1,0 +1,84 @@
+"""What the service needs around BentoML, put in place when service.py is loaded: the model checked,
+the request layer and its counters, the connection limits, the plain routes."""
+
+from typing import Any
+
+import bentoml
+
+from models.config import MODEL_NAME
+from models.predictor import ModelError, check_metadata
+from serving import connections, internals
+from serving.layer import RequestLayer
+from serving.metrics import counters
+from serving.prediction_log import PredictionLog
+from serving.routes import PATHS, plain_app
+from serving.settings import OUTCOMES_ROUTE, PREDICTION_ROUTES, Settings
+
+BENTOML_ROUTES = ("/livez", "/healthz", "/readyz", "/schema.json")  # BentoML's own (/metrics is not counted)
+
+
+def trained_model() -> tuple[bentoml.models.BentoModel, dict[str, Any]]:
+    """The latest flight_delay model of the store and its metadata, or a one-line refusal to start that
+    says how to fix it.
+
+    Checked when the service is loaded, so `bentoml serve` exits at once instead of its workers
+    failing and restarting forever.
+    """
+    model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+    stored = model.stored
+    if stored is None:  # BentoML would try BentoCloud next and fail with a puzzling message
+        raise bentoml.exceptions.NotFound(f"no {MODEL_NAME} model in the BentoML store; train one first: make train")
+    try:
+        check_metadata(stored.info.metadata)
+    except ModelError as exc:
+        raise bentoml.exceptions.BentoMLException(f"refusing to serve {stored.tag}: {exc}") from None
+    return model, dict(stored.info.metadata)
+
+
+def wire(service: Any, settings: Settings, model: str) -> None:
+    """Put everything around BentoML's app of `service` (BentoML's Service) serving `model` (its tag)."""
+    counted = counters(model)
+    if settings.greedy_batching:
+        internals.cap_learned_wait()
+    internals.install_connection_limits(
+        connections.Limits(
+            idle_s=settings.idle_timeout_s,
+            request_s=settings.request_timeout_s,
+            max_connections=settings.max_connections,
+            on_close=lambda reason: counted.connections_closed.labels(reason=reason).inc(),
+            send_s=settings.send_timeout_s,
+            max_unsent_bytes=settings.max_unsent_mb * 1_048_576,
+        )
+    )
+    internals.cache_metrics_page(settings.metrics_page_s)
+    service.mount_asgi_app(plain_app(service, settings), path="/")
+
+    def prediction_log() -> PredictionLog | None:
+        """This worker's prediction log, opened at its start; None when FLIGHT_DELAY_LOG_SAMPLE is 0."""
+        if not settings.log_sample:
+            return None
+        return PredictionLog(
+            settings.log_dir,
+            settings.log_sample,
+            model=model,
+            worker=bentoml.server_context.worker_index or 0,
+            max_bytes=settings.log_max_mb * 1_048_576,
+            on_drop=lambda reason: counted.log_drops.labels(reason=reason).inc(),
+        )
+
+    internals.arrange_app(
+        RequestLayer,
+        tracing=settings.tracing_sample_rate > 0,
+        batched_api="predict_batch" if settings.lean_route_applies() else None,
+        batched_route=PREDICTION_ROUTES[0],
+        metric_routes=frozenset([*PREDICTION_ROUTES, *PATHS, *BENTOML_ROUTES]),
+        routes=(*PREDICTION_ROUTES, OUTCOMES_ROUTE),
+        max_body_bytes=settings.max_body_bytes,
+        max_in_flight=settings.max_in_flight,
+        max_bytes_in_flight=settings.max_bytes_in_flight,
+        shed_after_s=settings.shed_after_ms / 1000,
+        timeout_s=settings.timeout_s,
+        on_error_response=lambda status: counted.layer_errors.labels(status=str(status)).inc(),
+        on_invalid=counted.count_unknown_values,
+        prediction_log=prediction_log,
+    )
