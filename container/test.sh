@@ -44,8 +44,8 @@ echo "[container-test] ready in ${ready} s, running as uid $user, image $((size 
 
 FLIGHT_DELAY_URL="$url" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_service.py tests/test_bad_input.py
 
-"$PYTHON" loadtest/run.py --url "$url" --duration "$DURATION" --connections "$CONNECTIONS" --name "container-$NAME"
-"$PYTHON" loadtest/run.py --duration "$DURATION" --connections "$CONNECTIONS" --name "container-host-$NAME"
+"$PYTHON" -m loadtest.run --url "$url" --duration "$DURATION" --connections "$CONNECTIONS" --name "container-$NAME"
+"$PYTHON" -m loadtest.run --duration "$DURATION" --connections "$CONNECTIONS" --name "container-host-$NAME"
 NAME="$NAME" "$PYTHON" - <<'PY'
 import json
 import os

@@ -6,7 +6,7 @@ each is compared with the default of its own round, and the table gives medians 
 loadtest/results/ablation/NAME.md (and NAME.json with every run; NAME defaults to ablation-YYYY-MM-DD,
 today; existing files are refused unless --overwrite).
 
-    python loadtest/ablation.py [--rounds 3] [--duration 10] [--only KNOB ...] [--against REV] [--name NAME]
+    python -m loadtest.ablation [--rounds 3] [--duration 10] [--only KNOB ...] [--against REV] [--name NAME]
 
 --against REV measures a code change: each round also runs the code of git revision REV (checked
 out in a temporary worktree, same model store) under the reference load, under 100 flights per
@@ -14,20 +14,17 @@ request at 64 connections and with a new connection per request, next to this ch
 """
 
 import argparse
-import json
 import os
 import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from report import failures, parse_summary  # noqa: E402
-from run import PROJECT_DIR, checkout, dated, say, server, unused, wrk  # noqa: E402
+from loadtest.results import RESULTS, dated, say, unused, write_json
+from loadtest.servers import PROJECT_DIR, checkout, server
+from loadtest.wrk import failures, parse_summary, wrk
 
 
 def shadow_fast_loops() -> str:
@@ -48,7 +45,7 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("adaptive batching", "off", {"FLIGHT_DELAY_BATCHING": "false"}, 200, 1),
     ("max_batch_size", "32", {"FLIGHT_DELAY_MAX_BATCH_SIZE": "32"}, 200, 1),
     ("max_batch_size", "1000", {"FLIGHT_DELAY_MAX_BATCH_SIZE": "1000"}, 200, 1),
-    ("greedy batching (serving/batching.py)", "off", {"FLIGHT_DELAY_GREEDY_BATCHING": "false"}, 200, 1),
+    ("greedy batching (serving/internals.py)", "off", {"FLIGHT_DELAY_GREEDY_BATCHING": "false"}, 200, 1),
     ("max_latency_ms", "100", {"FLIGHT_DELAY_MAX_LATENCY_MS": "100"}, 200, 1),
     ("max_latency_ms", "10000", {"FLIGHT_DELAY_MAX_LATENCY_MS": "10000"}, 200, 1),
     ("workers", "1", {"FLIGHT_DELAY_WORKERS": "1"}, 200, 1),
@@ -63,7 +60,7 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("uvloop + httptools", "off", {"PYTHONPATH": "<shadow>"}, 200, 1),
     ("flights per request", "10", {}, 200, 10),
     ("flights per request", "100", {}, 200, 100),
-    ("lean route (serving/lean_route.py)", "off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 200, 1),
+    ("lean route (serving/layer.py)", "off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 200, 1),
     ("100 flights per request, 64 connections", "lean route on", {}, 64, 100),
     ("100 flights per request, 64 connections", "lean route off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 64, 100),
     ("connections", "400", {}, 400, 1),
@@ -75,12 +72,6 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("connections", "800", {}, 800, 1),
     ("default", "again, last of the round", {}, 200, 1),  # shows any drift within a round
 ]
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def row(knob: str, value: str, runs: list[dict[str, Any]], ratios: list[float], flights: int) -> str:
@@ -96,7 +87,7 @@ def row(knob: str, value: str, runs: list[dict[str, Any]], ratios: list[float], 
 
 def command(args: argparse.Namespace) -> str:
     """The command line that repeats this ablation, every option spelt out."""
-    words = ["python", "loadtest/ablation.py", "--rounds", str(args.rounds), "--duration", str(args.duration)]
+    words = ["python", "-m", "loadtest.ablation", "--rounds", str(args.rounds), "--duration", str(args.duration)]
     words += ["--warmup", str(args.warmup), *(["--only", *args.only] if args.only else [])]
     return shlex.join([*words, *(["--against", args.against] if args.against else []), "--name", args.name])
 
@@ -114,7 +105,7 @@ def main() -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace the table and runs if they exist")
     parser.add_argument("--against", help="git revision whose code to measure next to this checkout's")
     args = parser.parse_args()
-    results = HERE / "results" / "ablation"
+    results = RESULTS / "ablation"
     unused(results / f"{args.name}.md", results / f"{args.name}.json", overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)
     shadow = shadow_fast_loops()
@@ -153,7 +144,7 @@ def main() -> None:
         ratios = [r["summary"]["requests_per_s"] / default_rps[r["round"]] for r in mine]
         lines.append(row(knob, value, [r["summary"] for r in mine], ratios, flights))
     (results / f"{args.name}.md").write_text("\n".join(lines) + "\n")
-    (results / f"{args.name}.json").write_text(json.dumps(runs, indent=2) + "\n")
+    write_json(results / f"{args.name}.json", runs)
     print("\n".join(lines))
 
 

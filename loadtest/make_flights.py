@@ -4,20 +4,16 @@ The flights come from the synthetic sample (models.data), so airlines, flight ty
 destinations follow the real frequencies; every other row gives the optional fields. The pool
 holds distinct flights and starts with EXAMPLE_REQUEST's flights.
 
-    python loadtest/make_flights.py
+    python -m loadtest.make_flights
 """
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from loadtest.client import FLIGHTS as OUTPUT
 from models.data import STATS_PATH, synthetic_frame
 from models.schema import EXAMPLE_REQUEST, Flight
 
 POOL_SIZE = 256
-OUTPUT = Path(__file__).resolve().parent / "flights.jsonl"
 
 
 def pool() -> list[dict[str, object]]:

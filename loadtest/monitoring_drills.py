@@ -1,14 +1,14 @@
 """Monitoring drills on the real data: what GET /v1/monitoring says after real traffic and outcomes.
 
-    .venv/bin/python loadtest/monitoring_drills.py same     # trained on the training days; held-out days sent
-    .venv/bin/python loadtest/monitoring_drills.py season   # trained on January to June; July to December sent
-    .venv/bin/python loadtest/monitoring_drills.py world    # as `same`, but 25% of on-time flights left 30 min late
-    .venv/bin/python loadtest/monitoring_drills.py cluster  # the held-out days through 2 replicas and Prometheus
+    .venv/bin/python -m loadtest.monitoring_drills same     # trained on the training days; held-out days sent
+    .venv/bin/python -m loadtest.monitoring_drills season   # trained on January to June; July to December sent
+    .venv/bin/python -m loadtest.monitoring_drills world    # as `same`, but 25% of on-time flights left 30 min late
+    .venv/bin/python -m loadtest.monitoring_drills cluster  # the held-out days through 2 replicas and Prometheus
 
 Each of the first three trains its model with train.py into a model store of its own, serves it (one
 worker), sends the flights as predictions and then as outcomes (POST /v1/outcomes). `cluster` runs
 two replicas of the image (--image, 1 worker each) behind HAProxy and Prometheus with the project's
-recording rules (loadtest/scale.py's cluster), sends the held-out days through the balancer, and
+recording rules (loadtest.cluster), sends the held-out days through the balancer, and
 checks the recorded cluster-wide drift and realized figures against both pods' counts combined; the
 image's model must be train.py's on this very dataset (checked by its sha256), whose held-out days
 those are. Each writes loadtest/results/monitoring/DRILL.json, .md and .png; an existing result is
@@ -19,7 +19,6 @@ counts and scores only); `cluster` also a Docker engine (DOCKER_HOST), haproxy a
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -33,18 +32,17 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupShuffleSplit
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from loadtest.cluster import LB_URL, cluster, port, wait_until
+from loadtest.probes import Samples, metrics
+from loadtest.results import RESULTS as ALL_RESULTS
+from loadtest.results import figure, machine, say, unused, write_json
+from loadtest.servers import PROJECT_DIR, server
+from models.config import DEFAULT_DATA_PATH, SEED, TEST_SIZE
+from models.data import file_sha256, load_flights
+from models.features import Vocabulary
+from models.quality import js_distance, min_flights, realized_quality
 
-from run import PROJECT_DIR, say, server, unused  # noqa: E402
-
-from models.config import DEFAULT_DATA_PATH, SEED, TEST_SIZE  # noqa: E402
-from models.data import file_sha256, load_flights  # noqa: E402
-from models.features import Vocabulary  # noqa: E402
-from models.quality import js_distance, min_flights, realized_quality  # noqa: E402
-
-RESULTS = HERE / "results" / "monitoring"
+RESULTS = ALL_RESULTS / "monitoring"
 TOKEN = "drill-token"
 PER_REQUEST = 500
 # The alerts' own conditions (deploy/k8s/alerts/flight-delay.rules.yml), checked on the pod's figures.
@@ -144,34 +142,21 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
 
 def plot(report: dict[str, Any], path: Path, title: str) -> None:
     """Each input's drift against the threshold, and expected against realized quality."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    inputs = [name for name, d in report["drift"].items() if d["score"] is not None]
-    left.barh(inputs, [report["drift"][name]["score"] for name in inputs], color="#4c72b0")
-    left.axvline(0.1, color="#c44e52", linestyle="--", label="threshold 0.1")
-    left.set_xlabel("Jensen-Shannon distance from the training flights")
-    left.legend()
-    measures = ("delay_rate", "brier", "roc_auc")
-    x = np.arange(len(measures))
-    for offset, (label, values) in enumerate(
-        (
-            ("expected from probabilities", report["estimated"]),
-            ("realized from outcomes", report["outcomes"]),
-            ("held-out days at training", report["reference"]),
-        )
-    ):
-        left_edge = x + (offset - 1) * 0.27
-        right.bar(left_edge, [values[m] or 0 for m in measures], width=0.27, label=label)
-    right.set_xticks(x, measures)
-    right.legend(fontsize=8)
-    figure.suptitle(title)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with figure(path, 2, (11, 4)) as (drawn, (left, right)):
+        inputs = [name for name, d in report["drift"].items() if d["score"] is not None]
+        left.barh(inputs, [report["drift"][name]["score"] for name in inputs], color="#4c72b0")
+        left.axvline(0.1, color="#c44e52", linestyle="--", label="threshold 0.1")
+        left.set_xlabel("Jensen-Shannon distance from the training flights")
+        left.legend()
+        measures = ("delay_rate", "brier", "roc_auc")
+        x = np.arange(len(measures))
+        sources = (("expected from probabilities", "estimated"), ("realized from outcomes", "outcomes"),
+                   ("held-out days at training", "reference"))  # fmt: skip
+        for offset, (label, key) in enumerate(sources):
+            right.bar(x + (offset - 1) * 0.27, [report[key][m] or 0 for m in measures], width=0.27, label=label)
+        right.set_xticks(x, measures)
+        right.legend(fontsize=8)
+        drawn.suptitle(title)
 
 
 def markdown(name: str, title: str, command: str, report: dict[str, Any], verdict: dict[str, Any]) -> str:
@@ -230,18 +215,7 @@ RECORDED_OUTCOMES = {
 }
 
 
-def metric_samples(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """A pod's /metrics (Prometheus text format) as each sample's value by name and sorted labels."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
-
-
-def pod_counts(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], model: str, bins: int) -> dict[str, Any]:
+def pod_counts(samples: Samples, model: str, bins: int) -> dict[str, Any]:
     """One model's monitoring counts in a pod's samples: flights by input and value (`missing` left out,
     as the rules leave it out), predictions, and outcomes per probability bin with their sum of
     squared errors. Values are keyed by their label, so no vocabulary is needed here."""
@@ -267,7 +241,7 @@ def pod_counts(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], mod
     }
 
 
-def reference_shares(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], model: str) -> dict[str, Any]:
+def reference_shares(samples: Samples, model: str) -> dict[str, Any]:
     """The model's training share of each value of each input, as a pod exports it (the rules' reference)."""
     shares: dict[str, dict[str, float]] = {}
     for key, value in samples.get("flight_delay_reference_share", {}).items():
@@ -322,11 +296,11 @@ def compare(
     """Each figure recorded by Prometheus beside the same figure from the pods' counts combined; within
     tolerance, or both absent (an input the rule did not judge)."""
     rows = []
-    for figure in counted:
-        got, want = recorded.get(figure), counted[figure]
+    for name in counted:
+        got, want = recorded.get(name), counted[name]
         difference = None if got is None or want is None else abs(got - want)
         agrees = (got is None and want is None) or (difference is not None and difference <= tolerance)
-        rows.append({"figure": figure, "recorded": got, "pods_combined": want, "difference": difference,
+        rows.append({"figure": name, "recorded": got, "pods_combined": want, "difference": difference,
                      "agrees": agrees})  # fmt: skip
     return rows
 
@@ -341,22 +315,9 @@ def pod_figures(report: dict[str, Any]) -> dict[str, float | None]:
     return scores
 
 
-def machine() -> str:
-    """Cores, processor and system of this machine, for the report."""
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-         if line.startswith("model name")),
-        platform.processor(),
-    )  # fmt: skip
-    system = platform.freedesktop_os_release().get("PRETTY_NAME", platform.system())
-    return f"{os.cpu_count()} cores, {cpu}, {system}, shared"
-
-
 def run_cluster(image: str, traffic: pd.DataFrame, training_flights: int) -> dict[str, Any]:
     """The held-out days through HAProxy to two replicas as predictions and outcomes; Prometheus's
     recorded figures and raw sums, and each pod's counts and /v1/monitoring, read at one moment."""
-    from scale import LB_URL, cluster, port, wait_until
-
     env = ("FLIGHT_DELAY_OUTCOMES_TOKEN=" + TOKEN,)
     with (
         cluster(image, CLUSTER_SLOTS, prometheus=True, env=env) as (_replicas, _balancer, prometheus),
@@ -414,7 +375,7 @@ def run_cluster(image: str, traffic: pd.DataFrame, training_flights: int) -> dic
         pods, shares = {}, []
         for slot in CLUSTER_SLOTS:
             url = f"http://127.0.0.1:{port(slot)}"
-            samples = metric_samples(httpx.get(f"{url}/metrics", timeout=10).text)
+            samples = metrics(url, timeout=10)
             shares.append(reference_shares(samples, model))
             pods[f"r{slot}"] = {
                 "port": port(slot),
@@ -553,27 +514,18 @@ or firing at the end: {alerts or "none"} (every monitoring alert has a `for:` of
 
 def plot_cluster(outcome: dict[str, Any], path: Path) -> None:
     """Each figure as recorded by Prometheus, from the pods' counts combined, and from each pod alone."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [row for row in outcome["rows"] if row["recorded"] is not None]
-    pods = list(outcome["per_pod"])
     series = [("recorded by Prometheus", "recorded"), ("pods' counts combined", "pods_combined"),
-              *((f"pod {name} alone", f"pod {name}") for name in pods)]  # fmt: skip
-    figure, axes = plt.subplots(figsize=(11, 4.5))
-    x = np.arange(len(rows))
-    width = 0.8 / len(series)
-    for offset, (label, key) in enumerate(series):
-        axes.bar(x + (offset - (len(series) - 1) / 2) * width, [row[key] or 0 for row in rows], width, label=label)
-    axes.axhline(0.1, color="#c44e52", linestyle="--", linewidth=0.8, label="drift threshold 0.1")
-    axes.set_xticks(x, [row["figure"].replace(" ", "\n") for row in rows], fontsize=8)
-    axes.set_title("Cluster view: recorded cluster-wide figures against the two pods' counts combined")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+              *((f"pod {name} alone", f"pod {name}") for name in outcome["per_pod"])]  # fmt: skip
+    with figure(path, size=(11, 4.5)) as (_, axes):
+        x = np.arange(len(rows))
+        width = 0.8 / len(series)
+        for offset, (label, key) in enumerate(series):
+            axes.bar(x + (offset - (len(series) - 1) / 2) * width, [row[key] or 0 for row in rows], width, label=label)
+        axes.axhline(0.1, color="#c44e52", linestyle="--", linewidth=0.8, label="drift threshold 0.1")
+        axes.set_xticks(x, [row["figure"].replace(" ", "\n") for row in rows], fontsize=8)
+        axes.set_title("Cluster view: recorded cluster-wide figures against the two pods' counts combined")
+        axes.legend(fontsize=8)
 
 
 def main_cluster(image: str, paths: list[Path]) -> None:
@@ -582,11 +534,11 @@ def main_cluster(image: str, paths: list[Path]) -> None:
     held_out = held_out_days(flights)
     result = {"image": image, **run_cluster(image, flights[held_out], int((~held_out).sum()))}
     outcome = cluster_outcome(result)
-    command = ".venv/bin/python loadtest/monitoring_drills.py cluster"
+    command = ".venv/bin/python -m loadtest.monitoring_drills cluster"
     when, where = time.strftime("%Y-%m-%d %H:%M"), machine()
     report = {"drill": "cluster", "what": DRILLS["cluster"], "date": when, "machine": where, "command": command,
               "comparison": outcome, "run": result}  # fmt: skip
-    paths[0].write_text(json.dumps(report, indent=2) + "\n")
+    write_json(paths[0], report)
     paths[1].write_text(cluster_markdown(command, when, where, result, outcome))
     plot_cluster(outcome, paths[2])
     print(json.dumps({key: outcome[key] for key in ("per_pod", "all_agree", "largest_difference")}, indent=2))
@@ -620,11 +572,11 @@ def main() -> None:
             column = outcomes.columns.get_loc("Fecha-O")
             outcomes.iloc[late, column] = outcomes["Fecha-I"].iloc[late] + pd.Timedelta(minutes=30)
     report = run_drill(args.drill, training, traffic, outcomes)
-    command = f".venv/bin/python loadtest/monitoring_drills.py {args.drill}"
+    command = f".venv/bin/python -m loadtest.monitoring_drills {args.drill}"
     verdict = verdicts(report)
     outcome = {"drill": args.drill, "what": DRILLS[args.drill], "date": time.strftime("%Y-%m-%d %H:%M"),
                "command": command, "verdict": verdict, "monitoring": report}  # fmt: skip
-    paths[0].write_text(json.dumps(outcome, indent=2) + "\n")
+    write_json(paths[0], outcome)
     paths[1].write_text(markdown(args.drill, DRILLS[args.drill], command, report, verdict))
     plot(report, paths[2], DRILLS[args.drill])
     print(json.dumps(verdict, indent=2))

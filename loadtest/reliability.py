@@ -1,19 +1,19 @@
 """Overload, long-run and fault drills against a fresh service; run by hand, not in CI.
 
-    python loadtest/reliability.py overload      # 2,000 connections for 20 s, then time to recover
-    python loadtest/reliability.py big-request   # reference-load p99 with and without 1,000-flight requests mixed in
-    python loadtest/reliability.py heavy-overload   # 1,000-flight requests from 200 connections, wait bound on/off
-    python loadtest/reliability.py soak [--minutes 10]   # memory of every worker, sampled every 10 s
-    python loadtest/reliability.py sigterm       # SIGTERM under load: every request's outcome, seconds to exit
-    python loadtest/reliability.py sigkill       # one worker killed under load: failed requests, recovery
-    python loadtest/reliability.py after-burst   # latency of lone requests, idle and for 12 s after a burst
-    python loadtest/reliability.py lone          # one request at a time (http.client): 1, 100 and 1,000 flights
-    python loadtest/reliability.py lone --against REV   # the same, paired with the code of git revision REV
-    python loadtest/reliability.py lone --paired-env FLIGHT_DELAY_MONITORING=false   # paired with a setting
-    python loadtest/reliability.py slow-clients  # 30,000 slow connections of each kind for 60 s, direct and via HAProxy
-    python loadtest/reliability.py polled-monitoring --against REV   # lone requests while /v1/monitoring is polled
-    python loadtest/reliability.py slow-readers  # 9,000 never-reading connections asking for large answers, 60 s
-    python loadtest/reliability.py path-flood    # 100,000 requests to random paths: /metrics before and after
+    python -m loadtest.reliability overload      # 2,000 connections for 20 s, then time to recover
+    python -m loadtest.reliability big-request   # reference-load p99 with and without 1,000-flight requests mixed in
+    python -m loadtest.reliability heavy-overload   # 1,000-flight requests from 200 connections, wait bound on/off
+    python -m loadtest.reliability soak [--minutes 10]   # memory of every worker, sampled every 10 s
+    python -m loadtest.reliability sigterm       # SIGTERM under load: every request's outcome, seconds to exit
+    python -m loadtest.reliability sigkill       # one worker killed under load: failed requests, recovery
+    python -m loadtest.reliability after-burst   # latency of lone requests, idle and for 12 s after a burst
+    python -m loadtest.reliability lone          # one request at a time (http.client): 1, 100 and 1,000 flights
+    python -m loadtest.reliability lone --against REV   # the same, paired with the code of git revision REV
+    python -m loadtest.reliability lone --paired-env FLIGHT_DELAY_MONITORING=false   # paired with a setting
+    python -m loadtest.reliability slow-clients  # 30,000 slow connections of each kind for 60 s, direct and via HAProxy
+    python -m loadtest.reliability polled-monitoring --against REV   # lone requests while /v1/monitoring is polled
+    python -m loadtest.reliability slow-readers  # 9,000 never-reading connections asking for large answers, 60 s
+    python -m loadtest.reliability path-flood    # 100,000 requests to random paths: /metrics before and after
 
 Each drill writes loadtest/results/reliability/DRILL.json (and soak.png) and prints it; a result
 that exists is refused unless --overwrite, since the docs cite them.
@@ -22,9 +22,7 @@ that exists is refused unless --overwrite, since the docs cite them.
 import argparse
 import json
 import os
-import resource
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,61 +33,33 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
+
+from loadtest.client import BackgroundLoad
+from loadtest.cluster import LB_URL, SLOTS, Balancer, port
+from loadtest.probes import closes, lone_times, new_connection_ms, probe
+from loadtest.results import RESULTS as ALL_RESULTS
+from loadtest.results import figure, say, unused, write_json
+from loadtest.servers import PROJECT_DIR, checkout, server, service_workers
+from loadtest.slow_client import KINDS, UNREAD_KINDS, more_files
+from loadtest.stats import percentile
+from loadtest.wrk import SOCKET_ERRORS, failures, in_background, parse_summary, wrk, wrk_summary
+from models.schema import EXAMPLE_REQUEST
+from serving.layer import shutdown_counts
+from serving.settings import Settings
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
-
-from accounting_client import BackgroundLoad  # noqa: E402
-from report import SOCKET_ERRORS, failures, parse_summary  # noqa: E402
-from run import PROJECT_DIR, checkout, say, server, unused, wrk  # noqa: E402
-from slow_client import KINDS, UNREAD_KINDS  # noqa: E402
-
-from models.config import Settings  # noqa: E402
-from models.schema import EXAMPLE_REQUEST  # noqa: E402
-from serving.guard import shutdown_counts  # noqa: E402
-
-RESULTS = HERE / "results" / "reliability"
-WORKER_MARK = "_bentoml_impl.worker.service"
-
-
-def workers(pid: int) -> dict[int, psutil.Process]:
-    """The service's worker processes by PID."""
-    children = psutil.Process(pid).children(recursive=True)
-    return {child.pid: child for child in children if WORKER_MARK in " ".join(child.cmdline())}
-
-
-def in_background(target: Any, *args: Any) -> tuple[threading.Thread, dict[str, Any]]:
-    """Run target(*args) in a thread; its return value lands in the dict under "result"."""
-    box: dict[str, Any] = {}
-    thread = threading.Thread(target=lambda: box.update(result=target(*args)), daemon=True)
-    thread.start()
-    return thread, box
-
-
-PROBE = httpx.Client(timeout=5)  # one client: creating one per request costs httpx about 50 ms
-
-
-def probe(url: str) -> float:
-    """Milliseconds one EXAMPLE_REQUEST takes; infinity if it fails."""
-    started = time.perf_counter()
-    try:
-        ok = PROBE.post(f"{url}/v1/prediction", json=EXAMPLE_REQUEST).status_code == 200
-    except httpx.HTTPError:
-        ok = False
-    return (time.perf_counter() - started) * 1000 if ok else float("inf")
+RESULTS = ALL_RESULTS / "reliability"
 
 
 def overload(_args: argparse.Namespace) -> dict[str, Any]:
     """2,000 connections for 20 s: answered or shed with 503, no crash; recovery after the load stops.
 
-    The same wrk against the bare ASGI server of ceiling.py gives the time-outs wrk itself counts at
+    The same wrk against the bare ASGI server (loadtest.apps ceiling) gives the time-outs wrk itself counts at
     2,000 connections (its 2-s check also counts connections still being set up).
     """
     with server("service") as (url, process):
-        before = set(workers(process.pid))
-        summary = parse_summary(wrk(url, 20, 4, 2000, 1, "2,000 connections"))
+        before = set(service_workers(process.pid))
+        summary = wrk_summary(url, 20, 4, 2000, 1, "2,000 connections")
         stopped = time.monotonic()
         recovery = None
         while time.monotonic() - stopped < 5:
@@ -97,9 +67,9 @@ def overload(_args: argparse.Namespace) -> dict[str, Any]:
                 recovery = {"seconds_after_load": round(time.monotonic() - stopped, 2), "latency_ms": round(latency, 1)}
                 break
             time.sleep(0.1)
-        after = set(workers(process.pid))
+        after = set(service_workers(process.pid))
     with server("ceiling") as (url, _process):
-        floor = parse_summary(wrk(url, 20, 4, 2000, 1, "2,000 connections, bare ASGI server"))
+        floor = wrk_summary(url, 20, 4, 2000, 1, "2,000 connections, bare ASGI server")
     return {
         "wrk": summary,
         "answered_2xx": summary["requests"] - summary["non_2xx"],
@@ -117,7 +87,7 @@ def big_request(_args: argparse.Namespace) -> dict[str, Any]:
     big = {"flights": [EXAMPLE_REQUEST["flights"][i % 2] for i in range(1000)]}
     with server("service") as (url, _process):
         wrk(url, 5, 4, 200, 1, "warm-up")
-        alone = parse_summary(wrk(url, 20, 4, 200, 1, "reference load alone"))
+        alone = wrk_summary(url, 20, 4, 200, 1, "reference load alone")
         latencies: list[float] = []
         done = threading.Event()
 
@@ -130,7 +100,7 @@ def big_request(_args: argparse.Namespace) -> dict[str, Any]:
                     latencies.append((time.perf_counter() - started) * 1000)
 
         thread, _box = in_background(send_big)
-        mixed = parse_summary(wrk(url, 20, 4, 200, 1, "reference load + 1,000-flight requests"))
+        mixed = wrk_summary(url, 20, 4, 200, 1, "reference load + 1,000-flight requests")
         done.set()
         thread.join()
     return {
@@ -149,7 +119,7 @@ def heavy_overload(_args: argparse.Namespace) -> dict[str, Any]:
     outcome = {}
     for label, shed_after_ms in (("shed_after_1000_ms", "1000"), ("no_wait_bound", "100000000")):
         with server("service", env={"FLIGHT_DELAY_SHED_AFTER_MS": shed_after_ms}) as (url, _process):
-            summary = parse_summary(wrk(url, 20, 4, 200, 1000, f"1,000-flight requests, {label}"))
+            summary = wrk_summary(url, 20, 4, 200, 1000, f"1,000-flight requests, {label}")
         outcome[label] = {
             "answered_2xx": summary["requests"] - summary["non_2xx"],
             "shed_503": summary.get("status_503"),
@@ -168,7 +138,7 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         thread, box = in_background(wrk, url, seconds, 4, 200, 1, "soak")
         started = time.monotonic()
         while thread.is_alive():
-            rss = {str(pid): p.memory_info().rss / 2**20 for pid, p in workers(process.pid).items()}
+            rss = {str(pid): p.memory_info().rss / 2**20 for pid, p in service_workers(process.pid).items()}
             samples.append({"t_s": round(time.monotonic() - started, 1), "rss_mib": rss})
             thread.join(timeout=10)
         summary = parse_summary(box["result"])
@@ -184,23 +154,14 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 def plot_memory(samples: list[dict[str, Any]], path: Path, minutes: int) -> None:
     """Resident memory of each worker over the soak."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axis = plt.subplots(figsize=(8, 4))
-    for pid in samples[0]["rss_mib"]:
-        points = [(s["t_s"] / 60, s["rss_mib"][pid]) for s in samples if pid in s["rss_mib"]]
-        axis.plot(*zip(*points, strict=True), label=f"worker {pid}")
-    axis.set_xlabel("minutes under wrk -t4 -c200")
-    axis.set_ylabel("resident memory (MiB)")
-    axis.set_ylim(bottom=0)
-    axis.set_title(f"Soak, {minutes} min, {time.strftime('%Y-%m-%d')}")
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, size=(8, 4)) as (_, axis):
+        for pid in samples[0]["rss_mib"]:
+            points = [(s["t_s"] / 60, s["rss_mib"][pid]) for s in samples if pid in s["rss_mib"]]
+            axis.plot(*zip(*points, strict=True), label=f"worker {pid}")
+        axis.set(xlabel="minutes under wrk -t4 -c200", ylabel="resident memory (MiB)",
+                 title=f"Soak, {minutes} min, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+        axis.set_ylim(bottom=0)
+        axis.legend()
 
 
 def under_load_then(url: str, action: Any) -> dict[str, Any]:
@@ -216,7 +177,7 @@ def sigterm(_args: argparse.Namespace) -> dict[str, Any]:
     """SIGTERM to `bentoml serve` under load from 200 keep-alive connections: what became of every request.
 
     Each worker logs the requests it accepted, answered and cut; the client sorts every request it
-    sent by outcome (accounting_client.py). A request the client saw "unanswered" that no worker
+    sent by outcome (loadtest.client's BackgroundLoad). A request the client saw "unanswered" that no worker
     counts as cut was never read by the service: it reached a keep-alive connection the server was
     closing as idle, or the listening socket's queue as the service stopped.
     """
@@ -246,10 +207,10 @@ def sigterm(_args: argparse.Namespace) -> dict[str, Any]:
 def sigkill(_args: argparse.Namespace) -> dict[str, Any]:
     """SIGKILL one worker under load: failed requests, and whether the service answers afterwards."""
     with server("service") as (url, process):
-        before = workers(process.pid)
+        before = service_workers(process.pid)
         summary = under_load_then(url, lambda: next(iter(before.values())).kill())
         time.sleep(2)
-        after = workers(process.pid)
+        after = service_workers(process.pid)
         answers_after = probe(url) < float("inf")
     return {
         "failed_requests": failures(summary),
@@ -276,8 +237,8 @@ def after_burst(_args: argparse.Namespace) -> dict[str, Any]:
             time.sleep(0.2)
     return {
         "greedy_batching": os.environ.get("FLIGHT_DELAY_GREEDY_BATCHING", "true"),
-        "idle_median_ms": round(statistics.median(idle), 1),
-        "after_burst_median_ms": round(statistics.median(after), 1),
+        "idle_median_ms": percentile(idle, 0.5),
+        "after_burst_median_ms": percentile(after, 0.5),
         "after_burst_max_ms": round(max(after), 1),
         "lone_requests_after_burst": len(after),
     }
@@ -310,47 +271,13 @@ def lone(args: argparse.Namespace) -> dict[str, Any]:
     return {"requests_each": 200, "rounds": rounds}
 
 
-ATTACKERS = 3  # processes of slow_client.py: a process may hold 20,000 open files here
+ATTACKERS = 3  # processes of loadtest.slow_client: a process may hold 20,000 open files here
 ATTACK_CONNECTIONS = 30_000
 ATTACK_SECONDS = 60
 PROBE_EVERY_S = 0.25  # one new-connection, one-flight request every 250 ms during the attack
 PROBE_SOURCE = "127.0.0.2"  # the probes' own address, so a front's per-source limit tells them from the attacker
 FRONT_REQUEST_DEADLINE_S = 10  # deploy/local/haproxy.cfg: timeout http-request
 PROBE_BODY = json.dumps({"flights": EXAMPLE_REQUEST["flights"][:1]})
-
-
-def probe_new_connection(host: str, port: int) -> float | str:
-    """Milliseconds a one-flight prediction takes on a new connection from PROBE_SOURCE, or why it failed."""
-    from http.client import HTTPConnection
-
-    connection = HTTPConnection(host, port, timeout=10, source_address=(PROBE_SOURCE, 0))
-    started = time.perf_counter()
-    try:
-        connection.request("POST", "/v1/prediction", PROBE_BODY, {"Content-Type": "application/json"})
-        answer = connection.getresponse()
-        body = answer.read()
-        # a failure's status and the start of its body, which says who answered (the service's JSON, or a front's page)
-        outcome: float | str = (
-            (time.perf_counter() - started) * 1000 if answer.status == 200 else f"{answer.status} {body[:40]!r}"
-        )
-    except OSError as exc:
-        outcome = type(exc).__name__
-    finally:
-        connection.close()
-    return outcome
-
-
-def closes(url: str) -> dict[str, float]:
-    """The service's own count of the connections it closed, by reason (connections_closed_total)."""
-    lines = httpx.get(f"{url}/metrics", timeout=30).text.splitlines()
-    prefix = "connections_closed_total{"
-    return {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(prefix)}
-
-
-def percentile(values: list[float], share: float) -> float | None:
-    """The value at `share` of the sorted values (nearest rank), or None for none."""
-    ordered = sorted(values)
-    return round(ordered[min(int(share * len(ordered)), len(ordered) - 1)], 1) if ordered else None
 
 
 def slow_attack(
@@ -368,9 +295,11 @@ def slow_attack(
     host, port = url.removeprefix("http://").split(":")
     closes_before = closes(service_url)
     front_before = balancer.stats()["r1"] if balancer else {}
-    command = [sys.executable, str(HERE / "slow_client.py"), kind, host, port]
+    command = [sys.executable, "-m", "loadtest.slow_client", kind, host, port]
     attackers = [
-        subprocess.Popen([*command, str(connections // ATTACKERS), str(ATTACK_SECONDS)], stdout=subprocess.PIPE)
+        subprocess.Popen(
+            [*command, str(connections // ATTACKERS), str(ATTACK_SECONDS)], cwd=PROJECT_DIR, stdout=subprocess.PIPE
+        )
         for _ in range(ATTACKERS)
     ]
     memory: list[float] = []
@@ -378,9 +307,9 @@ def slow_attack(
     with ThreadPoolExecutor(64) as pool:
         futures = []
         while (elapsed := time.monotonic() - started) < ATTACK_SECONDS:
-            futures.append(pool.submit(probe_new_connection, host, int(port)))
+            futures.append(pool.submit(new_connection_ms, host, int(port), PROBE_BODY, PROBE_SOURCE))
             if len(futures) % int(1 / PROBE_EVERY_S) == 0:
-                memory.append(sum(w.memory_info().rss for w in workers(service.pid).values()) / 2**20)
+                memory.append(sum(w.memory_info().rss for w in service_workers(service.pid).values()) / 2**20)
             time.sleep(max(0.0, len(futures) * PROBE_EVERY_S - elapsed))
         outcomes = [future.result() for future in futures]
     reports = [json.loads(attacker.communicate()[0]) for attacker in attackers]
@@ -389,7 +318,7 @@ def slow_attack(
     front = balancer.stats()["r1"] if balancer else {}
     recovery = None
     while time.monotonic() - stopped < 10:
-        if isinstance(latency := probe_new_connection(host, int(port)), float) and latency < 50:
+        if isinstance(latency := new_connection_ms(host, int(port), PROBE_BODY, PROBE_SOURCE), float) and latency < 50:
             recovery = {"seconds_after_attack": round(time.monotonic() - stopped, 2), "latency_ms": round(latency, 1)}
             break
         time.sleep(0.1)
@@ -447,10 +376,8 @@ def slow_attack(
 
 
 def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
-    """Each slow kind of slow_client.py at 30,000 connections for 60 s, straight at the service and
+    """Each slow kind of loadtest.slow_client at 30,000 connections for 60 s, straight at the service and
     through the HAProxy front of deploy/local/haproxy.cfg (the service as its replica r1)."""
-    from scale import LB_URL, SLOTS, Balancer, port
-
     settings = Settings()
     deadlines = {"silent": settings.idle_timeout_s, "slow-headers": settings.request_timeout_s}
     outcome: dict[str, Any] = {"direct": {}, "haproxy": {}}
@@ -462,11 +389,7 @@ def slow_clients(args: argparse.Namespace) -> dict[str, Any]:
             outcome["direct"][kind] = slow_attack(url, kind, deadline, process, url)
         balancer = Balancer(Path(directory))
         try:
-            for slot in SLOTS[1:]:  # no replica there: HAProxy would count them up until two checks fail
-                balancer.remove(slot)
-            wait_until_up = time.monotonic() + 15
-            while balancer.states().get("r1") != "UP" and time.monotonic() < wait_until_up:
-                time.sleep(0.2)
+            balancer.only_first()
             for kind in kinds if "haproxy" in fronts else []:
                 outcome["haproxy"][kind] = slow_attack(LB_URL, kind, FRONT_REQUEST_DEADLINE_S, process, url, balancer)
         finally:
@@ -481,8 +404,6 @@ POD_MEMORY_LIMIT_MIB = 768  # deploy/k8s/base/deployment.yaml: the two workers m
 def slow_readers(args: argparse.Namespace) -> dict[str, Any]:
     """9,000 connections that ask for the largest answers (the API page's script, /docs.json, /metrics, a
     1,000-flight prediction) and never read, for 60 s, straight at the service and through HAProxy."""
-    from scale import LB_URL, SLOTS, Balancer, port
-
     settings = Settings()
     outcome: dict[str, Any] = {"pod_memory_limit_mib": POD_MEMORY_LIMIT_MIB, "direct": None, "haproxy": None}
     fronts = args.fronts or ["direct", "haproxy"]
@@ -493,11 +414,7 @@ def slow_readers(args: argparse.Namespace) -> dict[str, Any]:
         if "haproxy" in fronts:
             balancer = Balancer(Path(directory))
             try:
-                for slot in SLOTS[1:]:
-                    balancer.remove(slot)
-                wait_until_up = time.monotonic() + 15
-                while balancer.states().get("r1") != "UP" and time.monotonic() < wait_until_up:
-                    time.sleep(0.2)
+                balancer.only_first()
                 outcome["haproxy"] = slow_attack(
                     LB_URL, kind, settings.send_timeout_s, process, url, balancer, connections=NEVER_READING
                 )
@@ -511,7 +428,7 @@ def metrics_snapshot(url: str, service: subprocess.Popen[bytes]) -> dict[str, An
     started = time.perf_counter()
     text = httpx.get(f"{url}/metrics", timeout=120).text
     scrape_s = time.perf_counter() - started
-    procs = workers(service.pid)
+    procs = service_workers(service.pid)
     directory = Path(next(iter(procs.values())).environ()["PROMETHEUS_MULTIPROC_DIR"])
     return {
         "bytes": len(text.encode()),
@@ -548,46 +465,24 @@ def path_flood(args: argparse.Namespace) -> dict[str, Any]:
 def lone_requests(code: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
     """Median and p99 milliseconds of lone requests of 1, 100 and 1,000 flights to the service run from
     `code`, with `env` set for it."""
-    from http.client import HTTPConnection
-
     pool = [json.loads(line) for line in (HERE / "flights.jsonl").read_text().splitlines()]
     sizes: dict[str, Any] = {}
     with server("service", code=code, env=env) as (url, _process):
-        connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
         for size in (1, 100, 1_000):
             body = json.dumps({"flights": [pool[i % len(pool)] for i in range(size)]})
-            sizes[f"{size}_flights"] = lone_times(connection, body)
+            sizes[f"{size}_flights"] = median_and_p99(lone_times(url, body))
             say(f"{size} flights: {sizes[f'{size}_flights']}")
-        connection.close()
     return sizes
 
 
-def lone_times(connection: Any, body: str, requests: int = 200, pause_s: float = 0.0) -> dict[str, float]:
-    """Median and p99 milliseconds of `requests` predictions of `body` sent one at a time on an
-    http.client connection, after 20 unmeasured, `pause_s` apart."""
-    times = []
-    for attempt in range(requests + 20):
-        started = time.perf_counter()
-        connection.request("POST", "/v1/prediction", body, {"Content-Type": "application/json"})
-        answer = connection.getresponse()
-        answer.read()
-        assert answer.status == 200, answer.status
-        if attempt >= 20:
-            times.append((time.perf_counter() - started) * 1000)
-        time.sleep(pause_s)
-    times.sort()
-    return {"median_ms": round(statistics.median(times), 2), "p99_ms": round(times[int(0.99 * (len(times) - 1))], 2)}
+def median_and_p99(milliseconds: list[float]) -> dict[str, float | None]:
+    """Median and p99 of lone requests' milliseconds, to 0.01 ms."""
+    return {"median_ms": percentile(milliseconds, 0.5, 2), "p99_ms": percentile(milliseconds, 0.99, 2)}
 
 
-def lone_one_flight_ms(url: str) -> dict[str, float]:
+def lone_one_flight_ms(url: str) -> dict[str, float | None]:
     """Lone one-flight predictions on one keep-alive connection, 5 ms apart."""
-    from http.client import HTTPConnection
-
-    connection = HTTPConnection(url.removeprefix("http://"), timeout=30)
-    try:
-        return lone_times(connection, PROBE_BODY, pause_s=0.005)
-    finally:
-        connection.close()
+    return median_and_p99(lone_times(url, PROBE_BODY, pause_s=0.005))
 
 
 def polled_monitoring(args: argparse.Namespace) -> dict[str, Any]:
@@ -662,12 +557,11 @@ def main() -> None:
     name += f"-{args.unread}" if args.drill == "slow-readers" and args.unread != "never-read" else ""
     result = RESULTS / f"{name}.json"
     unused(result, overwrite=args.overwrite)  # the docs cite these files
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # 2,000 connections need more than 1,024 files
+    more_files()  # 2,000 connections need more than 1,024 files
     RESULTS.mkdir(parents=True, exist_ok=True)
     say(f"drill: {args.drill}")
     outcome = {"drill": args.drill, "date": time.strftime("%Y-%m-%d %H:%M"), **DRILLS[args.drill](args)}
-    result.write_text(json.dumps(outcome, indent=2) + "\n")
+    write_json(result, outcome)
     print(json.dumps({k: v for k, v in outcome.items() if k != "samples"}, indent=2))
 
 

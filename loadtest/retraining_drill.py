@@ -1,6 +1,6 @@
 """Retraining drills on the real data: a carrier's rebrand, from new data to the rolled-out model (issue 20).
 
-    .venv/bin/python loadtest/retraining_drill.py rebrand [--work /tmp/flight-delay-rebrand] [--overwrite]
+    .venv/bin/python -m loadtest.retraining_drill rebrand [--work /tmp/flight-delay-rebrand] [--overwrite]
 
 `rebrand` renames half of Sky Airline's flights from 1 July on to NEW_AIRLINE (a made-up name, so no
 real carrier's figures are implied), in a copy of data/dataset_SCL.csv under --work, never in the
@@ -8,7 +8,7 @@ repository. It trains the served model on January to June and the candidate on J
 with train.py, both into one model store of its own under --work (so train.py prints the candidate's
 airlines new and gone against the served model), and compares them with tools/compare.py on
 September to December. It then builds an image of each model as container/build.sh does (LOCAL_BASE,
-from a clean `git archive HEAD`, tags flight-delay-rebrand:old and :new) and runs loadtest/scale.py's
+from a clean `git archive HEAD`, tags flight-delay-rebrand:old and :new) and runs loadtest.cluster's
 model rollout, old image replaced by the new one, under load of known airlines plus a trickle naming
 the new one: every status through the balancer over time, and the same request sent to each pod
 directly, whose image is known. Steps already done in --work are reused (a re-run after a failure;
@@ -27,24 +27,21 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-from urllib.error import HTTPError, URLError
-from urllib.request import Request, urlopen
 
 import numpy as np
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent))
+from loadtest.cluster import DOCKER, LB_URL, Replicas, port, rollout
+from loadtest.probes import post, ready
+from loadtest.results import RESULTS as ALL_RESULTS
+from loadtest.results import figure, machine, say, unused, write_json
+from loadtest.servers import PROJECT_DIR
+from models.config import DEFAULT_DATA_PATH, SEED
 
-from run import PROJECT_DIR, ready, say, unused  # noqa: E402
-
-from models.config import DEFAULT_DATA_PATH, SEED  # noqa: E402
-
-RESULTS = HERE / "results" / "retraining"
+RESULTS = ALL_RESULTS / "retraining"
 CARRIER = "Sky Airline"
 # Made up on purpose: "Sky Airline Peru" is a real airline, and a real name would lend this drill's
 # figures to it. This one says what it is wherever it shows up (reports, the /v1/model card, 400s).
@@ -124,20 +121,6 @@ def over_time(records: list[dict[str, Any]], bucket_s: float = 2.0) -> list[dict
     return [{"t_s": start, **dict(sorted(counts.items()))} for start, counts in sorted(buckets.items())]
 
 
-def post(url: str, payload: dict[str, Any]) -> tuple[str, bytes]:
-    """POST payload to url/v1/prediction: its status (or the failure) and body."""
-    request = Request(
-        f"{url}/v1/prediction", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urlopen(request, timeout=5) as answer:
-            return str(answer.status), bytes(answer.read())
-    except HTTPError as error:
-        return str(error.code), bytes(error.read())
-    except (URLError, OSError) as error:
-        return type(error).__name__, b""
-
-
 def train(data: Path, home: Path, log: Path) -> dict[str, Any]:
     """train.py on data into store `home`; the tag and its vocabulary changes, its output kept in log."""
     done = subprocess.run(
@@ -176,8 +159,6 @@ def build_image(home: Path, source: Path, image: str) -> str:
 
 def image_exists(image: str) -> bool:
     """Whether the Docker engine has the image (a reused --work may outlive it)."""
-    from scale import DOCKER
-
     return subprocess.run([*DOCKER, "image", "inspect", image], capture_output=True).returncode == 0
 
 
@@ -242,21 +223,14 @@ def prepare(work: Path) -> dict[str, Any]:
     return state
 
 
-def rollout(connections: int) -> dict[str, Any]:
-    """scale.py's model rollout, old image to new, under known-airline load plus the new-airline trickle."""
-    from accounting_client import BackgroundLoad
-    from scale import LB_URL, cluster, port, post_example, replace_all
-
-    from models.schema import EXAMPLE_REQUEST
-
-    log: list[dict[str, Any]] = []
+def new_airline_rollout(connections: int) -> dict[str, Any]:
+    """loadtest.cluster's model rollout, old image to new, under known-airline load plus the new-airline trickle."""
     trickle: list[dict[str, Any]] = []
     probes: list[dict[str, Any]] = []
-    stop = threading.Event()
-    with cluster(IMAGES["old"], (1, 2), prometheus=True) as (replicas, balancer, monitor):
-        old_answer = post_example(LB_URL)
-        load = BackgroundLoad(f"{LB_URL}/v1/prediction", connections, EXAMPLE_REQUEST)
-        start, wall_start = time.monotonic(), time.time()
+
+    def alongside(replicas: Replicas, start: float) -> Callable[[], None]:
+        """The trickle through the balancer and the probes to each pod, in threads until the returned stop."""
+        stop = threading.Event()
 
         def through_balancer() -> None:
             while not stop.is_set():
@@ -279,36 +253,25 @@ def rollout(connections: int) -> dict[str, Any]:
         threads = [threading.Thread(target=f, daemon=True) for f in (through_balancer, to_each_pod)]
         for thread in threads:
             thread.start()
-        time.sleep(10)
-        replace_all(replicas, balancer, IMAGES["new"], log, start)
-        time.sleep(10)
-        stop.set()
-        for thread in threads:
-            thread.join()
-        counts = load.stop()
-        wall_end = time.time()
-        new_answer = post_example(LB_URL)
-        time.sleep(2)  # the last scrape
-        # 400s of an unknown airline counted by each pod (flight_delay_unknown_values_total{model, input}):
-        # the trickle's through the balancer plus the direct probes. Gone pods keep their last scrape.
-        refused = monitor.query('max_over_time(flight_delay_unknown_values_total{input="airline"}[10m])', wall_end + 2)
-        card = json.load(urlopen(f"{LB_URL}/v1/model", timeout=5))
+
+        def stopped() -> None:
+            stop.set()
+            for thread in threads:
+                thread.join()
+
+        return stopped
+
+    result = rollout(IMAGES["old"], IMAGES["new"], connections, alongside)
     for record in trickle:
-        record["phase"] = phase(record["t_s"], log)
-    answers = {
-        "old model": load.bodies[old_answer],
-        "new model": load.bodies[new_answer] if new_answer != old_answer else 0,
-    }
-    answers["neither"] = sum(load.bodies.values()) - sum(answers.values())
+        record["phase"] = phase(record["t_s"], result["events"])
+    # 400s of an unknown airline counted by each pod (flight_delay_unknown_values_total{model, input}):
+    # the trickle's through the balancer plus the direct probes.
+    refused = [{"instance": labels.get("instance"), "model": labels.get("model"), "refused": int(value)}
+               for labels, value in result["refused"]]  # fmt: skip
     return {
         "connections": connections,
-        "seconds": round(wall_end - wall_start, 1),
-        "known_airlines": {
-            "requests": sum(counts.values()),
-            "outcomes": dict(counts),
-            "failed": sum(counts.values()) - counts["200"],
-            "answers_by_model": answers,
-        },
+        "seconds": result["seconds"],
+        "known_airlines": {key: result[key] for key in ("requests", "outcomes", "failed", "answers_by_model")},
         "new_airline_through_balancer": {
             "requests": len(trickle),
             "statuses": dict(Counter(r["status"] for r in trickle)),
@@ -320,15 +283,9 @@ def rollout(connections: int) -> dict[str, Any]:
             "by_pod": tally(probes, "pod"),
             "by_model": tally(probes, "model"),
         },
-        "refused_as_counted_by_pods": refused_split(
-            [
-                {"instance": labels.get("instance"), "model": labels.get("model"), "refused": int(value)}
-                for labels, value in refused
-            ],
-            tally(probes, "pod"),
-        ),
-        "model_after": card["tag"],
-        "events": log,
+        "refused_as_counted_by_pods": refused_split(refused, tally(probes, "pod")),
+        "model_after": result["model_after"],
+        "events": result["events"],
         "trickle": trickle,
     }
 
@@ -400,7 +357,7 @@ def markdown(outcome: dict[str, Any]) -> str:
             if s["compare"]["exit_code"] != 0
             else []
         ),
-        f"loadtest/scale.py's model rollout (2 replicas, maxSurge 1, maxUnavailable 0) in {r['seconds']} s, with"
+        f"loadtest.cluster's model rollout (2 replicas, maxSurge 1, maxUnavailable 0) in {r['seconds']} s, with"
         f" {r['connections']} connections posting EXAMPLE_REQUEST (Grupo LATAM and {CARRIER}, known to both models),"
         f" a request naming {NEW_AIRLINE!r} through the balancer every {TRICKLE_S} s, and the same request to each"
         f" ready pod directly every {PROBE_S:.0f} s (a pod not answering /readyz is skipped, as the balancer"
@@ -445,37 +402,27 @@ def markdown(outcome: dict[str, Any]) -> str:
 
 def plot(rollout_result: dict[str, Any], path: Path) -> None:
     """The new airline's statuses through the balancer per 2 s, with the rollout's events."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
     buckets = rollout_result["new_airline_through_balancer"]["over_time"]
     statuses = sorted({k for b in buckets for k in b if k != "t_s"})
-    figure, axes = plt.subplots(figsize=(9, 4))
     bottom = np.zeros(len(buckets))
     colours = {"200": "tab:green", "400": "tab:red"}
-    for status in statuses:
-        heights = np.array([b.get(status, 0) for b in buckets], dtype=float)
-        axes.bar([b["t_s"] for b in buckets], heights, width=2, align="edge", bottom=bottom, label=status,
-                 color=colours.get(status, "tab:grey"))  # fmt: skip
-        bottom += heights
-    marks: dict[float, list[str]] = {}  # the balancer's changes, those at one moment on one line
-    for event in rollout_result["events"]:
-        pod = event["event"].split()[0]
-        if "out of the balancer" in event["event"]:
-            marks.setdefault(event["t_s"], []).append(f"{pod} out")
-        elif "in the balancer" in event["event"]:
-            marks.setdefault(event["t_s"], []).append(f"{pod} in")
-    for t_s, labels in marks.items():
-        axes.axvline(t_s, color="black", linestyle=":", linewidth=0.8)
-        axes.annotate(", ".join(labels), (t_s + 0.3, bottom.max() * 1.02), fontsize="small")
-    axes.set(xlabel="seconds", ylabel="requests per 2 s",
-             title=f"{NEW_AIRLINE!r} through the balancer during the rollout: 400 old pod, 200 new pod")  # fmt: skip
-    axes.legend(title="status", fontsize="small")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    with figure(path) as (_, axes):
+        for status in statuses:
+            heights = np.array([b.get(status, 0) for b in buckets], dtype=float)
+            axes.bar([b["t_s"] for b in buckets], heights, width=2, align="edge", bottom=bottom, label=status,
+                     color=colours.get(status, "tab:grey"))  # fmt: skip
+            bottom += heights
+        marks: dict[float, list[str]] = {}  # the balancer's changes, those at one moment on one line
+        for event in rollout_result["events"]:
+            pod, text = event["event"].split()[0], event["event"]
+            if "out of the balancer" in text or "in the balancer" in text:
+                marks.setdefault(event["t_s"], []).append(f"{pod} {'out' if 'out of' in text else 'in'}")
+        for t_s, labels in marks.items():
+            axes.axvline(t_s, color="black", linestyle=":", linewidth=0.8)
+            axes.annotate(", ".join(labels), (t_s + 0.3, bottom.max() * 1.02), fontsize="small")
+        title = f"{NEW_AIRLINE!r} through the balancer during the rollout: 400 old pod, 200 new pod"
+        axes.set(xlabel="seconds", ylabel="requests per 2 s", title=title)
+        axes.legend(title="status", fontsize="small")
 
 
 def main() -> None:
@@ -489,8 +436,6 @@ def main() -> None:
     unused(*paths, overwrite=args.overwrite)
     RESULTS.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    from monitoring_drills import machine
-
     setup = prepare(args.work)
     out = Path(setup["compare"]["out"])
     (RESULTS / "compare").mkdir(exist_ok=True)
@@ -498,11 +443,11 @@ def main() -> None:
         if (out / name).exists():
             shutil.copy(out / name, RESULTS / "compare" / name)
     say(f"compare exit code {setup['compare']['exit_code']}; rolling out {IMAGES['old']} -> {IMAGES['new']}")
-    result = rollout(args.connections)
+    result = new_airline_rollout(args.connections)
     outcome = {"drill": args.drill, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(),
-               "command": f".venv/bin/python loadtest/retraining_drill.py {args.drill}", "setup": setup,
+               "command": f".venv/bin/python -m loadtest.retraining_drill {args.drill}", "setup": setup,
                "rollout": result}  # fmt: skip
-    paths[0].write_text(json.dumps(outcome, indent=2) + "\n")
+    write_json(paths[0], outcome)
     paths[1].write_text(markdown(outcome))
     plot(result, paths[2])
     print(paths[1].read_text())

@@ -2,10 +2,10 @@
 finish a request, or (`never-read`) that ask for a large answer and never read it, each reopened
 1 s after the server closes it, so the attack keeps its size.
 
-    python loadtest/slow_client.py KIND HOST PORT CONNECTIONS SECONDS   # prints one JSON line
+    python -m loadtest.slow_client KIND HOST PORT CONNECTIONS SECONDS   # prints one JSON line
     (KIND: one of KINDS or of UNREAD_KINDS)
 
-A process here may hold 20,000 open files, so `reliability.py slow-clients` runs several. The line
+A process here may hold 20,000 open files, so `loadtest.reliability slow-clients` runs several. The line
 reports how long the server kept each connection (histogram in 0.1 s), what it answered first, how
 many connects failed, and how many connections the process held, once a second.
 """
@@ -184,10 +184,15 @@ async def attack(kind: str, host: str, port: int, connections: int, seconds: flo
     }
 
 
-def main(argv: list[str]) -> None:
-    kind, host, port, connections, seconds = argv
+def more_files() -> None:
+    """Raise this process's limit of open files to the hard limit: each connection is one."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str]) -> None:
+    kind, host, port, connections, seconds = argv
+    more_files()
     report = asyncio.run(attack(kind, host, int(port), int(connections), float(seconds)))
     print(json.dumps(report))
 

@@ -1,6 +1,6 @@
 """Where a worker's time goes under the reference load: py-spy samples, grouped by layer.
 
-    python loadtest/profile.py [--seconds 15] [--connections 200] [--flights-per-request 1] [--name NAME]
+    python -m loadtest.cpu_profile [--seconds 15] [--connections 200] [--flights-per-request 1] [--name NAME]
 
 Starts the service, drives it with wrk -t4 (200 connections, 1 flight per request unless told),
 samples one worker with py-spy (needs root or ptrace rights) and writes loadtest/results/profile/NAME.md
@@ -13,13 +13,10 @@ import collections
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-
-from reliability import in_background, workers  # noqa: E402
-from run import dated, say, server, unused, wrk  # noqa: E402
+from loadtest.results import RESULTS, dated, say, unused
+from loadtest.servers import server, service_workers
+from loadtest.wrk import in_background, wrk
 
 # First match wins, from the innermost frame outwards: (layer, fragments of a frame's text).
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -31,10 +28,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("adaptive batching (dispatcher, thread hop)", ("dispatcher.py", "batch_infer", "anyio/", "to_thread")),
     ("metrics middleware (Prometheus)", ("instruments.py", "prometheus_client")),
     ("tracing middleware (OpenTelemetry)", ("opentelemetry",)),
-    ("request guard (serving/guard.py)", ("serving/guard.py",)),
     ("monitoring and prediction log", ("serving/monitoring.py", "serving/prediction_log.py")),
-    ("building the answers (service.py)", ("service.py",)),
-    ("lean route (serving/lean_route.py)", ("serving/lean_route.py",)),
+    ("building the answers (service.py, serving/routes.py)", ("service.py", "serving/routes.py")),
+    ("request layer (serving/layer.py)", ("serving/layer.py", "serving/internals.py")),
     ("BentoML app and context", ("_bentoml_impl/", "_bentoml_sdk/", "bentoml/_internal/")),
     ("Starlette routing and middleware", ("starlette/",)),
     ("uvicorn HTTP protocol (httptools)", ("uvicorn/",)),
@@ -58,7 +54,7 @@ def main() -> None:
     parser.add_argument("--name", default=dated("profile"), help="file name of the table (default profile-TODAY)")
     parser.add_argument("--overwrite", action="store_true", help="replace the table and samples if they exist")
     args = parser.parse_args()
-    results = HERE / "results" / "profile"
+    results = RESULTS / "profile"
     raw = results / f"{args.name}.py-spy.raw.txt"
     unused(results / f"{args.name}.md", raw, overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)
@@ -67,7 +63,7 @@ def main() -> None:
         wrk(url, 3, *load, "warm-up")
         thread, _box = in_background(wrk, url, args.seconds + 6, *load, "load")
         time.sleep(3)
-        worker = next(iter(workers(process.pid)))
+        worker = next(iter(service_workers(process.pid)))
         say(f"sampling worker {worker} for {args.seconds} s")
         subprocess.run(
             ["py-spy", "record", "-p", str(worker), "-d", str(args.seconds), "-f", "raw", "-o", str(raw),
@@ -82,7 +78,8 @@ def main() -> None:
     total = sum(shares.values())
     lines = [
         f"Profile of one worker under wrk -t4 -c{args.connections}, {args.flights_per_request} flight(s) per request, "
-        f"{time.strftime('%Y-%m-%d')}, {total} py-spy samples; `python loadtest/profile.py {' '.join(sys.argv[1:])}`",
+        f"{time.strftime('%Y-%m-%d')}, {total} py-spy samples; "
+        f"`python -m loadtest.cpu_profile {' '.join(sys.argv[1:])}`",
         "",
         "| layer | share of samples |",
         "|---|---:|",

@@ -1,0 +1,114 @@
+"""Starting the servers the drills and the tests measure: the service, the baselines, a git revision's code."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import psutil
+
+from loadtest.probes import ready
+from loadtest.results import say
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+STARTUP_SECONDS = 90
+SERVERS = {
+    "service": [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port"],
+    "baseline": [sys.executable, "-m", "loadtest.apps", "baseline", "--port"],
+    "ceiling": [sys.executable, "-m", "loadtest.apps", "ceiling", "--port"],
+    "fastapi": [sys.executable, "-m", "loadtest.apps", "fastapi", "--port"],  # make peers: requirements-peers.txt
+}
+PEERS = ("fastapi",)
+WORKER_MARK = "_bentoml_impl.worker.service"
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = STARTUP_SECONDS) -> None:
+    """Poll /readyz until it answers 200; RuntimeError if the process died first or time ran out."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} before it was ready")
+        if ready(url):
+            return
+        time.sleep(0.3)
+    raise RuntimeError(f"{url}/readyz did not answer 200 within {seconds} s")
+
+
+def service_workers(pid: int) -> dict[int, psutil.Process]:
+    """The service's worker processes by PID."""
+    children = psutil.Process(pid).children(recursive=True)
+    return {child.pid: child for child in children if WORKER_MARK in " ".join(child.cmdline())}
+
+
+@contextmanager
+def checkout(revision: str | None) -> Iterator[Path]:
+    """This checkout, or the project's code at a git revision in a temporary worktree (removed afterwards).
+
+    Either runs on the same model store, so a code change can be measured against the code before it.
+    """
+    if revision is None:
+        yield PROJECT_DIR
+        return
+    folder = Path(tempfile.mkdtemp(prefix="flight-delay-code-")) / "checkout"
+    git = ["git", "-C", str(PROJECT_DIR), "worktree"]
+    subprocess.run([*git, "add", "--detach", str(folder), revision], check=True, capture_output=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run([*git, "remove", "--force", str(folder)], check=True)
+
+
+@contextmanager
+def server(
+    kind: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    code: Path = PROJECT_DIR,
+    port: int | None = None,
+    cpus: str | None = None,
+    workers: int | None = None,
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Start one of SERVERS on `port` (default: a free one), yield its base URL and process once ready,
+    stop it afterwards.
+
+    Its output goes to log, if given; `code` is the project checkout it runs from; `cpus` pins it
+    (a taskset list); `workers` sets the baselines' worker count (the service's is FLIGHT_DELAY_WORKERS).
+    """
+    port = port or free_port()
+    pinned = ["taskset", "-c", cpus] if cpus else []
+    count = ["--workers", str(workers)] if workers and kind != "service" else []
+    with open(log or os.devnull, "wb") as output:  # the child keeps its own copy of the file
+        process = subprocess.Popen(
+            [*pinned, *SERVERS[kind], str(port), *count],
+            cwd=code,
+            env={**os.environ, **(env or {})},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    try:
+        wait_ready(url, process)
+        say(f"{kind} ready in {time.monotonic() - started:.1f} s at {url}")
+        yield url, process
+    finally:
+        with suppress(ProcessLookupError):  # a drill may have stopped it already
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)

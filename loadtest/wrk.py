@@ -1,0 +1,134 @@
+"""wrk runs with script.lua, the reference closed-loop figures: running wrk, reading its JSON line, reporting."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from loadtest.results import figure, say
+
+HERE = Path(__file__).resolve().parent
+BAR_REQUESTS = 50_000  # the reference bar: this many requests in 45 s, with no error of any kind
+SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+
+
+def wrk_process(
+    url: str, seconds: int, threads: int, connections: int, flights_per_request: int, new_connections: bool = False
+) -> subprocess.Popen[str]:
+    """wrk with script.lua against url/v1/prediction, started; its stdout is piped. With `new_connections`
+    every request goes on a connection of its own (Connection: close), as scripts without a session,
+    serverless callers and many gateways send them."""
+    close = ["-H", "Connection: close"] if new_connections else []
+    command = [
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--timeout", "2s", *close,
+        "-s", str(HERE / "script.lua"), f"{url}/v1/prediction",
+    ]  # fmt: skip
+    env = {**os.environ, "FLIGHTS_PER_REQUEST": str(flights_per_request), "FLIGHTS_FILE": str(HERE / "flights.jsonl")}
+    return subprocess.Popen(command, cwd=HERE.parent, env=env, stdout=subprocess.PIPE, text=True)
+
+
+def wrk(
+    url: str,
+    seconds: int,
+    threads: int,
+    connections: int,
+    flights_per_request: int,
+    label: str,
+    new_connections: bool = False,
+) -> str:
+    """Run wrk to the end, printing the seconds left; its raw output."""
+    process = wrk_process(url, seconds, threads, connections, flights_per_request, new_connections)
+    end = time.monotonic() + seconds
+    while process.poll() is None:
+        left = end - time.monotonic()
+        if left > 1:
+            say(f"{label}: {left:.0f} s left")
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=min(10, max(left, 1)))
+    output = process.stdout.read() if process.stdout else ""
+    if process.returncode:
+        sys.exit(f"wrk failed with code {process.returncode}: {output}")
+    return output
+
+
+def wrk_summary(url: str, seconds: int, threads: int, connections: int, flights: int, label: str) -> dict[str, Any]:
+    """A wrk run's JSON summary (see wrk())."""
+    return parse_summary(wrk(url, seconds, threads, connections, flights, label))
+
+
+def in_background(target: Any, *args: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    """Run target(*args) in a thread; its return value lands in the dict under "result"."""
+    box: dict[str, Any] = {}
+    thread = threading.Thread(target=lambda: box.update(result=target(*args)), daemon=True)
+    thread.start()
+    return thread, box
+
+
+def parse_summary(wrk_output: str) -> dict[str, Any]:
+    """The JSON line script.lua's done() printed; ValueError if wrk printed none."""
+    for line in reversed(wrk_output.splitlines()):
+        if line.startswith('{"requests"'):
+            return dict(json.loads(line))
+    raise ValueError("wrk printed no JSON summary line: was it run with -s loadtest/script.lua?")
+
+
+def failures(summary: dict[str, Any]) -> int:
+    """Non-2xx answers plus socket errors of every kind."""
+    return int(summary["non_2xx"]) + sum(int(summary["errors"][kind]) for kind in SOCKET_ERRORS)
+
+
+def verdict(summary: dict[str, Any]) -> str:
+    """PASS or FAIL against the reference bar, with the reason."""
+    if failures(summary):
+        return f"FAIL: {failures(summary)} failed requests (non-2xx or socket errors)"
+    if summary["requests"] < BAR_REQUESTS:
+        return f"FAIL: {summary['requests']:,} requests, below the bar of {BAR_REQUESTS:,}"
+    return f"PASS: {summary['requests']:,} requests in {summary['duration_s']:.0f} s, no errors"
+
+
+def markdown(runs: dict[str, dict[str, Any]], title: str, command: str) -> str:
+    """A table of every run, with ratios to the first run (the service)."""
+    names = list(runs)
+    head = runs[names[0]]
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `{command}`",
+        "",
+        "| target | requests | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | socket errors | "
+        f"req/s vs {names[0]} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, run in runs.items():
+        latency = run["latency_ms"]
+        sockets = sum(run["errors"][kind] for kind in SOCKET_ERRORS)
+        lines.append(
+            f"| {name} | {run['requests']:,} | {run['requests_per_s']:,.0f} | {latency['p50']:.1f} | "
+            f"{latency['p90']:.1f} | {latency['p99']:.1f} | {latency['p99_9']:.1f} | {latency['max']:.1f} | "
+            f"{run['non_2xx']} | {sockets} | {run['requests_per_s'] / head['requests_per_s']:.2f}x |"
+        )
+    lines += ["", f"Verdict for {names[0]}: {verdict(head)}", ""]
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+    """Latency percentiles and throughput of every run, side by side, as a PNG."""
+    percentiles = ("p50", "p90", "p99", "p99_9")
+    with figure(path, 2, (11, 4.2)) as (drawn, (left, right)):
+        width = 0.8 / len(runs)
+        for i, (name, run) in enumerate(runs.items()):
+            xs = [p + i * width for p in range(len(percentiles))]
+            left.bar(xs, [run["latency_ms"][p] for p in percentiles], width, label=name)
+        left.set_xticks([p + 0.4 - width / 2 for p in range(len(percentiles))], ["p50", "p90", "p99", "p99.9"])
+        left.set(ylabel="latency (ms)", yscale="log", title="latency percentiles")
+        left.legend()
+        right.bar(list(runs), [r["requests_per_s"] for r in runs.values()], color=[f"C{i}" for i in range(len(runs))])
+        right.set(ylabel="requests / s", title="throughput")
+        for i, run in enumerate(runs.values()):
+            right.annotate(f"{run['requests_per_s']:,.0f}", (i, run["requests_per_s"]), ha="center", va="bottom")
+        drawn.suptitle(title)
