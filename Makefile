@@ -11,7 +11,7 @@ endif
 export PYTHON  # container/*.sh and their tests use the same interpreter
 
 .DEFAULT_GOAL := help
-.PHONY: help install train serve run test lint audit loadtest peers ablation container container-test fresh-machine deploy-check monitoring-report compare
+.PHONY: help install train serve run test test-fast lint audit loadtest peers ablation container container-test fresh-machine deploy-check monitoring-report compare
 
 help:  ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -37,6 +37,9 @@ run: train serve  ## train, then serve on PORT: the first of the README's two co
 test: install  ## the whole test suite: the second of the README's two commands
 	$(PYTHON) -m pytest
 
+test-fast: install  ## the in-process tier alone: every test that starts no served process
+	$(PYTHON) -m pytest -m "not integration"
+
 lint: install  ## ruff and mypy
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && $(PYTHON) -m mypy .
 
@@ -44,16 +47,16 @@ audit: install  ## pip-audit of the runtime packages; exit 1 vulnerable, 2 not a
 	$(PYTHON) tools/dependency_audit.py
 
 loadtest: install  ## the reference stress test with both baselines, into loadtest/results/reference-<today>/; needs wrk (apt-get install -y wrk)
-	$(PYTHON) loadtest/run.py --baselines
+	$(PYTHON) -m loadtest.run --baselines
 
 peers: install  ## the service against the same model behind FastAPI: 1 flight (keep-alive and a new connection per request), 100 and 1,000 flights: loadtest/results/peers-*-<today>/
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-peers.txt
-	$(PYTHON) loadtest/run.py --baselines --peers --name peers-$$(date +%F)
-	$(PYTHON) loadtest/run.py --peers --flights-per-request 100 --connections 64 --name peers-100-flights-$$(date +%F)
-	$(PYTHON) loadtest/run.py --peers --flights-per-request 1000 --connections 8 --name peers-1000-flights-$$(date +%F)
+	$(PYTHON) -m loadtest.run --baselines --peers --name peers-$$(date +%F)
+	$(PYTHON) -m loadtest.run --peers --flights-per-request 100 --connections 64 --name peers-100-flights-$$(date +%F)
+	$(PYTHON) -m loadtest.run --peers --flights-per-request 1000 --connections 8 --name peers-1000-flights-$$(date +%F)
 
 ablation: install  ## one knob at a time, in rounds: loadtest/results/ablation/ablation-<today>.md
-	$(PYTHON) loadtest/ablation.py
+	$(PYTHON) -m loadtest.ablation
 
 container: install  ## bento + image flight-delay:<version>; LOCAL_BASE=1 builds a Debian base here (no registry)
 	container/build.sh
