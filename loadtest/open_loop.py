@@ -210,17 +210,24 @@ def crosscheck(args: argparse.Namespace) -> dict[str, Any]:
     return {"rate": args.rate, "targets": targets}
 
 
-def row(result: dict[str, Any], passed: bool | None = None) -> str:
-    """One run as a Markdown table row (with the bound's verdict for a headline step)."""
-    latency = result["latency_ms"]
-    cells = [
-        f"{result['rate']:,.0f}", f"{result['mode']} {result['arrivals']}",
-        f"{result['ok']:,}", f"{result['failed']:,}",
-        *(f"{latency[key]:.2f}" for key in ("p50", "p99", "p99_9")), f"{latency['max']:.1f}",
-        f"{result['client_cores']:.2f}", f"{result['server_cores']:.2f}" if "server_cores" in result else "-",
-        *([] if passed is None else ["yes" if passed else "no"]),
-    ]  # fmt: skip
-    return "| " + " | ".join(cells) + " |"
+LEFT = ("mode", "percentile", "target", "client", "p99 within bound")  # text columns; figures align right
+
+
+def table(rows: list[dict[str, str]]) -> list[str]:
+    """Rows of cells by column name as a Markdown table."""
+    rule = "|".join("---" if name in LEFT else "---:" for name in rows[0])
+    return [f"| {' | '.join(rows[0])} |", f"|{rule}|", *(f"| {' | '.join(row.values())} |" for row in rows)]
+
+
+def cells(result: dict[str, Any], passed: bool | None = None) -> dict[str, str]:
+    """One run's table cells (with the bound's verdict for a headline step)."""
+    latency, server_cores = result["latency_ms"], result.get("server_cores")
+    row = {"rate req/s": f"{result['rate']:,.0f}", "mode": f"{result['mode']} {result['arrivals']}",
+           "ok": f"{result['ok']:,}", "failed": f"{result['failed']:,}",
+           **{f"{key.replace('_', '.')} ms": f"{latency[key]:.2f}" for key in ("p50", "p99", "p99_9")},
+           "max ms": f"{latency['max']:.1f}", "client cores": f"{result['client_cores']:.2f}",
+           "server cores": "-" if server_cores is None else f"{server_cores:.2f}"}  # fmt: skip
+    return row if passed is None else {**row, "p99 within bound": "yes" if passed else "no"}
 
 
 def paired(args: argparse.Namespace) -> dict[str, Any]:
@@ -238,72 +245,57 @@ def paired(args: argparse.Namespace) -> dict[str, Any]:
     return {"rates": args.rates, "rounds": args.rounds, "sides": sides}
 
 
-def paired_table(outcome: dict[str, Any]) -> list[str]:
+def paired_rows(outcome: dict[str, Any]) -> list[dict[str, str]]:
     """Medians over the rounds of each side's p50, p99 and p99.9 at each rate, and their ratios."""
-    (mine, theirs), keys = outcome["sides"].values(), ("p50", "p99", "p99_9")
-    names = list(outcome["sides"])
-    lines = [
-        f"| rate req/s | percentile | {names[0]} ms | {names[1]} ms | ratio | failed |",
-        "|---:|---|---:|---:|---:|---:|",
-    ]
+    (mine, theirs), names = outcome["sides"].values(), list(outcome["sides"])
+    rows = []
     for index, rate in enumerate(outcome["rates"]):
-        for key in keys:
+        for key in ("p50", "p99", "p99_9"):
             a, b = (float(np.median([runs[index]["latency_ms"][key] for runs in side])) for side in (mine, theirs))
             failed = sum(runs[index]["failed"] for side in (mine, theirs) for runs in side)
-            lines.append(f"| {rate:,.0f} | {key.replace('_', '.')} | {a:.2f} | {b:.2f} | {a / b:.2f}x | {failed} |")
-    return lines
+            rows.append({"rate req/s": f"{rate:,.0f}", "percentile": key.replace("_", "."),
+                         f"{names[0]} ms": f"{a:.2f}", f"{names[1]} ms": f"{b:.2f}", "ratio": f"{a / b:.2f}x",
+                         "failed": str(failed)})  # fmt: skip
+    return rows
 
 
 def markdown(kind: str, outcome: dict[str, Any], command: str) -> str:
     """The report of one command's outcome."""
     title = f"# Open-loop {kind}, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores"
     lines = [title, "", f"Command: `{command}`", ""]
-    head = "| rate req/s | mode | ok | failed | p50 ms | p99 ms | p99.9 ms | max ms | client cores | server cores |"
-    rule = "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     if kind == "headline":
-        top = outcome["capacity"]["requests_per_s"]
-        lines += [
-            f"Closed-loop capacity (wrk -t4 -c200): **{top:,.0f} req/s**. Highest Poisson rate with p99 <= "
-            f"{outcome['bound_ms']:g} ms: **{outcome['sustainable_rate']:,} req/s, "
-            f"{outcome['share_of_capacity']:.2f}x** the closed-loop throughput.",
-            "",
-            head + " p99 within bound |",
-            rule + "---|",
-            *(row(step, step["passed"]) for step in outcome["steps"]),
-        ]
+        lines += [f"Closed-loop capacity (wrk -t4 -c200): **{outcome['capacity']['requests_per_s']:,.0f} req/s**. "
+                  f"Highest Poisson rate with p99 <= {outcome['bound_ms']:g} ms: **{outcome['sustainable_rate']:,} "
+                  f"req/s, {outcome['share_of_capacity']:.2f}x** the closed-loop throughput.", "",
+                  *table([cells(step, step["passed"]) for step in outcome["steps"]])]  # fmt: skip
     elif kind == "curve":
         for name, run in outcome["targets"].items():
-            capacity = run["capacity"]
-            lines += [
-                f"## {name}",
-                "",
-                f"Closed-loop capacity: {capacity['requests_per_s']:,.0f} req/s, "
-                f"p99 {capacity['latency_ms']['p99']:.1f} ms.",
-                "",
-                head,
-                rule,
-                *(row(result) for result in sorted(run["open"] + run["closed"], key=lambda r: (r["rate"], r["mode"]))),
-                "",
-            ]
+            capacity, runs = run["capacity"], sorted(run["open"] + run["closed"], key=lambda r: (r["rate"], r["mode"]))
+            closed = f"{capacity['requests_per_s']:,.0f} req/s, p99 {capacity['latency_ms']['p99']:.1f} ms"
+            lines += [f"## {name}", "", f"Closed-loop capacity: {closed}.", "", *table([cells(r) for r in runs]), ""]
     elif kind == "crosscheck":
-        lines += [
-            "| target | client | ok | failed | median ms | mean ms | p99 ms | max ms |",
-            "|---|---|---:|---:|---:|---:|---:|---:|",
-        ]
+        rows = []
         for name, pair in outcome["targets"].items():
             ours, theirs = pair["ours"], pair["httperf"]
-            latency, times = ours["latency_ms"], theirs["connection_ms"]
-            lines += [
-                f"| {name} | this client (keep-alive) | {ours['ok']:,} | {ours['failed']:,} | {latency['p50']:.2f} | "
-                f"{latency['mean']:.2f} | {latency['p99']:.2f} | {latency['max']:.1f} |",
-                f"| {name} | httperf (a connection per request) | {theirs['ok']:,} | {theirs['errors']:,} | "
-                f"{times['median']:.2f} | {times['mean']:.2f} | | {times['max']:.1f} |",
-            ]
-        lines += ["", f"httperf's command: `{outcome['targets']['service']['httperf']['command']}`"]
+            for client, ok, failed, times, p99 in (
+                (
+                    "this client (keep-alive)",
+                    ours["ok"],
+                    ours["failed"],
+                    ours["latency_ms"],
+                    f"{ours['latency_ms']['p99']:.2f}",
+                ),
+                ("httperf (a connection per request)", theirs["ok"], theirs["errors"], theirs["connection_ms"], ""),
+            ):
+                median = times.get("median", times.get("p50"))
+                rows.append({"target": name, "client": client, "ok": f"{ok:,}", "failed": f"{failed:,}",
+                             "median ms": f"{median:.2f}", "mean ms": f"{times['mean']:.2f}",
+                             "p99 ms": p99, "max ms": f"{times['max']:.1f}"})  # fmt: skip
+        lines += [*table(rows), "", f"httperf's command: `{outcome['targets']['service']['httperf']['command']}`"]
     elif kind == "paired":
-        lines += [f"Medians of {outcome['rounds']} alternating rounds.", "", *paired_table(outcome)]
+        lines += [f"Medians of {outcome['rounds']} alternating rounds.", "", *table(paired_rows(outcome))]
     else:
-        lines += [head, rule, *(row(result) for result in outcome["runs"])]
+        lines += table([cells(result) for result in outcome["runs"]])
     return "\n".join(lines) + "\n"
 
 

@@ -1,23 +1,21 @@
-"""The attacker of the slow-client drills: one process holding thousands of connections that never
-finish a request, or (`never-read`) that ask for a large answer and never read it, each reopened
-1 s after the server closes it, so the attack keeps its size.
+"""The slow-client drills' attacker: thousands of slow connections from one process, each reopened 1 s after it closes.
 
-    python -m loadtest.slow_client KIND HOST PORT CONNECTIONS SECONDS   # prints one JSON line
-    (KIND: one of KINDS or of UNREAD_KINDS)
+A connection never finishes its request, or (never-read kinds) asks for a large answer and never reads it.
+Raw sockets, since an HTTP client would finish the request. A process may hold 20,000 open files here,
+so `loadtest.reliability` runs several; each prints one JSON line: how long the server kept each
+connection (0.1-s bins), how each ended and what it answered first, the connections held each second.
 
-A process here may hold 20,000 open files, so `loadtest.reliability slow-clients` runs several. The line
-reports how long the server kept each connection (histogram in 0.1 s), what it answered first, how
-many connects failed, and how many connections the process held, once a second.
+    python -m loadtest.slow_client KIND HOST PORT CONNECTIONS SECONDS
 """
 
+import argparse
 import asyncio
 import json
 import resource
 import socket
-import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -37,18 +35,9 @@ KINDS = {
     # A large body at a steady 2 KB/s: each read arrives in time, so only a deadline on the whole request ends it.
     "large-body": Kind(POST + b"Content-Length: 1000000\r\n\r\n", b" " * 2048, 1),
 }
-REOPEN_AFTER_S = 1.0
-# never-read: the largest answers the service has, one per connection in turn, asked for with a 4 KB
-# receive buffer (so the server's unsent data stays with the server); nothing is ever read.
-THOUSAND_FLIGHTS = json.dumps(
-    {
-        "flights": [
-            {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3, "Fecha-I": "2017-03-14 08:30", "SIGLADES": "Lima"}
-        ]
-        * 1000
-    }
-).encode()
-LARGE_ANSWERS = (
+FLIGHT = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3, "Fecha-I": "2017-03-14 08:30", "SIGLADES": "Lima"}
+THOUSAND_FLIGHTS = json.dumps({"flights": [FLIGHT] * 1000}).encode()
+LARGE_ANSWERS = (  # the service's largest answers, asked for with a 4 KB receive buffer: unsent data stays with it
     b"GET /static_content/swagger-ui-bundle.js HTTP/1.1\r\nHost: attacker\r\n\r\n",
     b"GET /docs.json HTTP/1.1\r\nHost: attacker\r\n\r\n",
     b"GET /metrics HTTP/1.1\r\nHost: attacker\r\n\r\n",
@@ -61,23 +50,36 @@ UNREAD_KINDS = {  # never-read takes the four in turn; the others one of them, t
     "never-read-metrics": LARGE_ANSWERS[2:3],
     "never-read-1000": LARGE_ANSWERS[3:],
 }
+REOPEN_AFTER_S = 1.0
 RECEIVE_BUFFER = 4096
 CHECK_EVERY_S = 1.0  # how often a never-reading connection looks, without reading, whether it was reset
 
 
-async def hold(kind: Kind, host: str, port: int, until: float, lifetimes: Counter[float], stats: Counter[str]) -> None:
+@dataclass
+class Tally:
+    """What the process's connections saw: lifetimes by 0.1 s, outcomes, connections open now."""
+
+    lifetimes: Counter[float] = field(default_factory=Counter)
+    stats: Counter[str] = field(default_factory=Counter)
+
+    async def ended(self, opened: float, how: str, answer: str) -> None:
+        """Count a connection the server ended (not the drill), then wait before reopening."""
+        self.lifetimes[round(time.monotonic() - opened, 1)] += 1
+        self.stats[f"{how}_answer_{answer}"] += 1
+        await asyncio.sleep(REOPEN_AFTER_S)
+
+
+async def hold(kind: Kind, host: str, port: int, until: float, tally: Tally) -> None:
     """Keep one slow connection open until `until`, reopening it after each close."""
     while time.monotonic() < until:
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError:
-            stats["connect_failed"] += 1
+            tally.stats["connect_failed"] += 1
             await asyncio.sleep(REOPEN_AFTER_S)
             continue
-        opened = time.monotonic()
-        stats["open"] += 1
-        first = b""
-        closed = "drill_end"
+        opened, first, how = time.monotonic(), b"", "drill_end"
+        tally.stats["open"] += 1
         try:
             writer.write(kind.head)
             while time.monotonic() < until:
@@ -87,34 +89,23 @@ async def hold(kind: Kind, host: str, port: int, until: float, lifetimes: Counte
                     writer.write(kind.trickle)
                     continue
                 if not chunk:
-                    closed = "closed"
+                    how = "closed"
                     break
                 first = first or chunk
         except OSError:
-            closed = "reset"
+            how = "reset"
         finally:
-            stats["open"] -= 1
+            tally.stats["open"] -= 1
             writer.close()
-        if closed != "drill_end":
-            lifetimes[round(time.monotonic() - opened, 1)] += 1
+        if how != "drill_end":
             answer = first[9:12].decode(errors="replace") if first.startswith(b"HTTP/") else "none"
-            stats[f"{closed}_answer_{answer}"] += 1
-            await asyncio.sleep(REOPEN_AFTER_S)
+            await tally.ended(opened, how, answer)
 
 
-async def hold_unread(
-    requests: tuple[bytes, ...],
-    index: int,
-    host: str,
-    port: int,
-    until: float,
-    lifetimes: Counter[float],
-    stats: Counter[str],
-) -> None:
-    """Keep one never-reading connection open until `until`, asking for requests[index % len(requests)]
-    and reading nothing; reopened after the server aborts it (a reset, seen by peeking)."""
+async def hold_unread(request: bytes, host: str, port: int, until: float, tally: Tally) -> None:
+    """Keep one connection that asked for `request` and reads nothing open until `until`; reopened after
+    the server aborts it (a reset, seen by peeking)."""
     loop = asyncio.get_running_loop()
-    request = requests[index % len(requests)]
     while time.monotonic() < until:
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER)
@@ -123,65 +114,55 @@ async def hold_unread(
             await loop.sock_connect(sock, (host, port))
             await loop.sock_sendall(sock, request)
         except OSError:
-            stats["connect_failed"] += 1
+            tally.stats["connect_failed"] += 1
             sock.close()
             await asyncio.sleep(REOPEN_AFTER_S)
             continue
-        opened = time.monotonic()
-        stats["open"] += 1
-        closed = "drill_end"
+        opened, how = time.monotonic(), "drill_end"
+        tally.stats["open"] += 1
         while time.monotonic() < until:
             await asyncio.sleep(CHECK_EVERY_S)
             try:
                 if sock.recv(1, socket.MSG_PEEK) == b"":
-                    closed = "closed"
+                    how = "closed"
                     break
             except BlockingIOError:  # nothing sent yet: still open
                 continue
             except OSError:
-                closed = "reset"
+                how = "reset"
                 break
-        stats["open"] -= 1
+        tally.stats["open"] -= 1
         sock.close()
-        if closed != "drill_end":
-            lifetimes[round(time.monotonic() - opened, 1)] += 1
-            stats[f"{closed}_answer_unread"] += 1
-            await asyncio.sleep(REOPEN_AFTER_S)
+        if how != "drill_end":
+            await tally.ended(opened, how, "unread")
 
 
-async def sample(until: float, stats: Counter[str], held: list[int], lags: list[float]) -> None:
-    """Once a second: the connections held, and how late this process's own event loop woke up
-    (a busy attacker notices a close late, which lengthens the lifetimes it reports)."""
+async def sample(until: float, tally: Tally, held: list[int], lags: list[float]) -> None:
+    """Once a second: the connections held, and how late this process's event loop woke up (a busy
+    attacker notices a close late, which lengthens the lifetimes it reports)."""
     while (now := time.monotonic()) < until:
-        held.append(stats["open"])
+        held.append(tally.stats["open"])
         await asyncio.sleep(1)
         lags.append(time.monotonic() - now - 1)
 
 
 async def attack(kind: str, host: str, port: int, connections: int, seconds: float) -> dict[str, object]:
     """`connections` slow connections for `seconds`; the process's report."""
-    until = time.monotonic() + seconds
-    lifetimes: Counter[float] = Counter()
-    stats: Counter[str] = Counter()
+    until, tally = time.monotonic() + seconds, Tally()
     held: list[int] = []
     lags: list[float] = []
-    tasks = [asyncio.create_task(sample(until, stats, held, lags))]
+    tasks = [asyncio.create_task(sample(until, tally, held, lags))]
     for index in range(connections):  # opened at about 2,000/s, as a single attacking host would
-        held_open = (
-            hold(KINDS[kind], host, port, until, lifetimes, stats)
-            if kind in KINDS
-            else hold_unread(UNREAD_KINDS[kind], index, host, port, until, lifetimes, stats)
-        )
-        tasks.append(asyncio.create_task(held_open))
+        if kind in KINDS:
+            tasks.append(asyncio.create_task(hold(KINDS[kind], host, port, until, tally)))
+        else:
+            requests = UNREAD_KINDS[kind]
+            tasks.append(asyncio.create_task(hold_unread(requests[index % len(requests)], host, port, until, tally)))
         if len(tasks) % 100 == 0:
             await asyncio.sleep(0.05)
     await asyncio.gather(*tasks)
-    return {
-        "held_per_second": held,
-        "loop_lag_s_max": round(max(lags, default=0), 2),
-        "lifetimes_s": dict(lifetimes),
-        "stats": dict(stats),
-    }
+    return {"held_per_second": held, "loop_lag_s_max": round(max(lags, default=0), 2),
+            "lifetimes_s": dict(tally.lifetimes), "stats": dict(tally.stats)}  # fmt: skip
 
 
 def more_files() -> None:
@@ -190,12 +171,17 @@ def more_files() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def main(argv: list[str]) -> None:
-    kind, host, port, connections, seconds = argv
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("kind", choices=[*KINDS, *UNREAD_KINDS])
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("connections", type=int)
+    parser.add_argument("seconds", type=float)
+    args = parser.parse_args()
     more_files()
-    report = asyncio.run(attack(kind, host, int(port), int(connections), float(seconds)))
-    print(json.dumps(report))
+    print(json.dumps(asyncio.run(attack(args.kind, args.host, args.port, args.connections, args.seconds))))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
