@@ -2,6 +2,7 @@
 one fails here. And what each is for: the one request layer answers as BentoML's own path, records
 its metrics, and greedy batching keeps lone requests after a burst fast."""
 
+import asyncio
 import inspect
 import re
 import shutil
@@ -123,6 +124,30 @@ def test_one_request_layer_stands_in_front_of_bentoml_app(client: httpx.Client) 
     layer = app.build_middleware_stack().app  # inside Starlette's ServerErrorMiddleware
     assert isinstance(layer, RequestLayer)
     assert isinstance(layer.batched, BatchedApi) and isinstance(layer.metrics, TrafficMetrics)
+
+
+def test_batched_api_splits_a_batch_of_requests_back_in_order(client: httpx.Client) -> None:
+    """The dispatcher's callback joins several requests' flights into one call and gives each its
+    own answers, as BentoML's list container does; pinned on the attributes it reads."""
+    from serving.internals import BatchedApi
+    from serving.layer import RequestLayer
+
+    if not hasattr(client, "app"):
+        pytest.skip("needs the service in this process, not FLIGHT_DELAY_URL")
+    layer = client.app.middleware_stack.app  # type: ignore[attr-defined]  # inside Starlette's ServerErrorMiddleware
+    assert isinstance(layer, RequestLayer) and isinstance(layer.batched, BatchedApi)
+    batched = layer.batched
+    model = batched.input_model
+    requests = [
+        getattr(model.model_validate({"flights": varied_flights(count)}), batched.argument) for count in (1, 3, 40, 2)
+    ]
+    together = asyncio.run(batched.run_batch(requests))
+    alone = [asyncio.run(batched.run_batch([flights]))[0] for flights in requests]
+    assert [len(answers) for answers in together] == [1, 3, 40, 2]
+    assert together == alone
+    api = batched.factory.service.apis[batched.name]
+    assert (api.batch_dim, api.ctx_param, inspect.iscoroutinefunction(api.func)) == ((0, 0), None, True)
+    assert batched.name in batched.factory.dispatchers and batched.factory._service_instance is not None
 
 
 def test_batched_route_is_off_when_a_middleware_it_skips_is_on() -> None:
