@@ -29,8 +29,7 @@ from loadtest.cluster import LB_URL, cluster, port, wait_until
 from loadtest.probes import Samples, metrics
 from loadtest.results import RESULTS as ALL_RESULTS
 from loadtest.results import figure, machine, say, unused, write_json
-from loadtest.retraining_drill import train
-from loadtest.servers import server
+from loadtest.servers import server, train
 from models.config import DEFAULT_DATA_PATH, SEED, TEST_SIZE
 from models.data import file_sha256, load_flights
 from models.features import Vocabulary

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
@@ -29,7 +29,7 @@ from loadtest.cluster import LB_URL, SLOTS, Balancer, port
 from loadtest.probes import closes, lone_times, new_connection_ms, probe
 from loadtest.results import RESULTS as ALL_RESULTS
 from loadtest.results import figure, say, unused, write_json
-from loadtest.servers import PROJECT_DIR, checkout, server, service_workers
+from loadtest.servers import PROJECT_DIR, alternate, checkout, server, service_workers
 from loadtest.slow_client import KINDS, UNREAD_KINDS, more_files
 from loadtest.stats import percentile
 from loadtest.wrk import SOCKET_ERRORS, failures, in_background, parse_summary, wrk, wrk_summary
@@ -37,7 +37,6 @@ from models.schema import EXAMPLE_REQUEST
 from serving.layer import shutdown_counts
 from serving.settings import Settings
 
-T = TypeVar("T")
 HERE = Path(__file__).resolve().parent
 RESULTS = ALL_RESULTS / "reliability"
 FRONTS = ("direct", "haproxy")
@@ -67,16 +66,6 @@ def recovered(latency_ms: Callable[[], float | str], since: float, within_s: flo
             return {key: round(time.monotonic() - since, 2), "latency_ms": round(latency, 1)}
         time.sleep(0.1)
     return None
-
-
-def alternate(sides: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
-    """Each side's run, `rounds` times in turn, so the machine's drift over the drill falls on both alike."""
-    runs: dict[str, list[T]] = {name: [] for name in sides}
-    for round_ in range(rounds):
-        for name, run in sides.items():
-            say(f"round {round_ + 1}, {name}")
-            runs[name].append(run())
-    return runs
 
 
 def overload(_args: argparse.Namespace) -> Result:

@@ -32,7 +32,7 @@ from loadtest.cluster import DOCKER, LB_URL, Replicas, port, rollout
 from loadtest.probes import post, ready
 from loadtest.results import RESULTS as ALL_RESULTS
 from loadtest.results import figure, machine, say, unused, write_json
-from loadtest.servers import PROJECT_DIR
+from loadtest.servers import PROJECT_DIR, train
 from models.config import DEFAULT_DATA_PATH, SEED
 
 RESULTS = ALL_RESULTS / "retraining"
@@ -67,12 +67,6 @@ def months(frame: pd.DataFrame, first: int, last: int) -> pd.DataFrame:
     """The rows scheduled (Fecha-I, 2017-MM-...) in months first to last."""
     month = frame["Fecha-I"].str[5:7].astype(int)
     return frame[(month >= first) & (month <= last)]
-
-
-def train(data: Path, home: Path) -> str:
-    """train.py on the CSV `data` into model store `home`; what it printed."""
-    command, env = [sys.executable, "train.py", "--data", str(data)], {**os.environ, "BENTOML_HOME": str(home)}
-    return subprocess.run(command, cwd=PROJECT_DIR, env=env, check=True, capture_output=True, text=True).stdout
 
 
 def vocabulary_changes(printed: str) -> list[str]:

@@ -7,9 +7,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
 
@@ -26,6 +27,7 @@ SERVERS = {
 }
 PEERS = ("fastapi",)
 WORKER_MARK = "_bentoml_impl.worker.service"
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -69,6 +71,22 @@ def checkout(revision: str | None) -> Iterator[Path]:
         yield folder
     finally:
         subprocess.run([*git, "remove", "--force", str(folder)], check=True)
+
+
+def train(data: Path, home: Path) -> str:
+    """train.py on the CSV `data` into model store `home`; what it printed."""
+    command, env = [sys.executable, "train.py", "--data", str(data)], {**os.environ, "BENTOML_HOME": str(home)}
+    return subprocess.run(command, cwd=PROJECT_DIR, env=env, check=True, capture_output=True, text=True).stdout
+
+
+def alternate(sides: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+    """Each side's run, `rounds` times in turn, so the machine's drift over the drill falls on both alike."""
+    runs: dict[str, list[T]] = {name: [] for name in sides}
+    for round_ in range(rounds):
+        for name, run in sides.items():
+            say(f"round {round_ + 1}, {name}")
+            runs[name].append(run())
+    return runs
 
 
 @contextmanager
