@@ -28,7 +28,11 @@ class Settings(BaseSettings):
     workers: PositiveInt | Literal["cpu_count"] = "cpu_count"
     batching: bool = True
     greedy_batching: bool = True  # cap BentoML's learned batching wait: see serving/internals.py
-    max_batch_size: Annotated[int, Field(ge=2)] = 256  # BentoML refuses 1
+    # Flights per adaptive batch (BentoML refuses 1): two of the largest requests. A request larger than
+    # the batch is split into parts run one after another; at 256, 1,000-flight requests did 0.56x and
+    # 100-flight ones 0.63x what they do at 2,048, with one flight per request the same
+    # (loadtest/results/shapes-2026-12-05, docs/performance.md).
+    max_batch_size: Annotated[int, Field(ge=2)] = 2_048
     max_latency_ms: PositiveInt = 10_000  # lower, BentoML's latency estimate sheds requests that would be fast
     max_in_flight: PositiveInt = 512  # per worker; beyond it requests are shed at once with 503 (Retry-After)
     # Request bodies a worker holds admitted at once; past it a request is shed with 503 (a lone one is
