@@ -19,9 +19,10 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flight-delay-t
 
 import httpx
 import pytest
-from helpers import SAMPLE_ROWS, SESSION_MODEL, bentoml_serve, wait_ready
+from helpers import SAMPLE_ROWS, SESSION_MODEL, bentoml_serve
 
 import train
+from loadtest.servers import wait_ready
 from models.data import STATS_PATH, embedded_sample, synthetic_frame
 from models.predictor import DelayPredictor
 

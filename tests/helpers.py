@@ -11,8 +11,7 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 
-from loadtest.servers import SERVERS, free_port, wait_ready  # how the service is started, everywhere
-from models.config import PROJECT_DIR
+from loadtest.servers import server  # how the service is started, everywhere
 from models.data import STATS_PATH
 from models.features import FlightColumns, Vocabulary
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
@@ -102,7 +101,7 @@ def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tupl
     running service's /metrics. Its prediction log goes beside the log too (prediction-log/), not
     into the project.
     """
-    # /metrics made for every request: the tests read it right after acting (test_lean_route.py tests the page cache)
+    # /metrics made for every request: the tests read it right after acting (test_internals.py tests the page cache)
     env = {
         "FLIGHT_DELAY_LOG_DIR": str(log.parent / "prediction-log"),
         "FLIGHT_DELAY_METRICS_PAGE_S": "0",
@@ -113,24 +112,8 @@ def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tupl
         home = log.parent / "bentoml-home"
         pin_model(home, SESSION_MODEL[0])
         env["BENTOML_HOME"] = str(home)
-    port = free_port()
-    with log.open("wb") as output:  # the child keeps its own copy of the file
-        process = subprocess.Popen(
-            [*SERVERS["service"], str(port)],
-            cwd=PROJECT_DIR,
-            env={**os.environ, **env},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, process)
-        yield url, process
+        with server("service", env, log) as (url, process):  # the drills' own start and stop
+            yield url, process
     except RuntimeError as exc:
         raise RuntimeError(f"{exc}; its log: {log.read_text()[-3000:]}") from exc
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
