@@ -17,13 +17,15 @@ from starlette.concurrency import run_in_threadpool
 from models.features import FlightColumns, Vocabulary, encode
 from models.predictor import DelayPredictor
 from models.schema import ChallengeResponse, FlightList, Prediction, request_models
+from serving.challenger import Challenger
 from serving.internals import PredictionList
 from serving.monitoring import Monitor
 from serving.settings import PREDICTION_ROUTES, settings_or_exit
-from serving.wiring import trained_model, wire
+from serving.wiring import served_models, wire
 
 settings = settings_or_exit()
-MODEL, METADATA = trained_model()
+MODEL, CHALLENGER = served_models(settings)  # FLIGHT_DELAY_MODEL and FLIGHT_DELAY_CHALLENGER
+METADATA = MODEL.stored.info.metadata  # type: ignore[union-attr]  # served_models checked it
 # The request bodies accept exactly the airlines and destinations of the model served, learned from
 # its training data: validation, its 400s and the API document's enums all come from them.
 VOCABULARY = Vocabulary.from_metadata(METADATA["vocabularies"])
@@ -53,15 +55,22 @@ class FlightDelay:
     """Answers "will this flight leave SCL more than 15 minutes late?" for batches of flights."""
 
     model = MODEL
+    challenger_model = CHALLENGER  # `bentoml build` packs both models into the bento
 
     def __init__(self) -> None:
         info = self.model.info
         self.predictor = DelayPredictor.load(self.model.path, info.metadata)
-        self.monitor = (
-            Monitor(info.metadata["reference"], self.predictor.threshold, str(info.tag), self.predictor.vocabulary)
-            if settings.monitoring and settings.metrics
-            else None
-        )
+        self.monitor = monitor(self.predictor, info) if settings.monitoring and settings.metrics else None
+        self.challenger: Challenger | None = None
+        self.challenger_card: dict[str, Any] | None = None
+        if self.challenger_model is not None and self.monitor is not None:  # served_models: it needs monitoring
+            own = self.challenger_model.info
+            predictor = DelayPredictor.load(self.challenger_model.path, own.metadata)
+            self.challenger = Challenger(predictor, monitor(predictor, own), self.predictor, self.monitor)
+            self.challenger_card = {
+                "tag": str(own.tag),
+                **{key: own.metadata[key] for key in ("reference", "vocabularies")},
+            }
         if settings.gc_freeze:
             gc.freeze()  # libraries and model live as long as the worker: keep them out of every collection
         self.card: dict[str, Any] = {
@@ -75,6 +84,9 @@ class FlightDelay:
     @bentoml.on_shutdown
     def flush_monitoring(self) -> None:
         """Count what the export thread has not counted yet, so a stop loses no prediction's counts."""
+        if self.challenger is not None:
+            self.challenger.close()
+            self.challenger.monitor.close()
         if self.monitor is not None:
             self.monitor.close()
 
@@ -116,7 +128,14 @@ class FlightDelay:
         probabilities = self.predictor.scores(features)
         if self.monitor is not None:
             self.monitor.count(features, probabilities)
+        if self.challenger is not None:
+            self.challenger.offer(flights, features, probabilities)
         return probabilities
+
+
+def monitor(predictor: DelayPredictor, info: Any) -> Monitor:
+    """The monitoring counts of one stored model (`info`: its BentoML model info)."""
+    return Monitor(info.metadata["reference"], predictor.threshold, str(info.tag), predictor.vocabulary)
 
 
 wire(FlightDelay, settings, str(MODEL.tag))

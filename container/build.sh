@@ -48,6 +48,18 @@ if [ "${LOCAL_BASE:-0}" = 1 ]; then
   sed "s|^docker:|docker:\n  base_image: \"$BASE_IMAGE\"|" bentofile.yaml | grep -v "python_version" > "$bentofile"
 fi
 
+if [ -n "${FLIGHT_DELAY_MODEL:-}${FLIGHT_DELAY_CHALLENGER:-}" ]; then
+  mkdir -p build
+  roles=build/bentofile.models.yaml
+  awk -v model="${FLIGHT_DELAY_MODEL:-}" -v challenger="${FLIGHT_DELAY_CHALLENGER:-}" '
+    { print }
+    /^envs:/ {
+      if (model != "") printf "  - name: FLIGHT_DELAY_MODEL\n    value: \"%s\"\n", model
+      if (challenger != "") printf "  - name: FLIGHT_DELAY_CHALLENGER\n    value: \"%s\"\n", challenger
+    }' "$bentofile" > "$roles"
+  bentofile=$roles
+fi
+
 echo "[container] bentoml build"
 tag=$("$PYTHON" -m bentoml build -f "$bentofile" --output tag . | tail -n 1 | sed 's/^__tag__://')
 version=${tag#*:}

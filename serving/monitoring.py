@@ -41,6 +41,7 @@ from models.quality import (
     DRIFT_THRESHOLD,
     expected_quality,
     input_drift,
+    paired_comparison,
     probability_bins,
     realized_quality,
 )
@@ -126,13 +127,75 @@ COUNTERS: dict[str, tuple[str, list[str], str]] = {
 }
 
 
+# The challenger's counters (serving/challenger.py), by champion and challenger tag; the comparison's
+# per-bin ones also by role (champion or challenger) and that model's own probability bin.
+PAIR = ["champion", "challenger"]
+CHALLENGER_COUNTERS: dict[str, tuple[str, list[str], str]] = {
+    "challenger_flights": (
+        "flight_delay_challenger_flights",
+        PAIR,
+        "Flights the champion answered that the challenger scored",
+    ),
+    "challenger_agreed": (
+        "flight_delay_challenger_agreed_flights",
+        PAIR,
+        "Of them, flights both models gave the same label",
+    ),
+    "challenger_gap": (
+        "flight_delay_challenger_probability_gap_sum",
+        PAIR,
+        "Sum over them of the absolute difference of the two models' probabilities",
+    ),
+    "challenger_dropped": (
+        "flight_delay_challenger_dropped_flights",
+        PAIR,
+        "Flights the champion answered that the challenger did not score: it fell behind",
+    ),
+    "challenger_unknown": (
+        "flight_delay_challenger_unknown_flights",
+        PAIR,
+        "Flights the champion answered that the challenger cannot score: an airline or city it does not know",
+    ),
+    "comparison_outcomes": (
+        "flight_delay_comparison_outcomes",
+        PAIR,
+        "Flights whose outcome was received, scored by both models",
+    ),
+    "comparison_squared_error": (
+        "flight_delay_comparison_squared_error",
+        [*PAIR, "role"],
+        "Sum over them of (delayed - probability) squared, by the model's role",
+    ),
+    "comparison_difference_squares": (
+        "flight_delay_comparison_brier_difference_squares",
+        PAIR,
+        "Sum over them of the squared difference of the two models' squared errors",
+    ),
+    "comparison_bin_flights": (
+        "flight_delay_comparison_bin_flights",
+        [*PAIR, "role", "bin"],
+        "Of them, flights by the model's role and its own probability bin",
+    ),
+    "comparison_bin_delayed": (
+        "flight_delay_comparison_bin_delayed",
+        [*PAIR, "role", "bin"],
+        "Of them, flights that left over 15 minutes late, by the model's role and probability bin",
+    ),
+    "comparison_bin_probability": (
+        "flight_delay_comparison_bin_probability_sum",
+        [*PAIR, "role", "bin"],
+        "Sum of their probabilities, by the model's role and its own probability bin",
+    ),
+}
+
+
 @cache
 def series() -> SimpleNamespace:
     """The monitoring metrics, made once per process when a worker builds its Monitor (importing this
     module makes none, so tools and tests can read its constants)."""
     counters = {
         attribute: bentoml.metrics.Counter(name=name, documentation=documentation, labelnames=labels)
-        for attribute, (name, labels, documentation) in COUNTERS.items()
+        for attribute, (name, labels, documentation) in {**COUNTERS, **CHALLENGER_COUNTERS}.items()
     }
     return SimpleNamespace(
         **counters,
@@ -150,6 +213,12 @@ def series() -> SimpleNamespace:
             name="flight_delay_monitoring_dropped_flights",
             documentation="Predicted flights not counted by monitoring: the export fell behind by MAX_PENDING_FLIGHTS",
         ),
+        model_role=bentoml.metrics.Gauge(
+            name="flight_delay_model_role",
+            documentation="1 for each model the pod runs, by its role: champion (answers) or challenger (scored only)",
+            labelnames=["model", "role"],
+            multiprocess_mode="max",
+        ),
         started=bentoml.metrics.Gauge(
             name=STARTED_NAME,
             documentation="When the workers of the pod started counting, by model",
@@ -163,6 +232,7 @@ class Monitor:
     """One worker's counts of its predictions, exported to Prometheus by a thread of its own."""
 
     def __init__(self, reference: dict[str, Any], threshold: float, model: str, vocabulary: Vocabulary) -> None:
+        self.model = model
         self.edges = np.array(reference["probability_edges"])
         self.threshold = threshold
         self.sizes = vocabulary.monitored()
@@ -287,12 +357,68 @@ def pod_samples() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return samples
 
 
-def pod_report(card: dict[str, Any]) -> dict[str, Any]:
+def pod_report(card: dict[str, Any], challenger: dict[str, Any] | None = None) -> dict[str, Any]:
     """GET /v1/monitoring: the pod's predictions since its workers started, each input's drift from
-    the reference and the quality expected from the probabilities. `card`: the model card."""
+    the reference and the quality expected from the probabilities. `card`: the model card; with the
+    challenger's card, its own figures, its agreement with the champion, and the paired comparison on
+    the outcomes both scored."""
+    samples = pod_samples()
+    report = model_report(samples, card)
+    if challenger is None:
+        return report
+    own = model_report(samples, challenger)
+    pair = {("champion", card["tag"]), ("challenger", challenger["tag"])}
+
+    def total(name: str, **labels: str) -> float:
+        wanted = pair | set(labels.items())
+        return sum(value for key, value in samples.get(name, {}).items() if wanted <= set(key))
+
+    scored = total("flight_delay_challenger_flights_total")
+    report["challenger"] = {
+        **{key: own[key] for key in ("model", "predictions", "estimated", "outcomes")},
+        "agreement": {
+            "flights": int(scored),
+            "same_label": round(total("flight_delay_challenger_agreed_flights_total") / scored, 4) if scored else None,
+            "mean_probability_gap": (
+                round(total("flight_delay_challenger_probability_gap_sum_total") / scored, 4) if scored else None
+            ),
+        },
+        "dropped": int(total("flight_delay_challenger_dropped_flights_total")),
+        "unknown": int(total("flight_delay_challenger_unknown_flights_total")),
+    }
+
+    def per_bin(role: str, name: str) -> np.ndarray:
+        size = len((card if role == "champion" else challenger)["reference"]["probability_edges"]) + 1
+        counts = np.zeros(size)
+        for key, value in samples.get(f"flight_delay_comparison_bin_{name}_total", {}).items():
+            labels = dict(key)
+            if pair <= set(key) and labels["role"] == role:
+                counts[int(labels["bin"])] += value
+        return counts
+
+    errors = {
+        role: total("flight_delay_comparison_squared_error_total", role=role) for role in ("champion", "challenger")
+    }
+    comparison = paired_comparison(
+        int(total("flight_delay_comparison_outcomes_total")),
+        errors["challenger"] - errors["champion"],
+        total("flight_delay_comparison_brier_difference_squares_total"),
+        *(
+            [per_bin(role, name) for name in ("flights", "delayed", "probability_sum")]
+            for role in ("champion", "challenger")
+        ),
+    )
+    report["comparison"] = {
+        key: {k: v if k == "margin" else round(v, 5) for k, v in value.items()} if isinstance(value, dict) else value
+        for key, value in comparison.items()
+    }
+    return report
+
+
+def model_report(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], card: dict[str, Any]) -> dict[str, Any]:
+    """One model's part of GET /v1/monitoring, from the pod's samples and its card."""
     model, reference = card["tag"], card["reference"]
     names = slot_names(Vocabulary.from_metadata(card["vocabularies"]))
-    samples = pod_samples()
 
     def values(name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
         wanted = {("model", model), *labels.items()}

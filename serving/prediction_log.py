@@ -46,6 +46,7 @@ COLUMNS = (  # name, role and type of each column, as bentoml.monitor's schema f
     ("counted", "metadata", "categorical"),  # outcomes only: whether the model could score it
     ("delay", "prediction", "categorical"),
     ("probability", "prediction", "numerical"),  # null on /predict, which answers labels only
+    ("challenger_probability", "prediction", "numerical"),  # the challenger's, when one runs and knows the flight
     ("model", "metadata", "categorical"),
     ("route", "metadata", "categorical"),
     ("index", "metadata", "numerical"),  # the flight's position in its request
@@ -67,9 +68,11 @@ class PredictionLog:
         worker: int,
         max_bytes: int = 256 * 1_048_576,
         on_drop: Callable[[str], None] = lambda reason: None,
+        challenger: Callable[[list[dict[str, Any]]], list[float | None]] | None = None,
     ) -> None:
         self.sample = sample
         self.model = model
+        self.challenger = challenger  # scores the logged flights here, in the writer thread
         self.on_drop = on_drop
         root = Path(directory) / MODEL_NAME
         data, schema = root / "data" / f"data.{worker}.log", root / "schema" / f"schema.{worker}.log"
@@ -159,6 +162,8 @@ class PredictionLog:
             predictions = [{"delay": label, "probability": None} for label in answered["predict"]]
         else:
             predictions = answered
+        if self.challenger is not None and route != OUTCOMES_ROUTE:
+            outcome = [{"challenger_probability": p} for p in self.challenger(flights)]
         common = {
             "model": self.model,
             "route": route,

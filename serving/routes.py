@@ -47,9 +47,9 @@ async def monitoring(request: Request) -> JSONResponse:
     settings: Settings = request.app.state.settings
     if not settings.monitoring or not settings.metrics:
         return JSONResponse({"error": OFF}, 404)
-    card = bentoml.get_current_service().card  # pod_report reads every worker's metric files: in a thread
+    service = bentoml.get_current_service()  # pod_report reads every worker's metric files: in a thread
     recent: Recent[dict[str, Any]] = request.app.state.monitoring_report
-    return JSONResponse(await recent.get(lambda: asyncio.to_thread(pod_report, card)))
+    return JSONResponse(await recent.get(lambda: asyncio.to_thread(pod_report, service.card, service.challenger_card)))
 
 
 async def outcomes(request: Request) -> JSONResponse | Response:
@@ -100,7 +100,7 @@ async def outcomes(request: Request) -> JSONResponse | Response:
 
 def count_outcomes(service: Any, flights: list[Outcome]) -> dict[str, Any]:
     """Score flights that have left and count them against their outcomes, but for those of an airline
-    or city the model does not know: the answer of POST /v1/outcomes."""
+    or city the model does not know: the answer of POST /v1/outcomes. A challenger scores them too."""
     vocabulary = service.predictor.vocabulary
     known = {"OPERA": vocabulary.airline_code, "SIGLADES": vocabulary.destination_code}
     not_counted = [
@@ -112,15 +112,18 @@ def count_outcomes(service: Any, flights: list[Outcome]) -> dict[str, Any]:
     skipped = {problem["index"] for problem in not_counted}
     counted = [flight for index, flight in enumerate(flights) if index not in skipped]
     delayed = np.array([flight.delayed for flight in counted], dtype=np.float64)
+    challenger = service.challenger
+    scored = 0
     if counted:
         features = encode(FlightColumns.from_flights(counted, vocabulary))
-        service.monitor.count_outcomes(features, service.predictor.scores(features), delayed)
-    return {
-        "model": service.card["tag"],
-        "flights": len(counted),
-        "delayed": int(delayed.sum()),
-        "not_counted": not_counted,
-    }
+        probabilities = service.predictor.scores(features)
+        service.monitor.count_outcomes(features, probabilities, delayed)
+        if challenger is not None:
+            scored = challenger.count_outcomes(counted, features, probabilities, delayed)
+    answer = {"model": service.card["tag"], "flights": len(counted), "delayed": int(delayed.sum())}
+    if challenger is not None:  # it scores the counted flights it knows: the paired comparison's
+        answer["challenger"] = {"model": challenger.monitor.model, "flights": scored}
+    return {**answer, "not_counted": not_counted}
 
 
 @cache

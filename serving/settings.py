@@ -25,6 +25,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="FLIGHT_DELAY_")
 
+    # The models of the BentoML store it serves (serving/wiring.py `served_models`): the champion answers
+    # (the store's latest unless named); a challenger, when named, scores the same flights off the
+    # request path and is judged against it on their outcomes (serving/challenger.py).
+    model: str = "latest"
+    challenger: str | None = None
     workers: PositiveInt | Literal["cpu_count"] = "cpu_count"
     batching: bool = True
     greedy_batching: bool = True  # cap BentoML's learned batching wait: see serving/internals.py

@@ -17,22 +17,52 @@ from serving.settings import OUTCOMES_ROUTE, PREDICTION_ROUTES, Settings
 BENTOML_ROUTES = ("/livez", "/healthz", "/readyz", "/schema.json")  # BentoML's own (/metrics is not counted)
 
 
-def trained_model() -> tuple[bentoml.models.BentoModel, dict[str, Any]]:
-    """The latest flight_delay model of the store and its metadata, or a one-line refusal to start that
-    says how to fix it.
+def trained_model(tag: str, variable: str) -> bentoml.models.BentoModel:
+    """The flight_delay model `tag` (a version, `latest`, or `flight_delay:<version>`) of the store, or
+    a one-line refusal to start that names `variable` and says how to fix it.
 
     Checked when the service is loaded, so `bentoml serve` exits at once instead of its workers
     failing and restarting forever.
     """
-    model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+    name, _, version = tag.rpartition(":")
+    if name not in ("", MODEL_NAME) or not version:
+        raise SystemExit(f"refusing to start: {variable}={tag!r} is not accepted: a {MODEL_NAME} version or tag")
+    model = bentoml.models.BentoModel(f"{MODEL_NAME}:{version}")
     stored = model.stored
     if stored is None:  # BentoML would try BentoCloud next and fail with a puzzling message
-        raise bentoml.exceptions.NotFound(f"no {MODEL_NAME} model in the BentoML store; train one first: make train")
+        if version == "latest":
+            raise SystemExit(
+                f"refusing to start: no {MODEL_NAME} model in the BentoML store; train one first: make train"
+            )
+        raise SystemExit(
+            f"refusing to start: {variable}={tag!r} is not accepted: no such model in the BentoML store "
+            f"(bentoml models list {MODEL_NAME})"
+        )
     try:
         check_metadata(stored.info.metadata)
     except ModelError as exc:
-        raise bentoml.exceptions.BentoMLException(f"refusing to serve {stored.tag}: {exc}") from None
-    return model, dict(stored.info.metadata)
+        raise SystemExit(f"refusing to serve {stored.tag} ({variable}={tag!r}): {exc}") from None
+    return bentoml.models.BentoModel(str(stored.tag))  # the version itself: `latest` moves as models are added
+
+
+def served_models(settings: Settings) -> tuple[bentoml.models.BentoModel, bentoml.models.BentoModel | None]:
+    """The champion (FLIGHT_DELAY_MODEL) and the challenger (FLIGHT_DELAY_CHALLENGER, or None) of the
+    store; the same model twice is refused, since a challenger is judged against another model."""
+    champion = trained_model(settings.model, "FLIGHT_DELAY_MODEL")
+    if settings.challenger is None:
+        return champion, None
+    if not (settings.monitoring and settings.metrics):
+        raise SystemExit(
+            f"refusing to start: FLIGHT_DELAY_CHALLENGER={settings.challenger!r} is not accepted with monitoring off: "
+            "a challenger is judged on monitoring's counts (FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS)"
+        )
+    challenger = trained_model(settings.challenger, "FLIGHT_DELAY_CHALLENGER")
+    if challenger.tag == champion.tag:
+        raise SystemExit(
+            f"refusing to start: FLIGHT_DELAY_CHALLENGER={settings.challenger!r} is not accepted: it is the champion "
+            f"({champion.tag}, FLIGHT_DELAY_MODEL={settings.model!r}); name another model or unset it"
+        )
+    return champion, challenger
 
 
 def wire(service: Any, settings: Settings, model: str) -> None:
@@ -64,7 +94,13 @@ def wire(service: Any, settings: Settings, model: str) -> None:
             worker=bentoml.server_context.worker_index or 0,
             max_bytes=settings.log_max_mb * 1_048_576,
             on_drop=lambda reason: counted.log_drops.labels(reason=reason).inc(),
+            challenger=None if settings.challenger is None else challenger_probabilities,
         )
+
+    def challenger_probabilities(flights: list[dict[str, Any]]) -> list[float | None]:
+        """The challenger's probabilities of logged flights: the service instance, made after the log
+        is opened, is looked up when the writer thread first needs it."""
+        return bentoml.get_current_service().challenger.probabilities_of(flights)  # type: ignore[no-any-return]
 
     internals.arrange_app(
         RequestLayer,

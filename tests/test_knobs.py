@@ -22,7 +22,9 @@ from serving.settings import Settings
 pytestmark = pytest.mark.integration
 
 # One flipped value per knob: each differs from its default (test_knob_table_flips_every_setting).
+# CHALLENGER needs a second model in the store: tests/test_challenger.py serves one.
 FLIPPED = {
+    "MODEL": "flight_delay:latest",
     "WORKERS": "1",
     "BATCHING": "false",
     "GREEDY_BATCHING": "false",
@@ -63,7 +65,7 @@ def answers(url: str) -> tuple[object, object]:
 
 
 def test_knob_table_flips_every_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert set(FLIPPED) == {field.upper() for field in Settings.model_fields}
+    assert set(FLIPPED) | {"CHALLENGER"} == {field.upper() for field in Settings.model_fields}
     default = Settings()
     for knob, value in FLIPPED.items():
         monkeypatch.setenv(f"FLIGHT_DELAY_{knob}", value)
@@ -87,7 +89,7 @@ GROUPS = {
     ),
     "no lean route, connection limits": (
         "LEAN_ROUTE", "MAX_BODY_BYTES", "IDLE_TIMEOUT_S", "REQUEST_TIMEOUT_S", "MAX_CONNECTIONS",
-        "SEND_TIMEOUT_S", "MAX_UNSENT_MB",
+        "SEND_TIMEOUT_S", "MAX_UNSENT_MB", "MODEL",
     ),
 }  # fmt: skip
 

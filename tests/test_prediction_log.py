@@ -57,8 +57,10 @@ def test_log_writes_a_record_per_flight_with_its_inputs_as_sent_and_its_answer(t
     assert written[2]["timestamp"] == "1970-01-01T00:01:00+00:00"
     schema = (tmp_path / MODEL_NAME / "schema" / "schema.3.log").read_text().splitlines()
     assert [column["name"] for column in json.loads(schema[0])["columns"]] == [
-        *prediction_log.FIELDS, "Fecha-O", "counted", "delay", "probability", "model", "route", "index"
+        *prediction_log.FIELDS, "Fecha-O", "counted", "delay", "probability", "challenger_probability", "model",
+        "route", "index",
     ]  # fmt: skip
+    assert all("challenger_probability" not in r for r in written)  # no challenger runs
 
 
 def test_log_writes_outcomes_with_their_departure_and_whether_each_was_counted(tmp_path: Path) -> None:

@@ -37,69 +37,22 @@ from models.config import CALIBRATION_BINS, DEFAULT_DATA_PATH, MODEL_NAME, SEED 
 from models.data import DataError, calendar_days, file_sha256, load_flights  # noqa: E402
 from models.features import FlightColumns  # noqa: E402
 from models.predictor import DelayPredictor, ModelError  # noqa: E402
-from models.quality import labelled_quality  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Margin:
-    """How much worse than the baseline the candidate may be on one metric, and why."""
-
-    metric: str  # key of `judged`'s figures
-    label: str
-    higher_is_better: bool
-    margin: float
-    reason: str
-
-
-# The non-inferiority margins. The candidate is refused on a metric when the one-sided 95% bound of
-# its difference from the baseline (bootstrap, below) is worse than the margin: a margin is the
-# largest loss we accept for a model that is otherwise better (a new airline, newer data).
-MARGINS: tuple[Margin, ...] = (
-    Margin(
-        "roc_auc",
-        "ROC AUC",
-        True,
-        0.01,
-        "retraining alone moves it by up to 0.006 (four seeds on the real data: 0.7123 to 0.7179 with every "
-        "field, docs/model.md); 0.01 allows that, and refuses the loss of a real input (the optional fields "
-        "add 0.04)",
-    ),
-    Margin(
-        "brier",
-        "Brier",
-        False,
-        0.003,
-        "a fifth of the model's skill over answering the base rate for every flight (0.1484 - 0.1327 = 0.0157 "
-        "on the held-out days, docs/model.md): a larger loss gives back a real share of what the model adds",
-    ),
-    Margin(
-        "calibration_error",
-        "calibration error",
-        False,
-        0.02,
-        "the bound tests/test_train.py and tests/test_real_data.py set on held-out days, and about the noise "
-        "of the realized calibration error at the alert's 2,000 outcomes; the candidate's own must also stay "
-        "under the alert's bound (MAX_CALIBRATION_ERROR)",
-    ),
-    Margin(
-        "f1",
-        "F1 (delayed)",
-        True,
-        0.02,
-        "about 5% of the served model's 0.409; the label depends on one cut of the probabilities, chosen anew "
-        "at each training from out-of-fold recall, so it moves more than the ranking does",
-    ),
+from models.quality import (  # noqa: E402
+    CONFIDENCE,
+    LIVE_MARGINS,
+    MARGINS,
+    MIN_SHARED_FLIGHTS,
+    labelled_quality,
+    verdict,
 )
+
 # The candidate's own calibration error must stay under FlightDelayCalibrationDegraded's bound
 # (deploy/k8s/alerts/flight-delay.rules.yml): a model that would page on day one is not rolled out.
 MAX_CALIBRATION_ERROR = 0.05
-# Below these, refuse to judge (exit 1): 2,000 is the alert's minimum of outcomes, where the
-# calibration error's own noise is about 0.02, the size of its margin; a bootstrap by day needs
-# enough days to draw from, and a month of them gives the resamples a spread worth reading.
-MIN_SHARED_FLIGHTS = 2_000
+# Below MIN_SHARED_FLIGHTS (models/quality.py) or these days, refuse to judge (exit 1): a bootstrap
+# by day needs enough days to draw from, and a month of them gives the resamples a spread worth reading.
 MIN_SHARED_DAYS = 30
 RESAMPLES = 400  # the 5% tail rests on 20 resamples: its bound moves by about a tenth of the spread
-CONFIDENCE = 0.95  # one-sided
 SHOWN = ("delay_rate", "mean_probability", "roc_auc", "brier", "calibration_error", "precision", "recall", "f1")
 LABELS = {
     "delay_rate": "delay rate (observed)",
@@ -313,6 +266,8 @@ class Comparison:
     judgements: list[Judgement]
     refusals: list[str]
     notes: list[str]
+    # models.quality.verdict on Brier and calibration error, as GET /v1/monitoring judges a challenger
+    live_verdict: str = "undecided"
 
     @property
     def accepted(self) -> bool:
@@ -358,10 +313,29 @@ def gather(baseline: Model, candidate: Model, data: Path, resamples: int = RESAM
         probability = model.predictor.probabilities(FlightColumns.from_frame(shared, model.predictor.vocabulary))
         scored.append((probability, model.predictor.threshold))
     own = [labelled_quality(delayed, probability, threshold) for probability, threshold in scored]
-    judgements = judge(own[0], own[1], bootstrap(delayed, days, scored, resamples))
+    resampled = bootstrap(delayed, days, scored, resamples)
+    judgements = judge(own[0], own[1], resampled)
     refusals = [judgement.refusal() for judgement in judgements if not judgement.accepted]
+    bounds = {}
+    for metric in LIVE_MARGINS:
+        differences = resampled[1][metric] - resampled[0][metric]
+        bounds[metric] = (
+            float(np.nanquantile(differences, 1 - CONFIDENCE)),
+            float(np.nanquantile(differences, CONFIDENCE)),
+        )
     return Comparison(
-        baseline, candidate, data, len(frame), len(shared), n_days, left_apart, own, judgements, refusals, notes
+        baseline,
+        candidate,
+        data,
+        len(frame),
+        len(shared),
+        n_days,
+        left_apart,
+        own,
+        judgements,
+        refusals,
+        notes,
+        verdict(len(shared), bounds),
     )
 
 
@@ -417,13 +391,14 @@ def apart_section(comparison: Comparison) -> list[str]:
 def markdown(comparison: Comparison, command: str) -> str:
     """report.md: verdict, models and data, the judged figures, margins, the flights apart, diagrams."""
     c = comparison
-    verdict = "**accept** (exit code 0)" if c.accepted else "**refuse** (exit code 1)"
+    decision = "**accept** (exit code 0)" if c.accepted else "**refuse** (exit code 1)"
     lines = [
         f"# Candidate {c.candidate.tag} against {c.baseline.tag}",
         "",
         f"Made {datetime.now(UTC):%Y-%m-%d %H:%M} UTC by `{command}`.",
         "",
-        f"Verdict: {verdict}.",
+        f"Verdict: {decision}. On Brier and calibration error alone, as GET /v1/monitoring judges a challenger: "
+        f"**{c.live_verdict}**.",
         *[f"- refused on {refusal}" for refusal in c.refusals],
         *[f"- note: {note}" for note in c.notes],
         "",
@@ -572,6 +547,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {path}")
     for note in comparison.notes:
         print(f"note: {note}")
+    print(f"live verdict (Brier and calibration error, as GET /v1/monitoring judges): {comparison.live_verdict}")
     if comparison.accepted:
         print(f"accept: {candidate.tag} is not worse than {base.tag} beyond any margin")
         return 0
