@@ -129,7 +129,7 @@ class FlightDelay:
         if self.monitor is not None:
             self.monitor.count(features, probabilities)
         if self.challenger is not None:
-            self.challenger.offer(flights, features, probabilities)
+            self.challenger.offer(features, probabilities)
         return probabilities
 
 

@@ -119,7 +119,7 @@ def count_outcomes(service: Any, flights: list[Outcome]) -> dict[str, Any]:
         probabilities = service.predictor.scores(features)
         service.monitor.count_outcomes(features, probabilities, delayed)
         if challenger is not None:
-            scored = challenger.count_outcomes(counted, features, probabilities, delayed)
+            scored = challenger.count_outcomes(features, probabilities, delayed)
     answer = {"model": service.card["tag"], "flights": len(counted), "delayed": int(delayed.sum())}
     if challenger is not None:  # it scores the counted flights it knows: the paired comparison's
         answer["challenger"] = {"model": challenger.monitor.model, "flights": scored}

@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     gc_freeze: bool = True
     lean_route: bool = True  # /v1/prediction without BentoML's per-request framework: see serving/layer.py
 
+    @field_validator("challenger", mode="before")
+    @classmethod
+    def _no_challenger_when_empty(cls, value: object) -> object:
+        """An empty FLIGHT_DELAY_CHALLENGER is none: `kubectl set env ... FLIGHT_DELAY_CHALLENGER=` drops
+        the challenger an image was built with."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("outcomes_token", mode="before")
     @classmethod
     def _usable_token(cls, value: object) -> object:
