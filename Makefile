@@ -64,8 +64,8 @@ container: install  ## bento + image flight-delay:<version>; LOCAL_BASE=1 builds
 container-test: install  ## contract and stress tests against the image (IMAGE, PORT, DURATION, NAME=<today>)
 	container/test.sh
 
-deploy-check: install  ## render and validate the Kubernetes manifests, test the alert rules
-	$(PYTHON) -m pytest -q tests/test_deploy.py
+deploy-check: install  ## render and validate the Kubernetes manifests, test the alert rules and the dashboard's queries
+	$(PYTHON) -m pytest -q tests/test_deploy.py tests/test_dashboard.py
 
 monitoring-report: install  ## drift and quality report of the prediction log LOG (monitoring/), OUTCOMES=csv: reports/monitoring-<today>/
 	$(PYTHON) tools/monitoring_report.py --log $(or $(LOG),monitoring) $(if $(OUTCOMES),--outcomes $(OUTCOMES)) \

@@ -29,7 +29,7 @@ from helpers import skip_unless_ci
 
 from models.config import PROJECT_DIR
 from models.schema import EXAMPLE_REQUEST
-from serving.monitoring import EXPORT_EVERY_S
+from serving.monitoring import CHALLENGER_COUNTERS, EXPORT_EVERY_S
 from serving.settings import PREDICTION_ROUTES, Settings
 
 KUBERNETES_VERSION = "1.32"  # the oldest Kubernetes the manifests must apply to
@@ -512,7 +512,11 @@ RULE_TESTS: list[dict[str, Any]] = yaml.safe_load(RULES_TEST_FILE.read_text())["
 
 
 def test_rule_groups_are_named_after_the_service() -> None:
-    assert [group["name"] for group in RULE_GROUPS] == ["flight-delay.rules", "flight-delay.monitoring.rules"]
+    assert [group["name"] for group in RULE_GROUPS] == [
+        "flight-delay.rules",
+        "flight-delay.monitoring.rules",
+        "flight-delay.comparison.rules",
+    ]
 
 
 def test_recording_rules_follow_the_level_metric_operations_naming() -> None:
@@ -529,6 +533,107 @@ def test_drift_rule_test_expects_the_services_own_js_distance() -> None:
     case = next(test for test in RULE_TESTS if test["name"] == "drift is scored from the pods' summed counts")
     expected = case["promql_expr_test"][0]["exp_samples"][0]["value"]
     assert expected == pytest.approx(js_distance(np.array([2.0, 1.0, 0.0]), np.array([1.0, 1.0, 0.0])), abs=1e-12)
+
+
+# The comparison's recorded figures, and where models.quality.paired_comparison's answer has each.
+PAIRED_FIGURES: dict[str, tuple[str, ...]] = {
+    "champion_challenger:flight_delay_comparison_outcomes:increase6h": ("flights",),
+    "champion_challenger:flight_delay_comparison_brier_difference:mean6h": ("brier", "difference"),
+    "champion_challenger:flight_delay_comparison_brier_difference:lower6h": ("brier", "lower"),
+    "champion_challenger:flight_delay_comparison_brier_difference:upper6h": ("brier", "upper"),
+    "champion_challenger:flight_delay_comparison_calibration_error_difference:ratio6h": (
+        "calibration_error",
+        "difference",
+    ),
+    "champion_challenger:flight_delay_comparison_calibration_error_difference:lower6h": ("calibration_error", "lower"),
+    "champion_challenger:flight_delay_comparison_calibration_error_difference:upper6h": ("calibration_error", "upper"),
+    "champion_challenger:flight_delay_comparison_verdict:6h": ("verdict",),
+}
+VERDICT_VALUES = {"worse": -1, "undecided": 0, "non-inferior": 1, "better": 2}  # the recorded verdict's values
+SERIES = re.compile(r"([\w:]*)\{(.*)\}")
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+LINEAR = re.compile(r"0\+([0-9.]+)x(\d+)")  # expanding notation from 0: "0+<increment>x<steps>"
+
+
+def series_labels(text: str) -> tuple[str, dict[str, str]]:
+    """The name (maybe empty) and labels of a promtool series, `name{label="value", ...}`."""
+    match = SERIES.fullmatch(text)
+    assert match, text
+    return match[1], dict(LABEL.findall(match[2]))
+
+
+def minutes(duration: str) -> int:
+    """A promtool duration of hours and minutes ("3h", "24h10m") in minutes."""
+    return sum(int(count) * {"h": 60, "m": 1}[unit] for count, unit in re.findall(r"(\d+)([hm])", duration))
+
+
+def counts_at(case: dict[str, Any], eval_time: str) -> list[tuple[str, dict[str, str], float]]:
+    """Each input series of a promtool case as (name, labels, its value at eval_time): counters that
+    grow from 0 by a constant step, so within the first 6 hours their increase is that value."""
+    interval, at = minutes(case["interval"]), minutes(eval_time)
+    assert at <= 6 * 60, "past 6 hours the window no longer starts at 0"
+    counts = []
+    for item in case["input_series"]:
+        name, labels = series_labels(item["series"])
+        linear = LINEAR.fullmatch(item["values"])
+        assert linear, item["values"]
+        counts.append((name, labels, float(linear[1]) * min(at / interval, int(linear[2]))))
+    return counts
+
+
+def paired_figures(counts: list[tuple[str, dict[str, str], float]], pair: dict[str, str]) -> dict[str, Any]:
+    """models.quality.paired_comparison of a pair's counts summed over pods, as GET /v1/monitoring judges."""
+    import numpy as np
+
+    from models.quality import PROBABILITY_BINS, paired_comparison
+
+    def total(name: str, **labels: str) -> float:
+        wanted = pair | labels
+        return sum(value for metric, have, value in counts if metric == name and wanted.items() <= have.items())
+
+    def per_bin(role: str, kind: str) -> np.ndarray:
+        bins = np.zeros(PROBABILITY_BINS)
+        for metric, have, value in counts:
+            if (
+                metric == f"flight_delay_comparison_bin_{kind}_total"
+                and (pair | {"role": role}).items() <= have.items()
+            ):
+                bins[int(have["bin"])] += value
+        return bins
+
+    errors = "flight_delay_comparison_squared_error_total"
+    return paired_comparison(
+        int(total("flight_delay_comparison_outcomes_total")),
+        total(errors, role="challenger") - total(errors, role="champion"),
+        total("flight_delay_comparison_brier_difference_squares_total"),
+        *(
+            [per_bin(role, kind) for kind in ("flights", "delayed", "probability_sum")]
+            for role in ("champion", "challenger")
+        ),
+    )
+
+
+def test_comparison_rule_tests_expect_the_services_own_figures() -> None:
+    """Every expected comparison figure and verdict of the promtool cases is
+    models.quality.paired_comparison of the same counts: Prometheus and GET /v1/monitoring judge alike."""
+    figures, verdicts = 0, set()
+    for case in RULE_TESTS:
+        for query in case.get("promql_expr_test", []):
+            for sample in query["exp_samples"]:
+                name, labels = series_labels(sample["labels"])
+                if name not in PAIRED_FIGURES:
+                    continue
+                pair = {key: labels[key] for key in ("namespace", "champion", "challenger")}
+                expected: Any = paired_figures(counts_at(case, query["eval_time"]), pair)
+                for key in PAIRED_FIGURES[name]:
+                    expected = expected[key]
+                if PAIRED_FIGURES[name] == ("verdict",):
+                    verdicts.add(expected)
+                    expected = VERDICT_VALUES[expected]
+                assert sample["value"] == pytest.approx(expected, rel=1e-9, abs=1e-15), (case["name"], name, pair)
+                figures += 1
+    assert verdicts == set(VERDICT_VALUES), "a case for every verdict"
+    assert figures > len(PAIRED_FIGURES)
 
 
 @pytest.mark.parametrize("alert", sorted(ALERTS))
@@ -580,6 +685,21 @@ def exported_labels(metrics_text: str) -> dict[str, set[str]]:
     return labels
 
 
+CHALLENGER_SERIES = re.compile(r"flight_delay_(challenger|comparison)_")  # exported only by a pod with a challenger
+
+
+def rule_metric_labels() -> set[tuple[str, str]]:
+    """(metric, label) of each service metric the rules select, for every label they match on ("" for the
+    metric alone); kube-state-metrics' series left out."""
+    return {
+        (metric, label)
+        for rule in [*ALERTS.values(), *RECORDS.values()]
+        for metric, matchers in SELECTOR.findall(rule["expr"])
+        if not metric.startswith("kube_")  # kube-state-metrics, not the service
+        for label in {*MATCHER.findall(matchers), ""} - SCRAPE_LABELS
+    }
+
+
 @pytest.mark.integration
 def test_alert_rule_metrics_and_labels_are_exported_by_the_service(client: httpx.Client) -> None:
     assert client.post(PREDICTION_ROUTES[0], json=EXAMPLE_REQUEST).status_code == 200
@@ -588,17 +708,27 @@ def test_alert_rule_metrics_and_labels_are_exported_by_the_service(client: httpx
     assert client.post(PREDICTION_ROUTES[0], json=unknown).status_code == 400  # counted as an unknown airline
     time.sleep(EXPORT_EVERY_S + 0.5)  # the monitoring counts reach /metrics once a second
     exported = exported_labels(client.get("/metrics").text)  # the 415 makes the guard's counter appear
-    used = {
-        (metric, label)
-        for rule in [*ALERTS.values(), *RECORDS.values()]
-        for metric, matchers in SELECTOR.findall(rule["expr"])
-        if not metric.startswith("kube_")  # kube-state-metrics, not the service
-        for label in {*MATCHER.findall(matchers), ""} - SCRAPE_LABELS
-    }
+    # The challenger's series: the service under test runs none (the next test checks their declaration).
+    used = {(metric, label) for metric, label in rule_metric_labels() if not CHALLENGER_SERIES.match(metric)}
     assert used, "no service metric found in the rules"
     used |= {(metric, label) for metric in ("flight_delay_input_flights_total", "flight_delay_reference_share")
              for label in ("model", "input", "value")}  # summed by in the recording rules  # fmt: skip
     missing = {
         (metric, label) for metric, label in used if metric not in exported or label not in {*exported[metric], ""}
+    }
+    assert missing == set()
+
+
+def test_comparison_rule_metrics_and_labels_are_the_challengers_counters() -> None:
+    """The comparison rules read counters that serving/monitoring.py declares for a challenger, with the
+    labels they match on and sum by (the pair; per bin also the role)."""
+    declared = {f"{name}_total": set(labels) for name, labels, _documentation in CHALLENGER_COUNTERS.values()}
+    used = {(metric, label) for metric, label in rule_metric_labels() if CHALLENGER_SERIES.match(metric)}
+    assert used, "no challenger metric found in the rules"
+    missing = {
+        (metric, label)
+        for metric, matched in used
+        for label in {matched, "champion", "challenger", *(["role"] if "_bin_" in metric else [])} - {""}
+        if label not in declared.get(metric, set())
     }
     assert missing == set()
