@@ -36,7 +36,7 @@ from models.features import Vocabulary
 from models.quality import js_distance, min_flights, realized_quality
 
 RESULTS = ALL_RESULTS / "monitoring"
-TOKEN = "drill-token"
+TOKEN = "drill-token-not-a-secret"  # 16 characters at least (serving/settings.py)
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PER_REQUEST = 500
 MINUTE = "%Y-%m-%d %H:%M"
