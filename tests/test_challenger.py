@@ -335,3 +335,12 @@ def test_a_bento_built_with_a_challenger_carries_both_models(pair: tuple[Path, s
     tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
     bento = yaml.safe_load((home / "bentos" / MODEL_NAME / tag.split(":")[1] / "bento.yaml").read_text())
     assert {model["tag"] for model in bento["services"][0]["models"]} == {champion, challenger}
+
+
+def test_challenger_drill_page_is_made_from_its_committed_results() -> None:
+    """The drill's page in loadtest/results/challenger/ is its markdown() of the JSON beside it: the
+    figures docs/monitoring.md cites come from the run, not from an edit."""
+    from loadtest.challenger_drill import RESULTS, markdown
+
+    for data in sorted(RESULTS.glob("*.json")):
+        assert markdown(json.loads(data.read_text())) == data.with_suffix(".md").read_text(), data.name
