@@ -49,11 +49,9 @@ audit: install  ## pip-audit of the runtime packages; exit 1 vulnerable, 2 not a
 loadtest: install  ## the reference stress test with both baselines, into loadtest/results/reference-<today>/; needs wrk (apt-get install -y wrk)
 	$(PYTHON) -m loadtest.run --baselines
 
-peers: install  ## the service against the same model behind FastAPI: 1 flight (keep-alive and a new connection per request), 100 and 1,000 flights: loadtest/results/peers-*-<today>/
+peers: install  ## the service against the same model behind FastAPI, LitServe and plain BentoML, every shape, alternating rounds: loadtest/results/peers/peers-<today>.md
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-peers.txt
-	$(PYTHON) -m loadtest.run --baselines --peers --name peers-$$(date +%F)
-	$(PYTHON) -m loadtest.run --peers --flights-per-request 100 --connections 64 --name peers-100-flights-$$(date +%F)
-	$(PYTHON) -m loadtest.run --peers --flights-per-request 1000 --connections 8 --name peers-1000-flights-$$(date +%F)
+	$(PYTHON) -m loadtest.peers
 
 ablation: install  ## one knob at a time, in rounds: loadtest/results/ablation/ablation-<today>.md
 	$(PYTHON) -m loadtest.ablation

@@ -13,7 +13,9 @@ and httptools, no access log, 2 workers by default):
   hop to a thread. The body is the project's own request model (so validation and its 400s are the
   service's), the response model `list[Prediction]`. Its packages: requirements-peers.txt.
 
-Baseline and FastAPI use the same encoder and ONNX Runtime session as the service (`models.predictor`).
+The other peers run on their frameworks' own servers: LitServe (loadtest/litserve_peer.py) and plain
+BentoML (loadtest/bentoml_peer.py). Baseline, FastAPI and both peers use the same encoder and ONNX
+Runtime session as the service (`models.predictor`).
 
     python -m loadtest.apps ceiling --port 3002 --workers 2
 """

@@ -19,13 +19,18 @@ from loadtest.results import say
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 STARTUP_SECONDS = 90
+BENTOML_SERVE = [sys.executable, "-m", "bentoml", "serve"]
 SERVERS = {
-    "service": [sys.executable, "-m", "bentoml", "serve", "service:FlightDelay", "--host", "127.0.0.1", "--port"],
+    "service": [*BENTOML_SERVE, "service:FlightDelay", "--host", "127.0.0.1", "--port"],
     "baseline": [sys.executable, "-m", "loadtest.apps", "baseline", "--port"],
     "ceiling": [sys.executable, "-m", "loadtest.apps", "ceiling", "--port"],
-    "fastapi": [sys.executable, "-m", "loadtest.apps", "fastapi", "--port"],  # make peers: requirements-peers.txt
+    # make peers' targets: their packages are in requirements-peers.txt
+    "fastapi": [sys.executable, "-m", "loadtest.apps", "fastapi", "--port"],
+    "litserve": [sys.executable, "-m", "loadtest.litserve_peer", "--port"],
+    "bentoml": [*BENTOML_SERVE, "loadtest.bentoml_peer:PlainBentoML", "--host", "127.0.0.1", "--port"],
 }
-PEERS = ("fastapi",)
+PEERS = ("fastapi", "litserve", "bentoml")
+READY_PATHS = {"litserve": "/health"}  # every other target answers /readyz, as BentoML does
 WORKER_MARK = "_bentoml_impl.worker.service"
 T = TypeVar("T")
 
@@ -37,16 +42,18 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = STARTUP_SECONDS) -> None:
-    """Poll /readyz until it answers 200; RuntimeError if the process died first or time ran out."""
+def wait_ready(
+    url: str, process: subprocess.Popen[bytes] | None = None, seconds: float = STARTUP_SECONDS, path: str = "/readyz"
+) -> None:
+    """Poll `path` until it answers 200; RuntimeError if the process died first or time ran out."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"the server exited with code {process.returncode} before it was ready")
-        if ready(url):
+        if ready(url, path):
             return
         time.sleep(0.3)
-    raise RuntimeError(f"{url}/readyz did not answer 200 within {seconds} s")
+    raise RuntimeError(f"{url}{path} did not answer 200 within {seconds} s")
 
 
 def service_workers(pid: int) -> dict[int, psutil.Process]:
@@ -107,7 +114,7 @@ def server(
     """
     port = port or free_port()
     pinned = ["taskset", "-c", cpus] if cpus else []
-    count = ["--workers", str(workers)] if workers and kind != "service" else []
+    count = ["--workers", str(workers)] if workers and kind not in ("service", "bentoml") else []
     with open(log or os.devnull, "wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [*pinned, *SERVERS[kind], str(port), *count],
@@ -120,7 +127,7 @@ def server(
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, path=READY_PATHS.get(kind, "/readyz"))
         say(f"{kind} ready in {time.monotonic() - started:.1f} s at {url}")
         yield url, process
     finally:

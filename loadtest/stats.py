@@ -1,4 +1,4 @@
-"""The drills' one percentile rule (an HDR histogram) and the CPU a process tree used (psutil)."""
+"""The drills' one percentile rule (an HDR histogram), and the CPU and memory of a process tree (psutil)."""
 
 from collections.abc import Iterable
 
@@ -42,3 +42,19 @@ def tree_cpu_s(root: int) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def tree_memory_mib(root: int) -> float:
+    """The proportional set size (PSS: each shared page split among its sharers) of a process and all
+    its descendants alive now, MiB: what they hold together, shared pages counted once."""
+    total = 0
+    try:
+        processes = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for process in processes:
+        try:
+            total += process.memory_full_info().pss
+        except psutil.NoSuchProcess:  # ended meanwhile
+            continue
+    return round(total / 2**20, 1)

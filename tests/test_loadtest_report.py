@@ -1,10 +1,16 @@
-"""The load-test report: parsing wrk's summary line, the verdict against the bar, the report files."""
+"""The load-test reports: wrk's summary line, the verdict against the bar, the report files, the peers' table."""
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from loadtest.peers import markdown as peers_markdown
+from loadtest.stats import tree_memory_mib
 from loadtest.wrk import BAR_REQUESTS, failures, markdown, parse_summary, plot, verdict
 
 SAMPLE = Path(__file__).parent / "data" / "wrk_service_sample.txt"  # a real wrk run of script.lua
@@ -59,3 +65,41 @@ def test_plot_writes_png(summary: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "plot.png"
     plot({"service": summary, "ceiling": summary}, path, "title")
     assert path.read_bytes().startswith(b"\x89PNG")
+
+
+def peer_run(summary: dict[str, Any], requests_per_s: float, p99: float, memory_mib: float) -> dict[str, Any]:
+    return {**summary, "requests_per_s": requests_per_s, "latency_ms": {"p99": p99}, "memory_mib": memory_mib}
+
+
+def test_peers_report_gives_the_lead_over_the_best_peer_and_the_share_of_the_ceiling(summary: dict[str, Any]) -> None:
+    rates = {"service": (300, 100), "service@main": (100, 100), "fastapi": (100, 50), "litserve": (30, 40)}
+    rates |= {"bentoml": (9, 20), "ceiling": (1e3, 1)}
+    closed = {
+        "shape": {target: [peer_run(summary, rate, 5, 200), peer_run(summary, other, 7, 210)]
+                  for target, (rate, other) in rates.items()}
+    }  # fmt: skip
+    open_run = {"latency_ms": {"p50": 1.0, "p99": 2.0}, "ok": 99, "due": 100}
+    outcome = {
+        "date": "2026-12-05", "command": "python -m loadtest.peers", "machine": "here", "rounds": 2,
+        "duration_s": 15, "warmup_s": 3, "targets": list(rates), "closed_loop": closed, "rates": [500],
+        "curve_duration_s": 10, "open_loop": {"service": [open_run]},
+    }  # fmt: skip
+    report = peers_markdown(outcome)
+    # medians of the two rounds: service 200, fastapi 75, ceiling 500.5; memory of the last round
+    assert "| shape | 200 req/s, p99 6.0 ms, 210 MiB |" in report
+    assert "| 2.67x (fastapi) | 0.40x | 2.00x |" in report  # the last: against the service at main
+    assert "| 500 | 1.0 / 2.0, 99.0% |" in report
+
+
+def test_tree_memory_counts_the_children_of_a_process() -> None:
+    alone = tree_memory_mib(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "import time; block = bytearray(64 << 20); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while tree_memory_mib(os.getpid()) < alone + 60 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tree_memory_mib(os.getpid()) >= alone + 60  # the child's 64 MiB block is counted
+    finally:
+        child.kill()
+        child.wait()
+    assert tree_memory_mib(2**22 + 12345) == 0.0  # no such process
