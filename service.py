@@ -20,7 +20,7 @@ from models.schema import ChallengeResponse, FlightList, Prediction, request_mod
 from serving.challenger import Challenger
 from serving.internals import PredictionList
 from serving.monitoring import Monitor
-from serving.settings import PREDICTION_ROUTES, settings_or_exit
+from serving.settings import INLINE_FLIGHTS, PREDICTION_ROUTES, settings_or_exit
 from serving.wiring import served_models, wire
 
 settings = settings_or_exit()
@@ -30,11 +30,6 @@ METADATA = MODEL.stored.info.metadata  # type: ignore[union-attr]  # served_mode
 # its training data: validation, its 400s and the API document's enums all come from them.
 VOCABULARY = Vocabulary.from_metadata(METADATA["vocabularies"])
 REQUESTS = request_models(VOCABULARY.airlines, VOCABULARY.destinations)
-# A batch of up to this many flights runs on the event loop; a larger one in a thread. Measured paired
-# against the thread for every batch (docs/performance.md): open-loop p99 8.2 against 17.1 ms at
-# 1,500 req/s and 47 against 84 ms at 2,700; closed-loop throughput unchanged. With 64, the reference
-# load's batches ran on the loop too and closed-loop throughput fell to 0.89x.
-INLINE_FLIGHTS = 8
 CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies", "reference")  # /v1/model
 # The container's base. A distro BentoML does not know skips its apt-get of build-essential and
 # git (633 MB of the image): every dependency installs from a wheel. bentofile.yaml's base_image wins.

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TypeVar
@@ -86,7 +86,7 @@ def train(data: Path, home: Path) -> str:
     return subprocess.run(command, cwd=PROJECT_DIR, env=env, check=True, capture_output=True, text=True).stdout
 
 
-def alternate(sides: dict[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
+def alternate(sides: Mapping[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
     """Each side's run, `rounds` times in turn, so the machine's drift over the drill falls on both alike."""
     runs: dict[str, list[T]] = {name: [] for name in sides}
     for round_ in range(rounds):

@@ -133,9 +133,14 @@ class BatchedApi:
         self.headers = [(b"content-type", b"application/json"), (b"server", f"BentoML Service/{factory.name}".encode())]
         self.submit: Any = None  # the dispatcher's entry, made on the first request (the instance exists by then)
         self.batch_sizes: Any = None
+        self.running = False  # whether the batch function is running (the dispatcher runs one batch at a time)
 
-    async def infer(self, request: BaseModel) -> bytes:
-        """The serialized answer to validated input; BentoMLException or any error of the batch function."""
+    async def infer(self, request: BaseModel, now: bool = False) -> bytes:
+        """The serialized answer to validated input; BentoMLException or any error of the batch function.
+
+        `now`: run it as a batch of its own at once, unless the dispatcher is running one: the batch
+        function never runs twice at a time, as under the dispatcher alone (the layer asks `now` only
+        of requests small enough for the function to answer on the event loop, without a pause)."""
         if self.submit is None:
             if self.factory.enable_metrics:
                 self.batch_sizes = self.factory.adaptive_batch_size_hist.labels(
@@ -146,17 +151,26 @@ class BatchedApi:
                     service_name=server_context.bento_name,
                 )
             self.submit = self.factory.dispatchers[self.name](self.run_batch)
-        return self.serialize(await self.submit(getattr(request, self.argument)))
+        flights = getattr(request, self.argument)
+        if now and not self.running:
+            (answer,) = await self.run_batch([flights])
+            return self.serialize(answer)
+        return self.serialize(await self.submit(flights))
 
     async def run_batch(self, batches: Sequence[list[Any]]) -> list[list[Any]]:
-        """The answers of each request in a batch the dispatcher formed."""
-        if self.batch_sizes is not None:
-            self.batch_sizes.observe(len(batches))
-        if len(batches) == 1:
-            return [await self.function(self.factory._service_instance, batches[0])]
-        answers = await self.function(self.factory._service_instance, [flight for batch in batches for flight in batch])
-        ends = list(itertools.accumulate(len(batch) for batch in batches))
-        return [answers[end - len(batch) : end] for batch, end in zip(batches, ends, strict=True)]
+        """The answers of each request in a batch the dispatcher formed (or of one run `now`)."""
+        self.running = True
+        try:
+            if self.batch_sizes is not None:
+                self.batch_sizes.observe(len(batches))
+            if len(batches) == 1:
+                return [await self.function(self.factory._service_instance, batches[0])]
+            flights = [flight for batch in batches for flight in batch]
+            answers = await self.function(self.factory._service_instance, flights)
+            ends = list(itertools.accumulate(len(batch) for batch in batches))
+            return [answers[end - len(batch) : end] for batch, end in zip(batches, ends, strict=True)]
+        finally:
+            self.running = False
 
 
 class RouteMetrics:

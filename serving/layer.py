@@ -18,7 +18,8 @@ For the prediction and outcomes routes (`routes`):
 - no answer within `timeout_s`: 504 (BentoML's own time-out middleware costs a task and a timer that
   outlives the request, for every request);
 - POST /v1/prediction (`batched`) is answered here: the body validated by the API's input model,
-  the flights handed to BentoML's batching dispatcher, the answer serialized by pydantic's Rust core
+  the flights handed to BentoML's batching dispatcher, or run as their own batch at once when the
+  request is small and the worker has few others in flight (`unbatched`), the answer serialized by pydantic's Rust core
   (serving/internals.py, `BatchedApi`). Under the reference load about half of a worker's CPU went to
   BentoML's per-request framework around this route (docs/performance.md). Other routes go on to
   BentoML's app with the body already read;
@@ -101,6 +102,7 @@ class RequestLayer:
         max_bytes_in_flight: int,
         shed_after_s: float,
         timeout_s: float,
+        unbatched: tuple[int, int] = (0, 0),
         on_error_response: Callable[[int], None] = lambda status: None,
         on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None,
         prediction_log: Callable[[], PredictionLog | None] = lambda: None,
@@ -115,6 +117,7 @@ class RequestLayer:
         self.max_bytes_in_flight = max_bytes_in_flight
         self.shed_after_s = shed_after_s
         self.timeout_s = timeout_s
+        self.unbatched_flights, self.few_requests = unbatched  # (0, 0): every request goes to the dispatcher
         self.on_error_response = on_error_response
         self.on_invalid = on_invalid  # the problems of each 400 for invalid input, as the client sees them
         self.open_log = prediction_log  # called at the worker's start: a log of its own, or None
@@ -226,7 +229,7 @@ class RequestLayer:
         assert self.batched is not None
         try:
             request = self.batched.input_model.model_validate_json(body or b"{}")
-            return 200, await self.batched.infer(request)
+            return 200, await self.batched.infer(request, now=await self.unbatched(request))
         except ValidationError as exc:
             problems = exc.errors(include_context=False, include_input=False, include_url=False)
             kept = [{key: value for key, value in problem.items() if key in KEPT_PROBLEM_KEYS} for problem in problems]
@@ -238,6 +241,21 @@ class RequestLayer:
         except Exception:
             logger.exception("prediction failed")
             return 500, clean_body(500, b"")
+
+    async def unbatched(self, request: Any) -> bool:
+        """Whether to run this request as its own batch at once: few flights, and few requests in
+        flight in the worker once those read in the same turn of the event loop are in.
+
+        With a new connection per request, batches hold one or two requests, and BentoML's dispatcher
+        cost more than it saved: its controller, sizing each input by its container type, and the
+        futures were about a sixth of a worker's samples (py-spy, docs/performance.md). Without the
+        turn, under keep-alive load, each request was alone as it was read and batching stopped
+        (0.46x in the reference shape)."""
+        assert self.batched is not None
+        if len(getattr(request, self.batched.argument)) > self.unbatched_flights or self.in_flight > self.few_requests:
+            return False
+        await asyncio.sleep(0)
+        return self.in_flight <= self.few_requests
 
     async def passed_on_logged(
         self,

@@ -12,7 +12,7 @@ from serving.layer import RequestLayer
 from serving.metrics import counters
 from serving.prediction_log import PredictionLog
 from serving.routes import PATHS, plain_app
-from serving.settings import OUTCOMES_ROUTE, PREDICTION_ROUTES, Settings
+from serving.settings import FEW_REQUESTS, INLINE_FLIGHTS, OUTCOMES_ROUTE, PREDICTION_ROUTES, Settings
 
 BENTOML_ROUTES = ("/livez", "/healthz", "/readyz", "/schema.json")  # BentoML's own (/metrics is not counted)
 
@@ -114,6 +114,7 @@ def wire(service: Any, settings: Settings, model: str) -> None:
         max_bytes_in_flight=settings.max_bytes_in_flight,
         shed_after_s=settings.shed_after_ms / 1000,
         timeout_s=settings.timeout_s,
+        unbatched=(INLINE_FLIGHTS, FEW_REQUESTS),
         on_error_response=lambda status: counted.layer_errors.labels(status=str(status)).inc(),
         on_invalid=counted.count_unknown_values,
         prediction_log=prediction_log,

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
 from serving.layer import RequestLayer, Scope, shutdown_counts
 
@@ -74,7 +75,7 @@ async def call(
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    await app({"type": "http", "path": path, "headers": headers}, receive, send)
+    await app({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send)
     body = b"".join(message.get("body", b"") for message in sent[1:])
     return sent[0]["status"], dict(sent[0]["headers"]), json.loads(body)
 
@@ -84,6 +85,62 @@ async def started(*calls: Any) -> list[asyncio.Task[Any]]:
     tasks = [asyncio.create_task(c) for c in calls]
     await asyncio.sleep(0.01)
     return tasks
+
+
+class Flights(BaseModel):
+    flights: list[int]
+
+
+class Batcher:
+    """A stand-in for BentoML's batching (serving/internals.py `BatchedApi`): records whether each
+    request was to run at once; one handed to the dispatcher waits for its batch, as there."""
+
+    input_model = Flights
+    argument = "flights"
+
+    def __init__(self) -> None:
+        self.headers = [*JSON, (b"server", b"stand-in")]
+        self.now: list[bool] = []
+
+    async def infer(self, request: Flights, now: bool = False) -> bytes:
+        self.now.append(now)
+        if not now:
+            await asyncio.sleep(0.01)
+        return b"[]"
+
+
+def batching_guard(batcher: Batcher) -> RequestLayer:
+    return RequestLayer(
+        Gate(), (ROUTE,), max_body_bytes=1_000, max_in_flight=100, max_bytes_in_flight=1_000_000,
+        shed_after_s=60.0, timeout_s=60.0, unbatched=(8, 4), batched=batcher,  # type: ignore[arg-type]  # a stand-in
+        batched_route=ROUTE,
+    )  # fmt: skip
+
+
+def flights(count: int) -> tuple[bytes]:
+    return (json.dumps({"flights": list(range(count))}).encode(),)
+
+
+def test_a_small_request_alone_runs_at_once_and_a_large_one_goes_to_the_batcher() -> None:
+    batcher = Batcher()
+    layer = batching_guard(batcher)
+    assert asyncio.run(call(layer, chunks=flights(8)))[0] == 200
+    assert asyncio.run(call(layer, chunks=flights(9)))[0] == 200
+    assert batcher.now == [True, False]
+
+
+@pytest.mark.parametrize(("requests", "at_once"), [(4, True), (5, False)])
+def test_requests_read_in_one_turn_run_at_once_only_when_few(requests: int, at_once: bool) -> None:
+    """Requests read in the same turn of the event loop are all in before any is run at once: more
+    than a few go to the batcher together (under keep-alive load each would otherwise be alone)."""
+    batcher = Batcher()
+    layer = batching_guard(batcher)
+
+    async def together() -> list[Any]:
+        return await asyncio.gather(*(call(layer, chunks=flights(1)) for _ in range(requests)))
+
+    assert [status for status, _, _ in asyncio.run(together())] == [200] * requests
+    assert batcher.now == [at_once] * requests
 
 
 def test_non_json_content_type_is_refused_with_415_before_the_app_runs() -> None:

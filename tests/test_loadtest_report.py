@@ -73,7 +73,7 @@ def peer_run(summary: dict[str, Any], requests_per_s: float, p99: float, memory_
 
 def test_peers_report_gives_the_lead_over_the_best_peer_and_the_share_of_the_ceiling(summary: dict[str, Any]) -> None:
     rates = {"service": (300, 100), "service@main": (100, 100), "fastapi": (100, 50), "litserve": (30, 40)}
-    rates |= {"bentoml": (9, 20), "ceiling": (1e3, 1)}
+    rates |= {"bentoml": (9, 20), "ceiling": (1000, 1)}
     closed = {
         "shape": {target: [peer_run(summary, rate, 5, 200), peer_run(summary, other, 7, 210)]
                   for target, (rate, other) in rates.items()}
