@@ -26,6 +26,13 @@ never closed after a flush. No timer runs while the application holds a complete
 answer leaves: answers in progress, keep-alive reuse and requests received in time are untouched.
 Every close is counted by reason through `on_close`.
 
+One send per answer: uvicorn writes an answer's head and its body in two `transport.write` calls,
+each a send to the kernel, with its own TCP segment for the client to read. `OneSendTransport`
+holds the head until the body's write joins it (or the next turn of the event loop, a close or an
+abort), so a small answer leaves in one send and reaches the client in one read: 1.12x the
+reference run's throughput, paired (docs/performance.md, "One send per answer"); a new connection
+per request gained nothing, its cost being in the connection itself.
+
 Memory: a connection that is not stalled holds less than WRITE_HIGH_WATER unsent; the stalled ones
 together hold at most `max_unsent_bytes` plus the one answer that passed it (the largest answer the
 service writes at once is /metrics or /docs.json, under 200 KB; static files go out in 64 KB chunks).
@@ -38,7 +45,9 @@ BentoML's worker builds `uvicorn.Config` without `http=`, so the protocol class 
 `HttpToolsProtocol`'s `connections`, `cycle`, `transport`, `flow`, `timeout_keep_alive`,
 `timeout_keep_alive_task`, `data_received`, `on_message_complete`, `on_response_complete`,
 `pause_writing`, `resume_writing`, `timeout_keep_alive_handler`, and the cycle's `more_body`,
-`response_started`, `response_complete`, `disconnected`, `message_event`, `keep_alive`.
+`response_started`, `response_complete`, `disconnected`, `message_event`, `keep_alive`; and
+`OneSendTransport` on the cycle writing each head whole in one `transport.write` of its own
+(tests/test_connections.py::test_answer_leaves_in_one_send_with_its_head).
 """
 
 import asyncio
@@ -74,6 +83,52 @@ class Limits:
     on_close: Callable[[str], None] = lambda reason: None
     send_s: float = 20.0
     max_unsent_bytes: int = 64 * 1_048_576
+
+
+class OneSendTransport:
+    """A connection's transport that holds an answer's head to send it with the body that follows.
+
+    A write that is a whole head (status line to the empty line) but not an interim `100 Continue`
+    waits for the next write, the next turn of the event loop, `close()` or `abort()`, whichever
+    comes first; every other call goes to the transport as it is."""
+
+    __slots__ = ("head", "loop", "transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.head = b""
+
+    def write(self, data: bytes) -> None:
+        if self.head:
+            data, self.head = self.head + data, b""
+        elif data.startswith(b"HTTP/1.1 ") and data.endswith(b"\r\n\r\n") and not data.startswith(b"HTTP/1.1 1"):
+            self.head = data
+            self.loop.call_soon(self.flush)  # an answer whose body comes later (a file) is not held up
+            return
+        self.transport.write(data)
+
+    def flush(self) -> None:
+        if self.head:
+            head, self.head = self.head, b""
+            self.transport.write(head)
+
+    def close(self) -> None:
+        self.flush()
+        self.transport.close()
+
+    def abort(self) -> None:
+        self.head = b""
+        self.transport.abort()
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.head) + self.transport.get_write_buffer_size()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
 
 
 def timeout_response(request_s: float) -> bytes:
@@ -112,7 +167,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.limits.on_close("refused")
             transport.abort()
             return
-        super().connection_made(transport)
+        super().connection_made(OneSendTransport(transport, self.loop))  # type: ignore[arg-type]  # its stand-in
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.waiting[self] = None
         self.deadline = self.loop.call_later(self.limits.idle_s, self.close_idle)

@@ -24,8 +24,8 @@ test named, which fails when an upgrade moves what it depends on.
    tests/test_internals.py::test_metrics_page_is_made_at_most_once_per_interval.
 6. `install_connection_limits`: points `uvicorn.config.HTTP_PROTOCOLS["auto"]` (BentoML's worker
    builds `uvicorn.Config` without `http=`) at serving/connections.py's `DeadlineProtocol`, a subclass
-   of `HttpToolsProtocol` that uses its attributes listed in that module's docstring. Pinned by
-   tests/test_connections.py.
+   of `HttpToolsProtocol` that uses its attributes listed in that module's docstring, and hands it a
+   transport that joins each answer's head to its body. Pinned by tests/test_connections.py.
 7. `PredictionList`: a list output declared on `_bentoml_sdk.io_models.IORootModel` with its
    `media_type`, which spares BentoML building the type's JSON schema for every response. Pinned by
    tests/test_internals.py::test_batched_api_answers_exactly_as_bentoml_path (the content type).

@@ -414,3 +414,114 @@ def test_pipelined_connection_is_not_evictable_while_its_next_request_is_answere
         assert not DeadlineProtocol.waiting  # nothing to evict: its request is in the application
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
         sock.close()
+
+
+class RecordingTransport:
+    """A stand-in for uvloop's transport that records what the protocol writes."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 5000) if name in ("peername", "sockname") else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def answered(app: Any, transport: RecordingTransport) -> list[bytes]:
+    """What uvicorn, with the deadline protocol, writes to `transport` answering one request with `app`."""
+    from uvicorn.server import ServerState
+
+    async def serve() -> list[bytes]:
+        install_connection_limits(Limits(idle_s=5, request_s=5, max_connections=10))
+        config = uvicorn.Config(app=app, lifespan="off", access_log=False)
+        config.load()
+        loop = asyncio.get_running_loop()
+        protocol = DeadlineProtocol(config=config, server_state=ServerState(), app_state={}, _loop=loop)
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        protocol.data_received(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        await asyncio.sleep(0.05)
+        protocol.connection_lost(None)
+        return transport.writes
+
+    return asyncio.run(serve())
+
+
+def test_answer_leaves_in_one_send_with_its_head() -> None:
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    writes = answered(app, RecordingTransport())
+    assert len(writes) == 1, writes  # uvicorn alone writes the head and the body apart
+    assert writes[0].startswith(b"HTTP/1.1 200 OK\r\n") and writes[0].endswith(b"\r\n\r\n{}")
+
+
+def test_head_whose_body_comes_later_is_sent_on_the_next_turn() -> None:
+    transport = RecordingTransport()
+    sent_before_body: list[bytes] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await asyncio.sleep(0.01)  # a file read, a slow generator: the client has the head meanwhile
+        sent_before_body.extend(transport.writes)
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    writes = answered(app, transport)
+    assert len(sent_before_body) == 1 and sent_before_body[0].endswith(b"\r\n\r\n")
+    assert writes == [sent_before_body[0], b"{}"]
+
+
+def test_held_head_is_sent_before_a_close_dropped_by_an_abort_and_counted_as_unsent() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        head = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        closing = RecordingTransport()
+        held = connections.OneSendTransport(closing, loop)  # type: ignore[arg-type]
+        held.write(head)
+        assert closing.writes == [] and held.get_write_buffer_size() == len(head)
+        held.close()
+        assert closing.writes == [head] and closing.closed
+        aborting = RecordingTransport()
+        dropped = connections.OneSendTransport(aborting, loop)  # type: ignore[arg-type]
+        dropped.write(head)
+        dropped.abort()
+        loop.run_until_complete(asyncio.sleep(0))  # the next turn's flush finds nothing to send
+        assert aborting.writes == [] and aborting.aborted
+    finally:
+        loop.close()
+
+
+def test_interim_100_continue_and_bodies_are_written_at_once() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        transport = RecordingTransport()
+        stand_in = connections.OneSendTransport(transport, loop)  # type: ignore[arg-type]
+        stand_in.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        stand_in.write(b'{"flights": []}')
+        assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", b'{"flights": []}']
+    finally:
+        loop.close()
