@@ -9,8 +9,10 @@ today; existing files are refused unless --overwrite).
     python -m loadtest.ablation [--rounds 3] [--duration 10] [--only KNOB ...] [--against REV] [--name NAME]
 
 --against REV measures a code change: each round also runs the code of git revision REV (checked
-out in a temporary worktree, same model store) under the reference load, under 100 flights per
-request at 64 connections and with a new connection per request, next to this checkout's.
+out in a temporary worktree, same model store) in every shape of loadtest.wrk.SHAPES (the reference,
+a new connection per request, 100 and 1,000 flights a request), next to this checkout's rows of the
+same shapes. The fifth shape, the open-loop curve, is paired by `python -m loadtest.open_loop paired
+--against REV` (and `--new-connections`).
 """
 
 import argparse
@@ -24,7 +26,7 @@ from typing import Any
 
 from loadtest.results import RESULTS, dated, say, unused, write_json
 from loadtest.servers import PROJECT_DIR, checkout, server
-from loadtest.wrk import failures, parse_summary, wrk
+from loadtest.wrk import SHAPES, failures, parse_summary, wrk
 
 
 def shadow_fast_loops() -> str:
@@ -39,6 +41,17 @@ def shadow_fast_loops() -> str:
 MONITORING_OFF = {"FLIGHT_DELAY_MONITORING": "false", "FLIGHT_DELAY_LOG_SAMPLE": "0"}
 # Rows whose knob names it send every request on a connection of its own (wrk -H 'Connection: close').
 NEW_CONNECTIONS = "new connection per request, 64 connections"
+# The shapes besides the reference, as rows: (knob, wrk connections, flights per request).
+SHAPE_ROWS = [
+    (
+        NEW_CONNECTIONS
+        if shape.new_connections
+        else f"{shape.flights:,} flights per request, {shape.connections} connections",
+        shape.connections,
+        shape.flights,
+    )
+    for shape in SHAPES[1:]
+]
 # (knob, value, service environment, wrk connections, flights per request); the first row is the default.
 CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("default", "as shipped", {}, 200, 1),
@@ -61,14 +74,12 @@ CONFIGS: list[tuple[str, str, dict[str, str], int, int]] = [
     ("flights per request", "10", {}, 200, 10),
     ("flights per request", "100", {}, 200, 100),
     ("lean route (serving/layer.py)", "off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 200, 1),
-    ("100 flights per request, 64 connections", "lean route on", {}, 64, 100),
     ("100 flights per request, 64 connections", "lean route off", {"FLIGHT_DELAY_LEAN_ROUTE": "false"}, 64, 100),
     ("connections", "400", {}, 400, 1),
-    (NEW_CONNECTIONS, "as shipped", {}, 64, 1),
+    *((knob, "as shipped", {}, connections, flights) for knob, connections, flights in SHAPE_ROWS),
     # code at another revision (--against): the value is replaced by "at REV"
     ("code", "<revision>", {}, 200, 1),
-    ("code, 100 flights per request, 64 connections", "<revision>", {}, 64, 100),
-    (f"code, {NEW_CONNECTIONS}", "<revision>", {}, 64, 1),
+    *((f"code, {knob}", "<revision>", {}, connections, flights) for knob, connections, flights in SHAPE_ROWS),
     ("connections", "800", {}, 800, 1),
     ("default", "again, last of the round", {}, 200, 1),  # shows any drift within a round
 ]

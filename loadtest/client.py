@@ -28,7 +28,7 @@ import resource
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import suppress
 from dataclasses import asdict, dataclass, fields
@@ -42,6 +42,7 @@ import numpy as np
 import uvloop
 from hdrh.histogram import HdrHistogram
 
+from loadtest.results import say
 from loadtest.stats import histogram, percentiles, tree_cpu_s
 
 FLIGHTS = Path(__file__).resolve().parent / "flights.jsonl"
@@ -361,6 +362,18 @@ def measure(load: Load, processes: int, server_pid: int | None = None) -> dict[s
     if server_pid:
         result["server_cores"] = round((tree_cpu_s(server_pid) - before) / load.seconds, 3)
     return result
+
+
+def fixed_rates(url: str, pid: int | None, rates: Sequence[int], seconds: int, label: str) -> list[dict[str, Any]]:
+    """The open-loop curve: Poisson arrivals at each rate in turn, one flight a request, 2 client processes."""
+    curve = []
+    for rate in rates:
+        result = measure(Load(f"{url}/v1/prediction", rate, seconds), 2, pid)
+        latency = result["latency_ms"]
+        say(f"{label}, open loop {rate:,} req/s: {result['ok']:,} ok of {result['due']:,}, "
+            f"p50 {latency['p50']:.1f} p99 {latency['p99']:.1f} ms")  # fmt: skip
+        curve.append(result)
+    return curve
 
 
 def paced(url: str, rate: float, seconds: float, payload: dict[str, Any], connections: int = 64) -> dict[str, Any]:

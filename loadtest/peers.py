@@ -20,33 +20,18 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
-from loadtest.client import Load, measure
+from loadtest.client import fixed_rates
+from loadtest.probes import sample_answers
 from loadtest.results import RESULTS as ALL_RESULTS
 from loadtest.results import dated, machine, say, unused, write_json
-from loadtest.run import sample_answers
 from loadtest.servers import PEERS, PROJECT_DIR, alternate, checkout, server
 from loadtest.stats import tree_memory_mib
-from loadtest.wrk import failures, parse_summary, wrk
+from loadtest.wrk import CURVE_RATES, SHAPES, Shape, failures, parse_summary, wrk
 
 RESULTS = ALL_RESULTS / "peers"
 TARGETS = ("service", *PEERS, "ceiling")
-
-
-class Shape(NamedTuple):
-    name: str
-    flights: int
-    connections: int
-    new_connections: bool = False
-
-
-SHAPES = (
-    Shape("1 flight, keep-alive, 200 connections (the stress test's)", 1, 200),
-    Shape("1 flight, a new connection per request, 64 connections", 1, 64, new_connections=True),
-    Shape("100 flights, keep-alive, 64 connections", 100, 64),
-    Shape("1,000 flights, keep-alive, 8 connections", 1000, 8),
-)
 
 
 def run_shape(url: str, pid: int, shape: Shape, args: argparse.Namespace, label: str) -> dict[str, Any]:
@@ -76,18 +61,11 @@ def closed_loop(targets: dict[str, tuple[str, int]], args: argparse.Namespace) -
 
 def open_loop(targets: dict[str, tuple[str, int]], args: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
     """Each model-serving target at each fixed rate, Poisson arrivals, one flight a request."""
-    curve: dict[str, list[dict[str, Any]]] = {}
-    for target, (url, pid) in targets.items():
-        if target == "ceiling":
-            continue
-        curve[target] = []
-        for rate in args.rates:
-            result = measure(Load(f"{url}/v1/prediction", rate, args.curve_duration), 2, pid)
-            latency = result["latency_ms"]
-            say(f"{target}, open loop {rate:,} req/s: {result['ok']:,} ok of {result['due']:,}, "
-                f"p50 {latency['p50']:.1f} p99 {latency['p99']:.1f} ms")  # fmt: skip
-            curve[target].append(result)
-    return curve
+    return {
+        target: fixed_rates(url, pid, args.rates, args.curve_duration, target)
+        for target, (url, pid) in targets.items()
+        if target != "ceiling"
+    }
 
 
 def median_of(rounds: list[dict[str, Any]], key: str) -> float:
@@ -151,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of every shape (default 2)")
     parser.add_argument("--duration", type=int, default=15, help="seconds of each measured wrk run (default 15)")
     parser.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each run (default 3)")
-    parser.add_argument("--rates", type=int, nargs="+", default=[500, 1000, 2000, 4000], help="open-loop req/s")
+    parser.add_argument("--rates", type=int, nargs="+", default=list(CURVE_RATES), help="open-loop req/s")
     parser.add_argument("--curve-duration", type=int, default=10, help="seconds at each open-loop rate (default 10)")
     parser.add_argument("--name", default=dated("peers"), help="results in loadtest/results/peers/ (peers-TODAY)")
     parser.add_argument("--against", help="also the service at this git revision (target service@REV)")

@@ -4,9 +4,11 @@ Single calls go through httpx (one client made once: making one costs httpx abou
 timings through http.client, whose figures the docs cite; /metrics is read with prometheus_client.
 """
 
+import json
 import time
 from functools import cache
 from http.client import HTTPConnection
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.schema import EXAMPLE_REQUEST
 
+FLIGHTS = Path(__file__).resolve().parent / "flights.jsonl"  # the load test's flights (script.lua's pool)
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
 JSON = {"Content-Type": "application/json"}
 
@@ -52,6 +55,13 @@ def post_example(url: str) -> bytes:
     status, body = post(url, EXAMPLE_REQUEST)
     assert status == "200", status
     return body
+
+
+def sample_answers(url: str) -> list[Any]:
+    """The answers to the load test's first 50 bodies of 1 to 50 flights: a peer must give the service's."""
+    pool = [json.loads(line) for line in FLIGHTS.read_text().splitlines() if line]
+    answers = (kept().post(f"{url}/v1/prediction", json={"flights": pool[:size]}, timeout=30) for size in range(1, 51))
+    return [answer.json() for answer in answers]
 
 
 def probe(url: str) -> float:

@@ -1,59 +1,75 @@
 """The stress test: start the service, warm it up, run wrk with the reference parameters, report.
 
     python -m loadtest.run                      # reference run: wrk -t4 -c200 -d45s on a fresh service
-    python -m loadtest.run --baselines          # then the per-request baseline and the Python ceiling
+    python -m loadtest.run --baselines          # make loadtest: every shape, the baseline and the ceiling
     python -m loadtest.run --url http://127.0.0.1:3000 --duration 10 --connections 50 --name ci
 
-Writes loadtest/results/NAME/ (default reference-YYYY-MM-DD, today): TARGET.wrk.txt (raw wrk output),
-summary.json, report.md, plot.png. A folder that exists is refused, unless --overwrite: the docs cite
-committed runs by folder, and a rerun must not silently replace one.
+With --baselines or --peers every target runs every shape of traffic (loadtest.wrk.SHAPES: the
+reference as given, then a new connection per request, 100 and 1,000 flights a request), and the
+service and the per-request targets the open-loop curve at fixed rates (CURVE_RATES).
+Writes loadtest/results/NAME/ (default reference-YYYY-MM-DD, today): one raw wrk output per run,
+summary.json, report.md, plot.png (the reference shape). A folder that exists is refused, unless
+--overwrite: the docs cite committed runs by folder, and a rerun must not silently replace one.
 Exits 1 when the service answered anything but 2xx or wrk saw socket errors; never on throughput.
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from loadtest.client import fixed_rates
+from loadtest.probes import sample_answers
 from loadtest.results import RESULTS, dated, say, unused, write_json
 from loadtest.servers import PEERS, server
-from loadtest.wrk import failures, markdown, parse_summary, plot, verdict, wrk
+from loadtest.wrk import CURVE_RATES, SHAPES, Shape, failures, markdown, parse_summary, plot, verdict, wrk
 
-HERE = Path(__file__).resolve().parent
-NEW_CONNECTION_ROW = "new connection per request"
-NEW_CONNECTION_CLIENTS = 64  # wrk connections of the new-connection-per-request row (issue 25's measurement)
+CURVE_SECONDS = 10
 
 
-def measure(
-    url: str, kind: str, args: argparse.Namespace, results: Path, new_connections: bool = False
-) -> dict[str, Any]:
-    """Warm up, then the measured run; the raw output is kept next to the report. With `new_connections`,
-    a connection per request over NEW_CONNECTION_CLIENTS connections."""
-    connections = NEW_CONNECTION_CLIENTS if new_connections else args.connections
+def measure(url: str, kind: str, shape: Shape, args: argparse.Namespace, results: Path) -> dict[str, Any]:
+    """Warm up, then the measured run; the raw output is kept next to the report."""
     if args.warmup:
         say(f"{kind}: warming up for {args.warmup} s")
-        wrk(url, args.warmup, args.threads, connections, args.flights_per_request, f"{kind} warm-up", new_connections)
-    header = " -H 'Connection: close'" if new_connections else ""
-    say(f"{kind}: measuring wrk -t{args.threads} -c{connections} -d{args.duration}s{header}")
-    raw = wrk(url, args.duration, args.threads, connections, args.flights_per_request, kind, new_connections)
+        wrk(url, args.warmup, args.threads, shape.connections, shape.flights, f"{kind} warm-up", shape.new_connections)
+    header = " -H 'Connection: close'" if shape.new_connections else ""
+    say(f"{kind}: measuring wrk -t{args.threads} -c{shape.connections} -d{args.duration}s{header}, "
+        f"{shape.flights} flight(s) a request")  # fmt: skip
+    raw = wrk(url, args.duration, args.threads, shape.connections, shape.flights, kind, shape.new_connections)
     (results / f"{kind.replace(', ', '-').replace(' ', '-')}.wrk.txt").write_text(raw)
-    summary = parse_summary(raw)
+    summary = {**parse_summary(raw), "shape": shape.name}
     say(f"{kind}: {summary['requests']:,} requests, {summary['requests_per_s']:,.0f} req/s, "
         f"p99 {summary['latency_ms']['p99']:.1f} ms, {failures(summary)} failed")  # fmt: skip
     return summary
 
 
-def sample_answers(url: str) -> list[Any]:
-    """The answers to the load test's first 50 bodies of 1 to 50 flights: a peer must give the same."""
-    pool = [json.loads(line) for line in (HERE / "flights.jsonl").read_text().splitlines() if line]
-    with httpx.Client(base_url=url, timeout=30) as http:
-        return [http.post("/v1/prediction", json={"flights": pool[:size]}).json() for size in range(1, 51)]
+def every_shape(url: str, kind: str, args: argparse.Namespace, results: Path) -> dict[str, dict[str, Any]]:
+    """The reference run as the arguments give it, then every other shape: {row name: wrk summary}."""
+    reference = Shape(SHAPES[0].name, args.flights_per_request, args.connections)
+    runs = {kind: measure(url, kind, reference, args, results)}
+    for shape in SHAPES[1:] if args.baselines or args.peers else ():
+        row = f"{kind}, {shape.name}"
+        runs[row] = measure(url, row, shape, args, results)
+    return runs
+
+
+def curve_table(curves: dict[str, list[dict[str, Any]]]) -> str:
+    """The open-loop curves as Markdown: p50 / p99 ms from each request's due time, share answered."""
+    lines = [
+        f"Open loop: Poisson arrivals, one flight a request, {CURVE_SECONDS} s a rate; p50 / p99 ms, share answered.",
+        "",
+        "| rate, req/s | " + " | ".join(curves) + " |",
+        "|---:|" + "---|" * len(curves),
+    ]
+    for index, rate in enumerate(CURVE_RATES):
+        cells = [f"{c[index]['latency_ms']['p50']:.1f} / {c[index]['latency_ms']['p99']:.1f}, "
+                 f"{c[index]['ok'] / max(c[index]['due'], 1):.1%}" for c in curves.values()]  # fmt: skip
+        lines.append(f"| {rate:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,33 +100,30 @@ def main(argv: list[str] | None = None) -> int:
     unused(results, overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)
     runs: dict[str, dict[str, Any]] = {}
+    curves: dict[str, list[dict[str, Any]]] = {}
+    standing = args.baselines or args.peers
+    kinds = ("service",) + (("baseline", "ceiling") if args.baselines else ()) + (PEERS if args.peers else ())
     answers = None
-    if args.url:
-        runs["service"] = measure(args.url.rstrip("/"), "service", args, results)
-    else:
-        with server("service") as (url, _):
-            answers = sample_answers(url) if args.peers else None
-            runs["service"] = measure(url, "service", args, results)
-            if args.baselines or args.peers:
-                runs[NEW_CONNECTION_ROW] = measure(url, NEW_CONNECTION_ROW, args, results, new_connections=True)
-    kinds = (("baseline", "ceiling") if args.baselines else ()) + (PEERS if args.peers else ())
     for kind in kinds:
-        with server(kind) as (url, _):
-            if kind in PEERS and sample_answers(url) != answers:
-                sys.exit(f"{kind} does not answer as the service does: not measured")
-            runs[kind] = measure(url, kind, args, results)
-            row = f"{kind}, {NEW_CONNECTION_ROW}"
-            runs[row] = measure(url, row, args, results, new_connections=True)
+        given = kind == "service" and args.url
+        with nullcontext((args.url.rstrip("/"), None)) if given else server(kind) as (url, process):
+            if args.peers and kind != "ceiling":
+                answers = answers or sample_answers(url)
+                if sample_answers(url) != answers:
+                    sys.exit(f"{kind} does not answer as the service does: not measured")
+            runs |= every_shape(url, kind, args, results)
+            if standing and kind != "ceiling":
+                curves[kind] = fixed_rates(url, process.pid if process else None, CURVE_RATES, CURVE_SECONDS, kind)
     command = (f"python -m loadtest.run --duration {args.duration} --threads {args.threads} "
                f"--connections {args.connections} --flights-per-request {args.flights_per_request}"
                + (" --baselines" if args.baselines else "") + (" --peers" if args.peers else ""))  # fmt: skip
     title = f"Stress test, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores"
-    write_json(results / "summary.json", {"command": command, "runs": runs})
-    (results / "report.md").write_text(markdown(runs, title, command))
-    plot(runs, results / "plot.png", title)
+    write_json(results / "summary.json", {"command": command, "runs": runs, "open_loop": curves})
+    (results / "report.md").write_text(markdown(runs, title, command) + ("\n" + curve_table(curves) if curves else ""))
+    plot({name: run for name, run in runs.items() if run["shape"] == SHAPES[0].name}, results / "plot.png", title)
     say(f"report: {results / 'report.md'}")
     print(verdict(runs["service"]) if args.duration >= 45 else f"short run: {failures(runs['service'])} failed")
-    return 1 if failures(runs["service"]) else 0
+    return 1 if any(failures(run) for name, run in runs.items() if name.partition(",")[0] == "service") else 0
 
 
 if __name__ == "__main__":

@@ -8,13 +8,34 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from loadtest.results import figure, say
 
 HERE = Path(__file__).resolve().parent
 BAR_REQUESTS = 50_000  # the reference bar: this many requests in 45 s, with no error of any kind
 SOCKET_ERRORS = ("connect", "read", "write", "timeout")
+
+
+class Shape(NamedTuple):
+    """A shape of closed-loop traffic: flights in each request, wrk's connections, keep-alive or not."""
+
+    name: str
+    flights: int
+    connections: int
+    new_connections: bool = False
+
+
+# Every shape of traffic a change is measured in (issue 27): the standing rows of make loadtest, make
+# peers and the ablation; the first is the stress test's. The open-loop curve at fixed rates is the
+# fifth (loadtest.client.fixed_rates).
+SHAPES = (
+    Shape("1 flight, keep-alive, 200 connections (the stress test's)", 1, 200),
+    Shape("1 flight, a new connection per request, 64 connections", 1, 64, new_connections=True),
+    Shape("100 flights, keep-alive, 64 connections", 100, 64),
+    Shape("1,000 flights, keep-alive, 8 connections", 1000, 8),
+)
+CURVE_RATES = (500, 1000, 2000, 4000)  # req/s of the open-loop curve, one flight a request
 
 
 def wrk_process(
@@ -92,16 +113,19 @@ def verdict(summary: dict[str, Any]) -> str:
 
 
 def markdown(runs: dict[str, dict[str, Any]], title: str, command: str) -> str:
-    """A table of every run, with ratios to the first run (the service)."""
+    """A table of every run, with ratios to the first run of the same shape (the service's)."""
     names = list(runs)
     head = runs[names[0]]
+    first: dict[str | None, dict[str, Any]] = {}
+    for run in runs.values():
+        first.setdefault(run.get("shape"), run)
     lines = [
         f"# {title}",
         "",
         f"Command: `{command}`",
         "",
         "| target | requests | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | socket errors | "
-        f"req/s vs {names[0]} |",
+        f"req/s vs {names[0]} in the same shape |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, run in runs.items():
@@ -110,7 +134,7 @@ def markdown(runs: dict[str, dict[str, Any]], title: str, command: str) -> str:
         lines.append(
             f"| {name} | {run['requests']:,} | {run['requests_per_s']:,.0f} | {latency['p50']:.1f} | "
             f"{latency['p90']:.1f} | {latency['p99']:.1f} | {latency['p99_9']:.1f} | {latency['max']:.1f} | "
-            f"{run['non_2xx']} | {sockets} | {run['requests_per_s'] / head['requests_per_s']:.2f}x |"
+            f"{run['non_2xx']} | {sockets} | {run['requests_per_s'] / first[run.get('shape')]['requests_per_s']:.2f}x |"
         )
     lines += ["", f"Verdict for {names[0]}: {verdict(head)}", ""]
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import pytest
 
 from loadtest.peers import markdown as peers_markdown
 from loadtest.stats import tree_memory_mib
-from loadtest.wrk import BAR_REQUESTS, failures, markdown, parse_summary, plot, verdict
+from loadtest.wrk import BAR_REQUESTS, SHAPES, failures, markdown, parse_summary, plot, verdict
 
 SAMPLE = Path(__file__).parent / "data" / "wrk_service_sample.txt"  # a real wrk run of script.lua
 
@@ -59,6 +59,57 @@ def test_markdown_gives_ratios_to_first_run(summary: dict[str, Any]) -> None:
     assert "| service | 13,660 |" in table
     assert "| 0.50x |" in table
     assert "Verdict for service: FAIL" in table
+
+
+def test_markdown_compares_each_shape_with_the_service_in_that_shape(summary: dict[str, Any]) -> None:
+    fast = {**summary, "requests_per_s": 1000.0, "shape": "1 flight"}
+    slow = {**summary, "requests_per_s": 10.0, "shape": "1,000 flights"}
+    runs = {"service": fast, "service, 1,000 flights": slow}
+    runs |= {"baseline": {**fast, "requests_per_s": 500.0}, "baseline, 1,000 flights": {**slow, "requests_per_s": 5.0}}
+    ratios = [line.rsplit("|", 2)[1].strip() for line in markdown(runs, "t", "c").splitlines() if line.startswith("| ")]
+    assert ratios[1:] == ["1.00x", "1.00x", "0.50x", "0.50x"]  # each against the service in its own shape
+
+
+def test_make_loadtest_runs_every_shape_on_every_target(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """--baselines (make loadtest): each target in every shape of loadtest.wrk.SHAPES, and the open-loop
+    curve on each target that serves the model; wrk and the servers are stood in for."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from loadtest import run
+
+    calls: list[tuple[str, int, int, bool]] = []
+
+    def fake_wrk(url: str, seconds: int, threads: int, connections: int, flights: int, label: str,
+                 new_connections: bool = False) -> str:  # fmt: skip
+        calls.append((url, connections, flights, new_connections))
+        return SAMPLE.read_text()
+
+    @contextmanager
+    def fake_server(kind: str) -> Any:
+        yield f"http://{kind}", SimpleNamespace(pid=1)
+
+    curves: list[str] = []
+    monkeypatch.setattr(run, "wrk", fake_wrk)
+    monkeypatch.setattr(run, "server", fake_server)
+    monkeypatch.setattr(run, "fixed_rates", lambda url, *args: curves.append(url) or [{}])
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    monkeypatch.setattr(run, "curve_table", lambda curves: "")
+    monkeypatch.setattr(run, "plot", lambda *args: None)
+    run.main(["--baselines", "--warmup", "0", "--duration", "1", "--name", "shapes"])
+    measured = {(url, connections, flights, new) for url, connections, flights, new in calls}
+    shapes = {(s.connections, s.flights, s.new_connections) for s in SHAPES}
+    assert measured == {(f"http://{kind}", *shape) for kind in ("service", "baseline", "ceiling") for shape in shapes}
+    assert curves == ["http://service", "http://baseline"]
+    assert "| service, 1,000 flights, keep-alive, 8 connections |" in (tmp_path / "shapes" / "report.md").read_text()
+
+
+def test_ablation_measures_a_revision_in_every_shape() -> None:
+    from loadtest.ablation import CONFIGS, NEW_CONNECTIONS
+
+    code_rows = {(connections, flights, NEW_CONNECTIONS in knob) for knob, value, _env, connections, flights in CONFIGS
+                 if value == "<revision>"}  # fmt: skip
+    assert code_rows == {(s.connections, s.flights, s.new_connections) for s in SHAPES}
 
 
 def test_plot_writes_png(summary: dict[str, Any], tmp_path: Path) -> None:

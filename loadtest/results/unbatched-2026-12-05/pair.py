@@ -1,11 +1,13 @@
 """Paired rounds of the service at REV against this checkout, in five shapes of closed-loop traffic (wrk).
 
     .venv/bin/python loadtest/results/unbatched-2026-12-05/pair.py REV ROUNDS SECONDS   (from the project root,
-    with PYTHONPATH=.; this run: d12499b 3 10)
+    with PYTHONPATH=.; this run: d12499b 3 10). SHAPES, comma-separated, keeps only the shapes named
+    (added for loadtest/results/one-send-2026-12-06/).
 
 Both servers stay up; each shape runs against one while the other idles, alternating, after 2 s of warm-up.
 """
 
+import os
 import statistics
 import sys
 from contextlib import ExitStack
@@ -32,6 +34,8 @@ def run(url: str, shape: str, seconds: int) -> dict[str, Any]:
 
 def main() -> None:
     revision, rounds, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    for shape in set(SHAPES) - set(os.environ.get("SHAPES", ",".join(SHAPES)).split(",")):
+        del SHAPES[shape]
     with ExitStack() as stack:
         code = stack.enter_context(checkout(revision))
         urls = {"before": stack.enter_context(server("service", code=code))[0]}
