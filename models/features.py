@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,6 +86,16 @@ class Vocabulary:
         return (frame["OPERA"].isin(self.airline_code) & frame["SIGLADES"].isin(self.destination_code)).to_numpy()
 
 
+NAT = np.iinfo(np.int64).min  # numpy's NaT as an integer of datetime64
+UNIX_DAY = datetime(1970, 1, 1).toordinal()
+
+
+def minutes(scheduled: datetime) -> int:
+    """Minutes since 1970 (seconds dropped), what numpy makes of a datetime as datetime64[m]: by hand,
+    because numpy converting datetime objects took 0.9 us each, most of the columns' time."""
+    return (scheduled.toordinal() - UNIX_DAY) * 1440 + scheduled.hour * 60 + scheduled.minute
+
+
 @dataclass(frozen=True)
 class FlightColumns:
     """A batch of flights as parallel arrays: the encoder's only input."""
@@ -103,7 +114,9 @@ class FlightColumns:
             airline=np.array([vocabulary.airline_code[f.OPERA] for f in flights], dtype=np.int64),
             international=np.array([f.TIPOVUELO == "I" for f in flights], dtype=bool),
             month=np.array([f.MES for f in flights], dtype=np.int64),
-            scheduled=np.array([f.fecha_i or "NaT" for f in flights], dtype="datetime64[m]"),
+            scheduled=np.array([NAT if (d := f.fecha_i) is None else minutes(d) for f in flights], dtype=np.int64).view(
+                "datetime64[m]"
+            ),
             destination=np.array(
                 [np.nan if f.SIGLADES is None else destination_code[f.SIGLADES] for f in flights],
                 dtype=np.float64,

@@ -5,8 +5,10 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 from helpers import REQUESTS, VOCABULARY
+from hypothesis import given
+from hypothesis import strategies as st
 
-from models.features import FEATURES, FlightColumns, encode
+from models.features import FEATURES, FlightColumns, encode, minutes
 
 Flight = REQUESTS.flight
 
@@ -85,3 +87,11 @@ def test_without_optional_keeps_required_features() -> None:
         assert column(full, name) == column(required, name)
     assert np.isnan(column(required, "destination")).all()
     assert not np.isnan(column(full, "destination")).any()
+
+
+@given(st.lists(st.datetimes() | st.none(), min_size=1, max_size=20))
+def test_scheduled_column_is_what_numpy_makes_of_the_datetimes(schedules: list[datetime | None]) -> None:
+    flights = [Flight.model_construct(OPERA="Grupo LATAM", TIPOVUELO="N", MES=1, fecha_i=d) for d in schedules]
+    expected = np.array([d or "NaT" for d in schedules], dtype="datetime64[m]")  # numpy's own conversion
+    np.testing.assert_array_equal(FlightColumns.from_flights(flights, VOCABULARY).scheduled, expected)
+    assert all(minutes(d) == expected[i].astype(np.int64) for i, d in enumerate(schedules) if d is not None)
