@@ -90,9 +90,14 @@ def test_make_loadtest_runs_every_shape_on_every_target(monkeypatch: pytest.Monk
         yield f"http://{kind}", SimpleNamespace(pid=1)
 
     curves: list[str] = []
+
+    def fake_curve(url: str, *args: Any) -> list[dict[str, Any]]:
+        curves.append(url)
+        return [{}]
+
     monkeypatch.setattr(run, "wrk", fake_wrk)
     monkeypatch.setattr(run, "server", fake_server)
-    monkeypatch.setattr(run, "fixed_rates", lambda url, *args: curves.append(url) or [{}])
+    monkeypatch.setattr(run, "fixed_rates", fake_curve)
     monkeypatch.setattr(run, "RESULTS", tmp_path)
     monkeypatch.setattr(run, "curve_table", lambda curves: "")
     monkeypatch.setattr(run, "plot", lambda *args: None)
