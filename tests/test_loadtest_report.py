@@ -96,6 +96,7 @@ def test_make_loadtest_runs_every_shape_on_every_target(monkeypatch: pytest.Monk
         return [{}]
 
     monkeypatch.setattr(run, "wrk", fake_wrk)
+    monkeypatch.setattr(run.shutil, "which", lambda name: f"/usr/bin/{name}")  # wrk itself is stood in for
     monkeypatch.setattr(run, "server", fake_server)
     monkeypatch.setattr(run, "fixed_rates", fake_curve)
     monkeypatch.setattr(run, "RESULTS", tmp_path)
