@@ -14,7 +14,7 @@ import bentoml
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from models.features import FlightColumns, Vocabulary, encode
+from models.features import FlightReader, Flights, Vocabulary, encode
 from models.predictor import DelayPredictor
 from models.schema import ChallengeResponse, FlightList, Prediction, request_models
 from serving.challenger import Challenger
@@ -30,6 +30,7 @@ METADATA = MODEL.stored.info.metadata  # type: ignore[union-attr]  # served_mode
 # its training data: validation, its 400s and the API document's enums all come from them.
 VOCABULARY = Vocabulary.from_metadata(METADATA["vocabularies"])
 REQUESTS = request_models(VOCABULARY.airlines, VOCABULARY.destinations)
+READER = FlightReader(REQUESTS.prediction_request, VOCABULARY)  # /v1/prediction's bodies, on the lean route
 CARD_METADATA = ("training_data", "metrics", "threshold", "features", "vocabularies", "reference")  # /v1/model
 # The container's base. A distro BentoML does not know skips its apt-get of build-essential and
 # git (633 MB of the image): every dependency installs from a wheel. bentofile.yaml's base_image wins.
@@ -93,7 +94,7 @@ class FlightDelay:
         input_spec=REQUESTS.prediction_request,
         output_spec=PredictionList,
     )
-    async def predict_batch(self, flights: FlightList) -> list[Prediction]:
+    async def predict_batch(self, flights: Flights) -> list[Prediction]:
         """Delay label and probability for each flight, in request order. Concurrent requests are batched."""
         # A small batch runs on the event loop: handing it to a thread and back costs more than the batch.
         # A large one goes to a thread, where ONNX Runtime releases the GIL, so the loop goes on reading
@@ -102,7 +103,7 @@ class FlightDelay:
             return self.answers(flights)
         return await run_in_threadpool(self.answers, flights)
 
-    def answers(self, flights: FlightList) -> list[Prediction]:
+    def answers(self, flights: Flights) -> list[Prediction]:
         """The batch's answers: encode, predict, count, label."""
         probabilities = self.probabilities(flights)
         labels = self.predictor.labels(probabilities)
@@ -117,9 +118,9 @@ class FlightDelay:
         labels = self.predictor.labels(self.probabilities(flights))
         return ChallengeResponse(predict=labels.tolist())
 
-    def probabilities(self, flights: FlightList) -> np.ndarray:
+    def probabilities(self, flights: Flights) -> np.ndarray:
         """Encode, predict and count a batch (the counts feed /v1/monitoring and /metrics)."""
-        features = encode(FlightColumns.from_flights(flights, self.predictor.vocabulary))
+        features = encode(READER.columns(flights))
         probabilities = self.predictor.scores(features)
         if self.monitor is not None:
             self.monitor.count(features, probabilities)
@@ -133,4 +134,4 @@ def monitor(predictor: DelayPredictor, info: Any) -> Monitor:
     return Monitor(info.metadata["reference"], predictor.threshold, str(info.tag), predictor.vocabulary)
 
 
-wire(FlightDelay, settings, str(MODEL.tag))
+wire(FlightDelay, settings, str(MODEL.tag), READER)

@@ -11,11 +11,13 @@ test named, which fails when an upgrade moves what it depends on.
    BentoML's `TimeoutMiddleware` (and `OpenTelemetryMiddleware` unless tracing) are dropped.
    Pinned by tests/test_internals.py::test_one_request_layer_stands_in_front_of_bentoml_app.
 3. `BatchedApi`: hands validated flights to BentoML's batching dispatcher
-   (`ServiceAppFactory.dispatchers[name]`, called as `batch_infer` calls it) with its own batch
-   callback, reading `factory.service.apis[name]` (`batchable`, `func`, `batch_dim`, `ctx_param`,
-   `input_spec`, `output_spec`'s `root` field), `factory._service_instance`, `factory.name`,
+   (`ServiceAppFactory.dispatchers[name]`, called as `batch_infer` calls it, its `get_batch_size`
+   set to `len` since flights may come as columns, which BentoML's containers count as one) with
+   its own batch callback, reading `factory.service.apis[name]` (`batchable`, `func`, `batch_dim`,
+   `ctx_param`, `output_spec`'s `root` field), `factory._service_instance`, `factory.name`,
    `enable_metrics` and `adaptive_batch_size_hist` with `batch_infer`'s labels. Pinned by
-   tests/test_internals.py::test_batched_api_answers_exactly_as_bentoml_path.
+   tests/test_internals.py::test_batched_api_answers_exactly_as_bentoml_path and
+   ::test_dispatcher_counts_columns_by_their_flights.
 4. `TrafficMetrics`: records BentoML's request metrics with the metric objects of
    `RunnerTrafficMetricsMiddleware._setup()` (`metrics_request_*`, `metrics_last_request_timestamp`,
    `skip_paths`) and `server_context`'s names. Pinned by
@@ -50,12 +52,13 @@ from _bentoml_sdk.io_models import IORootModel
 from bentoml._internal.context import server_context
 from bentoml._internal.marshal import dispatcher
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from uvicorn.config import HTTP_PROTOCOLS
 
+from models.features import FlightReader, Flights
 from models.schema import Prediction
 from serving import connections
 from serving.metrics import Recent
@@ -106,19 +109,21 @@ def cap_learned_wait(max_wait_s: float = MAX_WAIT_S) -> None:
 
 class BatchedApi:
     """A batched API of BentoML's app, called without BentoML's per-request framework: flights are
-    validated by the API's own input model and handed to BentoML's batching dispatcher, so batches
-    are formed, sized and counted (`adaptive_batch_size`) as on BentoML's own path; the answer is
-    serialized by pydantic's Rust core with the output model's type (BentoML dumps to Python objects
-    and then `json.dumps` them: 4x the time for 100 flights).
+    read by the service's FlightReader (validated with the API's own input model, or straight into
+    columns) and handed to BentoML's batching dispatcher, so batches are formed, sized and counted
+    (`adaptive_batch_size`) as on BentoML's own path; the answer is serialized by pydantic's Rust
+    core with the output model's type (BentoML dumps to Python objects and then `json.dumps` them:
+    4x the time for 100 flights).
 
     The dispatcher runs `run_batch`, not `ServiceAppFactory.batch_infer`'s callback: that one is
     built anew for every request and, per batch, looks up the histogram's child, finds a container
     class for the batch's type and binds the API method again (`inspect.signature` each time). A
     py-spy profile with a new connection per request, where batches hold one to three requests, put
-    about a tenth of a worker's samples there. `run_batch` joins and splits the flights' lists as
-    BentoML's list container does, and calls the API's function on the service instance directly."""
+    about a tenth of a worker's samples there. `run_batch` joins the requests' flights (the reader's
+    `join`), splits the answers' lists as BentoML's list container does, and calls the API's function
+    on the service instance directly."""
 
-    def __init__(self, factory: ServiceAppFactory, name: str) -> None:
+    def __init__(self, factory: ServiceAppFactory, name: str, reader: FlightReader) -> None:
         api = factory.service.apis[name]
         if not api.batchable:
             raise ValueError(f"{name} is not batchable: BentoML's own path serves it")
@@ -126,8 +131,8 @@ class BatchedApi:
             raise ValueError(f"{name} must be an async batch function of lists, without a context")
         self.factory = factory
         self.name = name
-        self.input_model: type[BaseModel] = api.input_spec
-        (self.argument,) = api.input_spec.model_fields  # the one field batch functions take
+        self.read = reader.read  # a body's flights; pydantic's ValidationError for an invalid body
+        self.join = reader.join
         self.function = api.func
         self.serialize = TypeAdapter(api.output_spec.model_fields["root"].annotation).dump_json
         self.headers = [(b"content-type", b"application/json"), (b"server", f"BentoML Service/{factory.name}".encode())]
@@ -135,8 +140,8 @@ class BatchedApi:
         self.batch_sizes: Any = None
         self.running = False  # whether the batch function is running (the dispatcher runs one batch at a time)
 
-    async def infer(self, request: BaseModel, now: bool = False) -> bytes:
-        """The serialized answer to validated input; BentoMLException or any error of the batch function.
+    async def infer(self, flights: Flights, now: bool = False) -> bytes:
+        """The serialized answer to read flights; BentoMLException or any error of the batch function.
 
         `now`: run it as a batch of its own at once, unless the dispatcher is running one: the batch
         function never runs twice at a time, as under the dispatcher alone (the layer asks `now` only
@@ -150,14 +155,15 @@ class BatchedApi:
                     service_version=server_context.bento_version,
                     service_name=server_context.bento_name,
                 )
-            self.submit = self.factory.dispatchers[self.name](self.run_batch)
-        flights = getattr(request, self.argument)
+            dispatcher: Any = self.factory.dispatchers[self.name]
+            dispatcher.get_batch_size = len
+            self.submit = dispatcher(self.run_batch)
         if now and not self.running:
             (answer,) = await self.run_batch([flights])
             return self.serialize(answer)
         return self.serialize(await self.submit(flights))
 
-    async def run_batch(self, batches: Sequence[list[Any]]) -> list[list[Any]]:
+    async def run_batch(self, batches: Sequence[Flights]) -> list[list[Any]]:
         """The answers of each request in a batch the dispatcher formed (or of one run `now`)."""
         self.running = True
         try:
@@ -165,7 +171,7 @@ class BatchedApi:
                 self.batch_sizes.observe(len(batches))
             if len(batches) == 1:
                 return [await self.function(self.factory._service_instance, batches[0])]
-            flights = [flight for batch in batches for flight in batch]
+            flights = self.join(batches)
             answers = await self.function(self.factory._service_instance, flights)
             ends = list(itertools.accumulate(len(batch) for batch in batches))
             return [answers[end - len(batch) : end] for batch, end in zip(batches, ends, strict=True)]
@@ -230,10 +236,16 @@ class TrafficMetrics:
 
 
 def arrange_app(
-    layer: type, tracing: bool, batched_api: str | None, metric_routes: frozenset[str], **options: Any
+    layer: type,
+    tracing: bool,
+    batched_api: str | None,
+    reader: FlightReader,
+    metric_routes: frozenset[str],
+    **options: Any,
 ) -> None:
     """Make BentoML build its app with `layer` first (after Starlette's error middleware), given
-    BentoML's app factory's `BatchedApi` of `batched_api` (None: BentoML's own path serves it) and
+    BentoML's app factory's `BatchedApi` of `batched_api`, reading bodies with `reader` (None:
+    BentoML's own path serves it), and
     `TrafficMetrics` in place of BentoML's metrics middleware, and without BentoML's time-out
     middleware (the layer times requests out itself) or its tracing middleware unless requests are
     traced. Paired 20-s runs of the reference load: 1,684 and 1,668 req/s as BentoML arranges its
@@ -248,7 +260,7 @@ def arrange_app(
         traffic = [m.kwargs for m in own if m.cls is RunnerTrafficMetricsMiddleware]
         first = Middleware(
             layer,  # type: ignore[arg-type]
-            batched=BatchedApi(self, batched_api) if batched_api else None,
+            batched=BatchedApi(self, batched_api, reader) if batched_api else None,
             metrics=TrafficMetrics(metric_routes, traffic[0]) if traffic else None,
             **options,
         )

@@ -17,12 +17,13 @@ For the prediction and outcomes routes (`routes`):
   serving/connections.py bounds them instead;
 - no answer within `timeout_s`: 504 (BentoML's own time-out middleware costs a task and a timer that
   outlives the request, for every request);
-- POST /v1/prediction (`batched`) is answered here: the body validated by the API's input model,
-  the flights handed to BentoML's batching dispatcher, or run as their own batch at once when the
-  request is small and the worker has few others in flight (`unbatched`), the answer serialized by pydantic's Rust core
-  (serving/internals.py, `BatchedApi`). Under the reference load about half of a worker's CPU went to
-  BentoML's per-request framework around this route (docs/performance.md). Other routes go on to
-  BentoML's app with the body already read;
+- POST /v1/prediction (`batched`) is answered here: the body read by the service's FlightReader
+  (validated by the API's input model, or a large body straight into columns), the flights handed
+  to BentoML's batching dispatcher, or run as their own batch at once when the request is small
+  and the worker has few others in flight (`unbatched`), the answer serialized by pydantic's Rust
+  core (serving/internals.py, `BatchedApi`). Under the reference load about half of a worker's CPU
+  went to BentoML's per-request framework around this route (docs/performance.md). Other routes go
+  on to BentoML's app with the body already read;
 - every 4xx/5xx body is `{"error": ..., "detail": [...]}` without the links to the validation
   library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid`;
 - a sampled request's body and answer go to the worker's prediction log (serving/prediction_log.py),
@@ -228,8 +229,8 @@ class RequestLayer:
         """Status and body of the answer: the predictions, or a clean error."""
         assert self.batched is not None
         try:
-            request = self.batched.input_model.model_validate_json(body or b"{}")
-            return 200, await self.batched.infer(request, now=await self.unbatched(request))
+            flights = self.batched.read(body)
+            return 200, await self.batched.infer(flights, now=await self.unbatched(len(flights)))
         except ValidationError as exc:
             problems = exc.errors(include_context=False, include_input=False, include_url=False)
             kept = [{key: value for key, value in problem.items() if key in KEPT_PROBLEM_KEYS} for problem in problems]
@@ -242,8 +243,8 @@ class RequestLayer:
             logger.exception("prediction failed")
             return 500, clean_body(500, b"")
 
-    async def unbatched(self, request: Any) -> bool:
-        """Whether to run this request as its own batch at once: few flights, and few requests in
+    async def unbatched(self, flights: int) -> bool:
+        """Whether to run a request of `flights` as its own batch at once: few flights, and few requests in
         flight in the worker once those read in the same turn of the event loop are in.
 
         With a new connection per request, batches hold one or two requests, and BentoML's dispatcher
@@ -251,8 +252,7 @@ class RequestLayer:
         futures were about a sixth of a worker's samples (py-spy, docs/performance.md). Without the
         turn, under keep-alive load, each request was alone as it was read and batching stopped
         (0.46x in the reference shape)."""
-        assert self.batched is not None
-        if len(getattr(request, self.batched.argument)) > self.unbatched_flights or self.in_flight > self.few_requests:
+        if flights > self.unbatched_flights or self.in_flight > self.few_requests:
             return False
         await asyncio.sleep(0)
         return self.in_flight <= self.few_requests

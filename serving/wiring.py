@@ -6,6 +6,7 @@ from typing import Any
 import bentoml
 
 from models.config import MODEL_NAME
+from models.features import FlightReader
 from models.predictor import ModelError, check_metadata
 from serving import connections, internals
 from serving.layer import RequestLayer
@@ -65,8 +66,9 @@ def served_models(settings: Settings) -> tuple[bentoml.models.BentoModel, bentom
     return champion, challenger
 
 
-def wire(service: Any, settings: Settings, model: str) -> None:
-    """Put everything around BentoML's app of `service` (BentoML's Service) serving `model` (its tag)."""
+def wire(service: Any, settings: Settings, model: str, reader: FlightReader) -> None:
+    """Put everything around BentoML's app of `service` (BentoML's Service) serving `model` (its tag),
+    whose prediction bodies `reader` reads."""
     counted = counters(model)
     if settings.greedy_batching:
         internals.cap_learned_wait()
@@ -106,6 +108,7 @@ def wire(service: Any, settings: Settings, model: str) -> None:
         RequestLayer,
         tracing=settings.tracing_sample_rate > 0,
         batched_api="predict_batch" if settings.lean_route_applies() else None,
+        reader=reader,
         batched_route=PREDICTION_ROUTES[0],
         metric_routes=frozenset([*PREDICTION_ROUTES, *PATHS, *BENTOML_ROUTES]),
         routes=(*PREDICTION_ROUTES, OUTCOMES_ROUTE),

@@ -1,14 +1,26 @@
 """The feature encoder: the same numbers for a flight whether it comes from the API or the dataset."""
 
+import json
 from datetime import datetime
 
 import numpy as np
 import pandas as pd
-from helpers import REQUESTS, VOCABULARY
-from hypothesis import given
+import pytest
+from helpers import REQUESTS, VOCABULARY, varied_flights
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from models.features import FEATURES, FlightColumns, encode, minutes
+from models.features import (
+    FEATURES,
+    PLAIN_BODY_BYTES,
+    FlightColumns,
+    FlightReader,
+    encode,
+    minutes,
+    schedule_minutes,
+)
+from models.schema import parse_schedule
 
 Flight = REQUESTS.flight
 
@@ -95,3 +107,140 @@ def test_scheduled_column_is_what_numpy_makes_of_the_datetimes(schedules: list[d
     expected = np.array([d or "NaT" for d in schedules], dtype="datetime64[m]")  # numpy's own conversion
     np.testing.assert_array_equal(FlightColumns.from_flights(flights, VOCABULARY).scheduled, expected)
     assert all(minutes(d) == expected[i].astype(np.int64) for i, d in enumerate(schedules) if d is not None)
+
+
+def columns_equal(a: FlightColumns, b: FlightColumns) -> bool:
+    return all(
+        np.array_equal(getattr(a, name), getattr(b, name), equal_nan=name in ("scheduled", "destination"))
+        for name in ("airline", "international", "month", "scheduled", "destination")
+    )
+
+
+def pydantic_columns(body: bytes) -> FlightColumns | None:
+    """What the validated path makes of a body: its columns, or None where pydantic refuses it."""
+    try:
+        return FlightColumns.from_flights(REQUESTS.prediction_request.model_validate_json(body).flights, VOCABULARY)
+    except ValidationError:
+        return None
+
+
+# Fecha-I texts near the valid ones: every place of 'YYYY-MM-DD HH:MM:SS' varied over digits,
+# separators, white space, non-ASCII and zero bytes, at every length around 16 and 19.
+SCHEDULE_TEXT = st.one_of(
+    st.builds(
+        lambda y, mo, d, h, mi, s, sep: f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}{s}",
+        st.integers(0, 2400) | st.sampled_from([1900, 2000, 2016, 2017, 2100]),
+        st.integers(0, 13),
+        st.integers(0, 32),
+        st.integers(0, 25),
+        st.integers(0, 61),
+        st.sampled_from(["", ":00", ":59", ":60", ":5", ":599"]) | st.integers(0, 99).map(lambda s: f":{s:02d}"),
+        st.sampled_from([" ", "T", "  ", "\u2003", "\t"]),
+    ),
+    st.text(alphabet="0123456789-: T\x00é", min_size=14, max_size=21),
+)
+FLIGHT_FIELDS = st.fixed_dictionaries(
+    {
+        "OPERA": st.sampled_from([*VOCABULARY.airlines[:3], "Unknown Air", 7]),
+        "TIPOVUELO": st.sampled_from(["I", "N", "X"]),
+        "MES": st.integers(0, 13) | st.sampled_from([True, 7.0, "7", None]),
+    },
+    optional={
+        "Fecha-I": SCHEDULE_TEXT | st.none() | st.just(20170721),
+        "SIGLADES": st.sampled_from([*VOCABULARY.destinations[:3], "Atlantis", None, 3]),
+        "fecha_i": st.just("2017-07-21 19:40"),
+        "extra": st.just(1),
+    },
+)
+
+
+@settings(max_examples=400)
+@given(st.lists(FLIGHT_FIELDS, min_size=0, max_size=6), st.sampled_from(["", ', "extra": 1', ', "flights": []']))
+def test_columns_from_json_accept_only_what_pydantic_accepts_with_the_same_values(
+    flights: list[dict[str, object]], tail: str
+) -> None:
+    body = ('{"flights": ' + json.dumps(flights) + tail + "}").encode()
+    fast = FlightColumns.from_json(body, VOCABULARY)
+    if fast is not None:
+        validated = pydantic_columns(body)
+        assert validated is not None, body
+        assert columns_equal(fast, validated)
+
+
+@settings(max_examples=400)
+@given(st.lists(SCHEDULE_TEXT, min_size=1, max_size=4), st.integers(1, 12))
+def test_schedule_minutes_agree_with_parse_schedule(texts: list[str], month: int) -> None:
+    parsed = []
+    for text in texts:
+        try:
+            parsed.append(parse_schedule(text))
+        except ValueError:
+            parsed.append(None)
+    got = schedule_minutes(texts, np.full(len(texts), month))
+    plainly = all(isinstance(p, datetime) and p.month == month for p in parsed)
+    if got is not None:
+        assert plainly
+        assert got.tolist() == [minutes(p) for p in parsed]  # type: ignore[arg-type]  # all datetimes here
+    elif plainly and all(len(text) in (16, 19) and text.isascii() and text[10] == " " for text in texts):
+        raise AssertionError(f"plainly valid texts refused: {texts}")
+
+
+def test_valid_flights_are_read_straight_into_columns() -> None:
+    """The fast path is taken for the flights clients send, and gives pydantic's columns."""
+    flights = varied_flights(500)
+    for variant in (flights, [{**f, "Fecha-I": f["Fecha-I"] + ":30"} if "Fecha-I" in f else f for f in flights]):
+        body = json.dumps({"flights": variant}).encode()
+        fast = FlightColumns.from_json(body, VOCABULARY)
+        validated = pydantic_columns(body)
+        assert fast is not None and validated is not None
+        assert columns_equal(fast, validated)
+
+
+def test_reader_reads_large_bodies_into_columns_and_small_ones_with_pydantic() -> None:
+    reader = FlightReader(REQUESTS.prediction_request, VOCABULARY)
+    small, large = (json.dumps({"flights": varied_flights(n)}).encode() for n in (2, 100))
+    assert len(small) < PLAIN_BODY_BYTES <= len(large)
+    assert isinstance(reader.read(small), list) and isinstance(reader.read(large), FlightColumns)
+    refused = json.dumps({"flights": [*varied_flights(99), {"OPERA": "Unknown Air", "TIPOVUELO": "N", "MES": 3}]})
+    with pytest.raises(ValidationError) as caught:  # a large invalid body gets pydantic's problems
+        reader.read(refused.encode())
+    assert [problem["loc"] for problem in caught.value.errors()] == [("flights", 99, "OPERA")]
+    joined = reader.join([reader.read(small), reader.read(large), reader.read(small)])
+    assert isinstance(joined, FlightColumns) and len(joined) == 104
+    everything = pydantic_columns(
+        json.dumps({"flights": [*varied_flights(2), *varied_flights(100), *varied_flights(2)]}).encode()
+    )
+    assert everything is not None and columns_equal(joined, everything)
+    assert columns_equal(joined[2:102], reader.columns(reader.read(large)))  # as BentoML's dispatcher splits one
+    two = reader.read(small)
+    assert isinstance(two, list) and reader.join([two, two]) == [*two, *two]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [  # where JSON readers may differ: repeated keys (the last one counts in both), escapes, numbers, bytes
+        b'{"flights":[{"OPERA":"Unknown","OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","OPERA":"Unknown","TIPOVUELO":"N","MES":3}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,"MES":4}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3}],'
+        b'"flights":[{"OPERA":"Sky Airline","TIPOVUELO":"N","MES":4}]}',
+        b'\xef\xbb\xbf{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3}]}',
+        b' \n{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3}]} \n',
+        b'{"flights":[{"OPERA":"Grupo \\u004cATAM","TIPOVUELO":"N","MES":3}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3.0}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":true}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3e0}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":03}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,"Fecha-I":"2017-03-14 08:30","Fecha-I":null}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,"Fecha-I":"2017-03-14\\u002008:30"}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3}]}x',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,"SIGLADES":"Lima\\ud800"}]}',
+        b'{"flights":[{"OPERA":"Grupo LATAM","TIPOVUELO":"N","MES":3,"SIGLADES":"Lima\xff"}]}',
+    ],
+)
+def test_columns_from_json_agree_with_pydantic_where_json_readers_differ(body: bytes) -> None:
+    fast = FlightColumns.from_json(body, VOCABULARY)
+    if fast is not None:
+        validated = pydantic_columns(body)
+        assert validated is not None and columns_equal(fast, validated)

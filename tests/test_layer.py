@@ -95,14 +95,14 @@ class Batcher:
     """A stand-in for BentoML's batching (serving/internals.py `BatchedApi`): records whether each
     request was to run at once; one handed to the dispatcher waits for its batch, as there."""
 
-    input_model = Flights
-    argument = "flights"
-
     def __init__(self) -> None:
         self.headers = [*JSON, (b"server", b"stand-in")]
         self.now: list[bool] = []
 
-    async def infer(self, request: Flights, now: bool = False) -> bytes:
+    def read(self, body: bytes) -> list[int]:
+        return Flights.model_validate_json(body).flights
+
+    async def infer(self, flights: list[int], now: bool = False) -> bytes:
         self.now.append(now)
         if not now:
             await asyncio.sleep(0.01)
