@@ -1,18 +1,21 @@
 """Where a worker's time goes under the reference load: py-spy samples, grouped by layer.
 
-    python -m loadtest.cpu_profile [--seconds 15] [--connections 200] [--flights-per-request 1] [--name NAME]
+    python -m loadtest.cpu_profile [--seconds 15] [--connections 200] [--flights-per-request 1]
+                                   [--new-connections] [--name NAME]
 
-Starts the service, drives it with wrk -t4 (200 connections, 1 flight per request unless told),
-samples one worker with py-spy (needs root or ptrace rights) and writes loadtest/results/profile/NAME.md
-with each layer's share of samples (NAME defaults to profile-YYYY-MM-DD, today; existing files are
-refused unless --overwrite).
+Starts the service, drives it with wrk -t4 (200 connections, 1 flight per request unless told; with
+--new-connections each request on a connection of its own), samples one worker with py-spy (needs
+root or ptrace rights) and writes loadtest/results/profile/NAME.md with each layer's share of
+samples (NAME defaults to profile-YYYY-MM-DD, today; existing files are refused unless --overwrite).
 """
 
 import argparse
 import collections
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from loadtest.results import RESULTS, dated, say, unused
 from loadtest.servers import server, service_workers
@@ -37,6 +40,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
+PY_SPY = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")  # installed beside Python
+
+
 def layer(stack: list[str]) -> str:
     """The layer a sample belongs to: its innermost frame that names one."""
     for frame in reversed(stack):
@@ -51,6 +57,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=15, help="seconds sampled")
     parser.add_argument("--connections", type=int, default=200, help="wrk connections (default 200)")
     parser.add_argument("--flights-per-request", type=int, default=1, help="flights in each request (default 1)")
+    parser.add_argument("--new-connections", action="store_true", help="a new connection per request")
     parser.add_argument("--name", default=dated("profile"), help="file name of the table (default profile-TODAY)")
     parser.add_argument("--overwrite", action="store_true", help="replace the table and samples if they exist")
     args = parser.parse_args()
@@ -60,13 +67,13 @@ def main() -> None:
     results.mkdir(parents=True, exist_ok=True)
     with server("service") as (url, process):
         load = (4, args.connections, args.flights_per_request)
-        wrk(url, 3, *load, "warm-up")
-        thread, _box = in_background(wrk, url, args.seconds + 6, *load, "load")
+        wrk(url, 3, *load, "warm-up", args.new_connections)
+        thread, _box = in_background(wrk, url, args.seconds + 6, *load, "load", args.new_connections)
         time.sleep(3)
         worker = next(iter(service_workers(process.pid)))
         say(f"sampling worker {worker} for {args.seconds} s")
         subprocess.run(
-            ["py-spy", "record", "-p", str(worker), "-d", str(args.seconds), "-f", "raw", "-o", str(raw),
+            [PY_SPY, "record", "-p", str(worker), "-d", str(args.seconds), "-f", "raw", "-o", str(raw),
              "--nonblocking", "--threads"],
             check=True, capture_output=True,
         )  # fmt: skip
@@ -77,7 +84,8 @@ def main() -> None:
         shares[layer(stack.split(";"))] += int(count)
     total = sum(shares.values())
     lines = [
-        f"Profile of one worker under wrk -t4 -c{args.connections}, {args.flights_per_request} flight(s) per request, "
+        f"Profile of one worker under wrk -t4 -c{args.connections}, {args.flights_per_request} flight(s) per request"
+        f"{', a new connection per request' if args.new_connections else ''}, "
         f"{time.strftime('%Y-%m-%d')}, {total} py-spy samples; "
         f"`python -m loadtest.cpu_profile {' '.join(sys.argv[1:])}`",
         "",
