@@ -231,6 +231,67 @@ def test_a_request_not_answered_in_time_gets_504_and_is_counted() -> None:
     assert statuses == [504]
 
 
+def test_deadlines_are_checked_by_one_timer_that_stops_when_none_is_open() -> None:
+    async def scenario() -> tuple[list[int], int, bool, bool]:
+        app = Gate()
+        checked = guard(app, timeout_s=0.05)
+        late = [asyncio.create_task(call(checked)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        open_deadlines, one_timer = len(checked.deadlines), checked.checking is not None
+        statuses = [(await task)[0] for task in late]
+        app.opened.set()
+        assert (await call(checked))[0] == 200
+        await asyncio.sleep(0.02)  # the next check finds no deadline open and schedules no other
+        return statuses, open_deadlines, one_timer, checked.checking is None and not checked.expired
+
+    statuses, open_deadlines, one_timer, stopped = asyncio.run(scenario())
+    assert statuses == [504, 504, 504] and open_deadlines == 3 and one_timer and stopped
+
+
+def test_a_request_cancelled_by_the_server_is_not_answered_504() -> None:
+    """A client that leaves gets its request's task cancelled by the server: that cancellation goes on,
+    even when the deadline passes at the same time."""
+
+    async def scenario() -> bool:
+        checked = guard(Gate(), timeout_s=60.0)
+        request = asyncio.create_task(call(checked))
+        await asyncio.sleep(0.01)  # waiting at the gate
+        request.cancel()  # the server's cancellation
+        checked.deadlines[request] = 0.0  # and the deadline's, before the task runs again
+        checked.check_deadlines()
+        try:
+            await request
+        except asyncio.CancelledError:
+            return not checked.expired
+        return False
+
+    assert asyncio.run(scenario())
+
+
+def test_a_deadline_cancellation_caught_below_is_taken_back() -> None:
+    """BentoML's dispatcher catches the cancellation and raises its own 503 instead: the task is not
+    left cancelling, which would cut the connection's next await."""
+
+    class Catching:
+        async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+            await receive()
+            try:
+                await asyncio.sleep(1)
+            except asyncio.CancelledError:
+                self.cancelling = asyncio.current_task().cancelling()  # type: ignore[union-attr]
+            await send({"type": "http.response.start", "status": 503, "headers": JSON})
+            await send({"type": "http.response.body", "body": b"[]"})
+
+    async def scenario() -> tuple[int, int, int]:
+        app = Catching()
+        checked = guard(app, timeout_s=0.05)
+        request = asyncio.create_task(call(checked))
+        status = (await request)[0]
+        return status, app.cancelling, request.cancelling()
+
+    assert asyncio.run(scenario()) == (503, 1, 0)
+
+
 def test_a_slow_upload_does_not_make_others_shed() -> None:
     async def scenario() -> int:
         app = Gate()
