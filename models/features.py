@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import numpy as np
 
-from models.schema import Flight, PlainRequest, PredictionRequest
+from models.schema import Flight, PlainFlight, PlainRequest, PredictionRequest
 
 if TYPE_CHECKING:  # pandas is for training only: importing it would add half a second to every service start
     import pandas as pd
@@ -125,17 +125,10 @@ class FlightColumns:
     @classmethod
     def from_flights(cls, flights: Sequence[Flight], vocabulary: Vocabulary) -> "FlightColumns":
         """Columns of API flights validated against `vocabulary`, in one pass over the batch."""
-        destination_code = vocabulary.destination_code
         return cls(
-            airline=np.array([vocabulary.airline_code[f.OPERA] for f in flights], dtype=np.int64),
-            international=np.array([f.TIPOVUELO == "I" for f in flights], dtype=bool),
-            month=np.array([f.MES for f in flights], dtype=np.int64),
+            **coded(flights, vocabulary),
             scheduled=np.array([NAT if (d := f.fecha_i) is None else minutes(d) for f in flights], dtype=np.int64).view(
                 "datetime64[m]"
-            ),
-            destination=np.array(
-                [np.nan if f.SIGLADES is None else destination_code[f.SIGLADES] for f in flights],
-                dtype=np.float64,
             ),
         )
 
@@ -147,29 +140,18 @@ class FlightColumns:
         What this accepts, Flight accepts with the same columns (a property test)."""
         try:
             flights = PLAIN_REQUEST.decode(body).flights
-            airline = np.array([vocabulary.airline_code[f.OPERA] for f in flights], dtype=np.int64)
-            destination_code = vocabulary.destination_code
-            destination = np.array(
-                [np.nan if f.SIGLADES is None else destination_code[f.SIGLADES] for f in flights], dtype=np.float64
-            )
+            columns = coded(flights, vocabulary)
         except (msgspec.DecodeError, KeyError):  # msgspec's ValidationError is a DecodeError
             return None
-        month = np.array([f.MES for f in flights], dtype=np.int64)
         texts = [f.fecha_i for f in flights]
         given = np.array([text is not None for text in texts], dtype=bool)
         scheduled = np.full(len(flights), NAT, dtype=np.int64)
         if given.any():
-            written = schedule_minutes([text for text in texts if text is not None], month[given])
+            written = schedule_minutes([text for text in texts if text is not None], columns["month"][given])
             if written is None:
                 return None
             scheduled[given] = written
-        return cls(
-            airline=airline,
-            international=np.array([f.TIPOVUELO == "I" for f in flights], dtype=bool),
-            month=month,
-            scheduled=scheduled.view("datetime64[m]"),
-            destination=destination,
-        )
+        return cls(**columns, scheduled=scheduled.view("datetime64[m]"))
 
     @classmethod
     def concatenate(cls, parts: Sequence["FlightColumns"]) -> "FlightColumns":
@@ -203,6 +185,20 @@ class FlightColumns:
             scheduled=np.full_like(self.scheduled, np.datetime64("NaT")),
             destination=np.full_like(self.destination, np.nan),
         )
+
+
+def coded(flights: Sequence[Flight | PlainFlight], vocabulary: Vocabulary) -> dict[str, np.ndarray]:
+    """Every column but the schedule, of flights validated by pydantic or decoded by msgspec: the
+    vocabulary's codes (KeyError for a name it lacks), the flight type and the month."""
+    destination_code = vocabulary.destination_code
+    return {
+        "airline": np.array([vocabulary.airline_code[f.OPERA] for f in flights], dtype=np.int64),
+        "international": np.array([f.TIPOVUELO == "I" for f in flights], dtype=bool),
+        "month": np.array([f.MES for f in flights], dtype=np.int64),
+        "destination": np.array(
+            [np.nan if f.SIGLADES is None else destination_code[f.SIGLADES] for f in flights], dtype=np.float64
+        ),
+    }
 
 
 def schedule_minutes(texts: list[str], months: np.ndarray) -> np.ndarray | None:
