@@ -95,11 +95,12 @@ PLAIN_BODY_BYTES = 2_048
 # (tens of month, day, hour, minute and second at most 1, 3, 2, 5 and 5); ':SS' may be left out.
 LOWEST = np.frombuffer(b"0000-00-00 00:00:00", dtype=np.uint8)
 HIGHEST = np.frombuffer(b"9999-19-39 29:59:59", dtype=np.uint8)
-# Year, month, day, hour and minute from the digits at NUMBER_AT: one matrix product.
+# Year, month, day, hour and minute from the digits at NUMBER_AT: one matrix product, in float64 (exact
+# for these sums under 10,000) because numpy multiplies integer matrices without BLAS, at 2.5x the time.
 NUMBER_AT = np.array([0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15])
 PLACES = np.array([[1000, 0, 0, 0, 0], [100, 0, 0, 0, 0], [10, 0, 0, 0, 0], [1, 0, 0, 0, 0],
                    [0, 10, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 10, 0, 0], [0, 0, 1, 0, 0],
-                   [0, 0, 0, 10, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 10], [0, 0, 0, 0, 1]])  # fmt: skip
+                   [0, 0, 0, 10, 0], [0, 0, 0, 1, 0], [0, 0, 0, 0, 10], [0, 0, 0, 0, 1]], dtype=np.float64)  # fmt: skip
 ZEROS = ord("0") * PLACES.sum(axis=0)
 DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 NAT = np.iinfo(np.int64).min  # numpy's NaT as an integer of datetime64
@@ -216,7 +217,7 @@ def schedule_minutes(texts: list[str], months: np.ndarray) -> np.ndarray | None:
     allowed[:, 16:] |= short[:, None] & (written[:, 16:] == 0)
     if not (allowed.all() and (short | (lengths == 19)).all()):
         return None
-    year, month, day, hour, minute = (written[:, NUMBER_AT].astype(np.int64) @ PLACES - ZEROS).T
+    year, month, day, hour, minute = (written[:, NUMBER_AT] @ PLACES - ZEROS).astype(np.int64).T
     leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
     last_day = DAYS_IN_MONTH[months] + ((months == 2) & leap)
     if not ((month == months) & (year >= 1) & (day >= 1) & (day <= last_day) & (hour <= 23)).all():

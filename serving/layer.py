@@ -22,8 +22,8 @@ For the prediction and outcomes routes (`routes`):
 - POST /v1/prediction (`batched`) is answered here: the body read by the service's FlightReader
   (validated by the API's input model, or a large body straight into columns), the flights handed
   to BentoML's batching dispatcher, or run as their own batch at once when the request is small
-  and the worker has few others in flight (`unbatched`), the answer serialized by pydantic's Rust
-  core (serving/internals.py, `BatchedApi`). Under the reference load about half of a worker's CPU
+  and the worker has few others in flight (`unbatched`), the answer serialized by msgspec
+  (serving/internals.py, `BatchedApi`). Under the reference load about half of a worker's CPU
   went to BentoML's per-request framework around this route (docs/performance.md). Other routes go
   on to BentoML's app with the body already read;
 - every 4xx/5xx body is `{"error": ..., "detail": [...]}` without the links to the validation

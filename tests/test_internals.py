@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.marshal.dispatcher import Optimizer
 from helpers import REQUESTS, VOCABULARY, bentoml_serve, skip_unless_ci, varied_flights
+from pydantic import TypeAdapter
 
 from loadtest.wrk import wrk_process
 from models.features import FlightColumns
-from models.schema import EXAMPLE_REQUEST
-from serving.internals import MAX_WAIT_S, cache_metrics_page, cap_learned_wait
+from models.schema import EXAMPLE_REQUEST, Prediction
+from serving.internals import ANSWERS, MAX_WAIT_S, cache_metrics_page, cap_learned_wait
 from serving.settings import INLINE_FLIGHTS, PREDICTION_ROUTES, Settings
 
 ROUTE = PREDICTION_ROUTES[0]
@@ -69,6 +71,20 @@ def test_batched_api_answers_exactly_as_bentoml_path(
     assert (lean.status_code, lean.json()) == (bentoml.status_code, bentoml.json())
     for header in ("content-type", "server"):
         assert lean.headers[header] == bentoml.headers[header]
+
+
+def test_answers_are_the_bytes_pydantic_would_write(client: httpx.Client) -> None:
+    """The lean route serializes with msgspec (ANSWERS): byte for byte what pydantic's dump_json of the
+    output type writes, for served answers and for probabilities down to the smallest float."""
+    adapter = TypeAdapter(list[Prediction])
+    served = post(client, {"flights": varied_flights(1_000)})
+    assert served.status_code == 200
+    assert served.content == adapter.dump_json(served.json())
+    rng = np.random.default_rng(0)
+    edges = [0.0, 1.0, 0.5, 1e-4, 1e-5, 1e-7, 1 - 1e-16, 5e-324]
+    probabilities = [*rng.random(20_000), *10.0 ** rng.uniform(-20, 0, 20_000), *edges]
+    answers = [{"delay": int(p >= 0.5), "probability": float(p)} for p in probabilities]
+    assert ANSWERS.encode(answers) == adapter.dump_json(answers)
 
 
 def test_other_methods_on_the_route_still_go_through_bentoml(client: httpx.Client) -> None:
