@@ -46,8 +46,9 @@ lint: install  ## ruff and mypy
 audit: install  ## pip-audit of the runtime packages; exit 1 vulnerable, 2 not all audited (no advisory DB)
 	$(PYTHON) tools/dependency_audit.py
 
-loadtest: install  ## the reference stress test with both baselines, into loadtest/results/reference-<today>/; needs wrk (apt-get install -y wrk)
-	$(PYTHON) -m loadtest.run --baselines
+loadtest: install  ## the reference stress test (loadtest/results/reference-<today>/), then every shape on the service, the baseline and the ceiling in alternating rounds, and the open-loop curve on the first two (loadtest/results/peers/standing-<today>.md); needs wrk (apt-get install -y wrk)
+	$(PYTHON) -m loadtest.run
+	$(PYTHON) -m loadtest.peers --targets service baseline ceiling --name standing-$(shell date +%Y-%m-%d)
 
 peers: install  ## the service against the same model behind FastAPI, LitServe and plain BentoML, every shape, alternating rounds: loadtest/results/peers/peers-<today>.md
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-peers.txt

@@ -1,17 +1,23 @@
 """The load-test reports: wrk's summary line, the verdict against the bar, the report files, the peers' table."""
 
 import os
+import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from loadtest import peers, run
 from loadtest.peers import markdown as peers_markdown
+from loadtest.servers import PROJECT_DIR
 from loadtest.stats import tree_memory_mib
-from loadtest.wrk import BAR_REQUESTS, SHAPES, failures, markdown, parse_summary, plot, verdict
+from loadtest.wrk import BAR_REQUESTS, LONE, SHAPES, failures, markdown, parse_summary, plot, verdict
 
 SAMPLE = Path(__file__).parent / "data" / "wrk_service_sample.txt"  # a real wrk run of script.lua
 
@@ -53,61 +59,82 @@ def test_failures_counts_non_2xx_and_socket_errors_not_status(summary: dict[str,
     assert failures({**summary, "non_2xx": 5, "errors": errors}) == 15
 
 
-def test_markdown_gives_ratios_to_first_run(summary: dict[str, Any]) -> None:
-    half = {**summary, "requests_per_s": summary["requests_per_s"] / 2}
-    table = markdown({"service": summary, "baseline": half}, "title", "cmd")
+def test_markdown_gives_the_run_and_its_verdict(summary: dict[str, Any]) -> None:
+    table = markdown(summary, "title", "cmd")
     assert "| service | 13,660 |" in table
-    assert "| 0.50x |" in table
     assert "Verdict for service: FAIL" in table
 
 
-def test_markdown_compares_each_shape_with_the_service_in_that_shape(summary: dict[str, Any]) -> None:
-    fast = {**summary, "requests_per_s": 1000.0, "shape": "1 flight"}
-    slow = {**summary, "requests_per_s": 10.0, "shape": "1,000 flights"}
-    runs = {"service": fast, "service, 1,000 flights": slow}
-    runs |= {"baseline": {**fast, "requests_per_s": 500.0}, "baseline, 1,000 flights": {**slow, "requests_per_s": 5.0}}
-    ratios = [line.rsplit("|", 2)[1].strip() for line in markdown(runs, "t", "c").splitlines() if line.startswith("| ")]
-    assert ratios[1:] == ["1.00x", "1.00x", "0.50x", "0.50x"]  # each against the service in its own shape
-
-
-def test_make_loadtest_runs_every_shape_on_every_target(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """--baselines (make loadtest): each target in every shape of loadtest.wrk.SHAPES, and the open-loop
-    curve on each target that serves the model; wrk and the servers are stood in for."""
-    from contextlib import contextmanager
-    from types import SimpleNamespace
-
-    from loadtest import run
-
-    calls: list[tuple[str, int, int, bool]] = []
+@pytest.fixture
+def drills(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[Any]]:
+    """loadtest.run and loadtest.peers writing into tmp_path, with wrk, the servers, the open-loop client
+    and the answers' check stood in for: each wrk run (url, threads, connections, flights, new
+    connections) and each URL given the open-loop curve, in order."""
+    calls: dict[str, list[Any]] = {"wrk": [], "curve": []}
 
     def fake_wrk(url: str, seconds: int, threads: int, connections: int, flights: int, label: str,
                  new_connections: bool = False) -> str:  # fmt: skip
-        calls.append((url, connections, flights, new_connections))
+        calls["wrk"].append((url, threads, connections, flights, new_connections))
         return SAMPLE.read_text()
 
     @contextmanager
-    def fake_server(kind: str) -> Any:
+    def fake_server(kind: str, **options: Any) -> Iterator[tuple[str, Any]]:
         yield f"http://{kind}", SimpleNamespace(pid=1)
 
-    curves: list[str] = []
+    def fake_curve(url: str, pid: int, rates: list[int], *args: Any) -> list[dict[str, Any]]:
+        calls["curve"].append(url)
+        return [{"latency_ms": {"p50": 1.0, "p99": 2.0}, "ok": 1, "due": 1} for _ in rates]
 
-    def fake_curve(url: str, *args: Any) -> list[dict[str, Any]]:
-        curves.append(url)
-        return [{}]
-
-    monkeypatch.setattr(run, "wrk", fake_wrk)
+    for module in (run, peers):
+        monkeypatch.setattr(module, "wrk", fake_wrk)
+        monkeypatch.setattr(module, "server", fake_server)
     monkeypatch.setattr(run.shutil, "which", lambda name: f"/usr/bin/{name}")  # wrk itself is stood in for
-    monkeypatch.setattr(run, "server", fake_server)
-    monkeypatch.setattr(run, "fixed_rates", fake_curve)
     monkeypatch.setattr(run, "RESULTS", tmp_path)
-    monkeypatch.setattr(run, "curve_table", lambda curves: "")
     monkeypatch.setattr(run, "plot", lambda *args: None)
-    run.main(["--baselines", "--warmup", "0", "--duration", "1", "--name", "shapes"])
-    measured = {(url, connections, flights, new) for url, connections, flights, new in calls}
+    monkeypatch.setattr(peers, "RESULTS", tmp_path / "peers")
+    monkeypatch.setattr(peers, "fixed_rates", fake_curve)
+    monkeypatch.setattr(peers, "sample_answers", lambda url: [])
+    monkeypatch.setattr(peers, "tree_memory_mib", lambda pid: 0.0)
+    return calls
+
+
+def test_make_loadtest_runs_every_shape_on_every_target(drills: dict[str, list[Any]], tmp_path: Path) -> None:
+    """make loadtest's commands (make -n): the reference test, then each target in every shape of
+    loadtest.wrk.SHAPES, and the open-loop curve on each target that serves the model."""
+    commands = subprocess.run(["make", "-n", "--no-print-directory", "loadtest"], cwd=PROJECT_DIR,
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+    short = ["--warmup", "0", "--duration", "1"]
+    drilled = []
+    for words in map(shlex.split, commands.splitlines()):
+        if words[1:3] == ["-m", "loadtest.run"]:
+            run.main([*words[3:], *short, "--name", "reference"])
+        elif words[1:3] == ["-m", "loadtest.peers"]:
+            peers.main([*words[3:], *short, "--rounds", "1", "--curve-duration", "1"])
+        drilled += words[2:3] if words[1:2] == ["-m"] else []
+    assert drilled == ["pip", "loadtest.run", "loadtest.peers"]
+    measured = {(url, connections, flights, new) for url, _threads, connections, flights, new in drills["wrk"]}
     shapes = {(s.connections, s.flights, s.new_connections) for s in SHAPES}
     assert measured == {(f"http://{kind}", *shape) for kind in ("service", "baseline", "ceiling") for shape in shapes}
-    assert curves == ["http://service", "http://baseline"]
-    assert "| service, 1,000 flights, keep-alive, 8 connections |" in (tmp_path / "shapes" / "report.md").read_text()
+    assert drills["curve"] == ["http://service", "http://baseline"]
+    assert "| service | 13,660 |" in (tmp_path / "reference" / "report.md").read_text()
+    report = next((tmp_path / "peers").glob("*.md")).read_text()
+    assert "| shape | service | baseline | ceiling | lead over the best peer | share of the ceiling |" in report
+    assert all(f"| {shape.name} | " in report for shape in SHAPES)
+
+
+def test_peers_runs_only_the_targets_and_shapes_asked_for(drills: dict[str, list[Any]], tmp_path: Path) -> None:
+    argv = ["--targets", "service", "fastapi", "--shapes", "flights100", "lone", "--rates", "--warmup", "0"]
+    peers.main([*argv, "--duration", "1", "--rounds", "2", "--name", "chosen"])
+    shapes = (next(s for s in SHAPES if s.key == "flights100"), LONE)
+    expected = {(f"http://{target}", s.connections, s.flights, s.new_connections)
+                for target in ("service", "fastapi") for s in shapes}  # fmt: skip
+    assert {(url, connections, flights, new) for url, _t, connections, flights, new in drills["wrk"]} == expected
+    assert len(drills["wrk"]) == 2 * 2 * 2 * 2  # targets x shapes x rounds x (warm-up, measured)
+    assert {threads for _url, threads, connections, *_ in drills["wrk"] if connections == 1} == {1}  # wrk: <= -c
+    assert drills["curve"] == []  # --rates with no rate: no open-loop curve
+    report = (tmp_path / "peers" / "chosen.md").read_text()
+    assert "| shape | service | fastapi | lead over the best peer |\n" in report
+    assert f"| {LONE.name} | " in report and "Open loop" not in report
 
 
 def test_ablation_measures_a_revision_in_every_shape() -> None:
@@ -128,24 +155,51 @@ def peer_run(summary: dict[str, Any], requests_per_s: float, p99: float, memory_
     return {**summary, "requests_per_s": requests_per_s, "latency_ms": {"p99": p99}, "memory_mib": memory_mib}
 
 
-def test_peers_report_gives_the_lead_over_the_best_peer_and_the_share_of_the_ceiling(summary: dict[str, Any]) -> None:
-    rates = {"service": (300, 100), "service@main": (100, 100), "fastapi": (100, 50), "litserve": (30, 40)}
-    rates |= {"bentoml": (9, 20), "ceiling": (1000, 1)}
+def peers_outcome(summary: dict[str, Any], rates: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
+    """A peers outcome of two rounds in one shape, named "shape", at each target's two rates, and one open-loop rate."""
     closed = {
         "shape": {target: [peer_run(summary, rate, 5, 200), peer_run(summary, other, 7, 210)]
                   for target, (rate, other) in rates.items()}
     }  # fmt: skip
     open_run = {"latency_ms": {"p50": 1.0, "p99": 2.0}, "ok": 99, "due": 100}
-    outcome = {
+    return {
         "date": "2026-12-05", "command": "python -m loadtest.peers", "machine": "here", "rounds": 2,
         "duration_s": 15, "warmup_s": 3, "targets": list(rates), "closed_loop": closed, "rates": [500],
         "curve_duration_s": 10, "open_loop": {"service": [open_run]},
     }  # fmt: skip
-    report = peers_markdown(outcome)
+
+
+def test_peers_report_gives_the_lead_over_the_best_peer_and_the_share_of_the_ceiling(summary: dict[str, Any]) -> None:
+    rates = {"service": (300, 100), "service@main": (100, 100), "fastapi": (100, 50), "litserve": (30, 40)}
+    rates |= {"bentoml": (9, 20), "ceiling": (1000, 1)}
+    report = peers_markdown(peers_outcome(summary, rates))
     # medians of the two rounds: service 200, fastapi 75, ceiling 500.5; memory of the last round
     assert "| shape | 200 req/s, p99 6.0 ms, 210 MiB |" in report
     assert "| 2.67x (fastapi) | 0.40x | 2.00x |" in report  # the last: against the service at main
     assert "| 500 | 1.0 / 2.0, 99.0% |" in report
+
+
+@pytest.mark.parametrize(
+    ("targets", "ratios", "row_end"),
+    [
+        (("service", "baseline", "ceiling"), "lead over the best peer | share of the ceiling",
+         "| 2.00x (baseline) | 0.20x |"),
+        (("service", "ceiling"), "share of the ceiling", "MiB | 0.20x |"),
+        (("service", "service@main", "fastapi"), "lead over the best peer | the service over service@main",
+         "| 4.00x (fastapi) | 2.00x |"),
+        (("service", "service@main"), "the service over service@main", "MiB | 2.00x |"),
+    ],
+)  # fmt: skip
+def test_peers_report_gives_only_the_ratios_its_targets_allow(
+    summary: dict[str, Any], targets: tuple[str, ...], ratios: str, row_end: str
+) -> None:
+    """The lead is over targets serving the model other than the service (not service@REV, not the ceiling);
+    the share of the ceiling only with the ceiling measured."""
+    rates = {"service": 200.0, "service@main": 100.0, "baseline": 100.0, "fastapi": 50.0, "ceiling": 1000.0}
+    lines = peers_markdown(peers_outcome(summary, {target: (rates[target],) * 2 for target in targets})).splitlines()
+    header = lines.index(f"| shape | {' | '.join(targets)} | {ratios} |")
+    assert lines[header + 2].startswith("| shape | ") and lines[header + 2].endswith(row_end)
+    assert lines[header + 1].count("|") == lines[header].count("|") == lines[header + 2].count("|")
 
 
 def test_tree_memory_counts_the_children_of_a_process() -> None:
