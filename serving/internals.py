@@ -12,7 +12,8 @@ test named, which fails when an upgrade moves what it depends on.
    Pinned by tests/test_internals.py::test_one_request_layer_stands_in_front_of_bentoml_app.
 3. `BatchedApi`: hands validated flights to BentoML's batching dispatcher
    (`ServiceAppFactory.dispatchers[name]`, called as `batch_infer` calls it, its `get_batch_size`
-   set to `len` since flights may come as columns, which BentoML's containers count as one) with
+   set to `len` since flights may come as columns, which BentoML's containers count as one, and its
+   `max_batch_size` read, the largest request run without it) with
    its own batch callback, reading `factory.service.apis[name]` (`batchable`, `func`, `batch_dim`,
    `ctx_param`, `output_spec`'s `root` field), `factory._service_instance`, `factory.name`,
    `enable_metrics` and `adaptive_batch_size_hist` with `batch_infer`'s labels. Pinned by
@@ -40,6 +41,7 @@ test named, which fails when an upgrade moves what it depends on.
     serving/api_page.py. Pinned by tests/test_api_page.py.
 """
 
+import asyncio
 import inspect
 import itertools
 import os
@@ -62,6 +64,7 @@ from models.features import FlightReader, Flights
 from models.schema import Prediction
 from serving import connections
 from serving.metrics import Recent
+from serving.settings import ALONE_FLIGHTS
 
 MAX_WAIT_S = 0.001  # one tick of the dispatcher's polling loop
 OTHER_ROUTE = "other"  # the endpoint label of every path the service does not serve
@@ -139,14 +142,21 @@ class BatchedApi:
         self.headers = [(b"content-type", b"application/json"), (b"server", f"BentoML Service/{factory.name}".encode())]
         self.submit: Any = None  # the dispatcher's entry, made on the first request (the instance exists by then)
         self.batch_sizes: Any = None
-        self.running = False  # whether the batch function is running (the dispatcher runs one batch at a time)
+        self.running = 0  # batches of the batch function running (the dispatcher runs one at a time)
+        self.largest = 0  # flights the dispatcher puts in a batch at most (its max_batch_size)
+        self.alone = asyncio.Semaphore(1)  # large requests, one at a time, as the dispatcher's batches
 
     async def infer(self, flights: Flights, now: bool = False) -> bytes:
         """The serialized answer to read flights; BentoMLException or any error of the batch function.
 
-        `now`: run it as a batch of its own at once, unless the dispatcher is running one: the batch
-        function never runs twice at a time, as under the dispatcher alone (the layer asks `now` only
-        of requests small enough for the function to answer on the event loop, without a pause)."""
+        `now`: run it as a batch of its own at once, unless a batch is running: the batch function never
+        runs twice at a time on the event loop (the layer asks `now` only of requests small enough for
+        the function to answer there, without a pause).
+
+        A request of ALONE_FLIGHTS or more (up to the dispatcher's largest batch) is a batch already:
+        joining it to others would not make its flights cheaper, so it skips the dispatcher and runs
+        as its own batch, one such batch at a time (the dispatcher's controller, its futures and the
+        join cost more than they save there; not so at 100 flights a request, docs/performance.md)."""
         if self.submit is None:
             if self.factory.enable_metrics:
                 self.batch_sizes = self.factory.adaptive_batch_size_hist.labels(
@@ -158,15 +168,20 @@ class BatchedApi:
                 )
             dispatcher: Any = self.factory.dispatchers[self.name]
             dispatcher.get_batch_size = len
+            self.largest = dispatcher.max_batch_size
             self.submit = dispatcher(self.run_batch)
         if now and not self.running:
             (answer,) = await self.run_batch([flights])
             return self.serialize(answer)
+        if ALONE_FLIGHTS <= len(flights) <= self.largest:
+            async with self.alone:
+                (answer,) = await self.run_batch([flights])
+            return self.serialize(answer)
         return self.serialize(await self.submit(flights))
 
     async def run_batch(self, batches: Sequence[Flights]) -> list[list[Any]]:
-        """The answers of each request in a batch the dispatcher formed (or of one run `now`)."""
-        self.running = True
+        """The answers of each request in a batch the dispatcher formed (or of one request run alone)."""
+        self.running += 1
         try:
             if self.batch_sizes is not None:
                 self.batch_sizes.observe(len(batches))
@@ -177,7 +192,7 @@ class BatchedApi:
             ends = list(itertools.accumulate(len(batch) for batch in batches))
             return [answers[end - len(batch) : end] for batch, end in zip(batches, ends, strict=True)]
         finally:
-            self.running = False
+            self.running -= 1
 
 
 class RouteMetrics:

@@ -23,6 +23,11 @@ INLINE_FLIGHTS = 8
 # (itself included) once the requests read in the same turn of the event loop are in, is run as its
 # own batch at once instead of through BentoML's dispatcher (serving/layer.py, `unbatched`).
 FEW_REQUESTS = 4
+# A request of at least this many flights is run as its own batch, without BentoML's dispatcher
+# (serving/internals.py, `BatchedApi.infer`): it is a batch already. Paired against the dispatcher for
+# every request (docs/performance.md): 1,000 flights a request 1.09x; with 64, 100 flights a request
+# fell to 0.75x, since the dispatcher's joined batches saved more thread hops than it cost.
+ALONE_FLIGHTS = 500
 
 
 class Settings(BaseSettings):

@@ -22,10 +22,11 @@ from helpers import REQUESTS, VOCABULARY, bentoml_serve, skip_unless_ci, varied_
 from pydantic import TypeAdapter
 
 from loadtest.wrk import wrk_process
+from models.config import MAX_FLIGHTS
 from models.features import FlightColumns
 from models.schema import EXAMPLE_REQUEST, Prediction
 from serving.internals import ANSWERS, MAX_WAIT_S, cache_metrics_page, cap_learned_wait
-from serving.settings import INLINE_FLIGHTS, PREDICTION_ROUTES, Settings
+from serving.settings import ALONE_FLIGHTS, INLINE_FLIGHTS, PREDICTION_ROUTES, Settings
 
 ROUTE = PREDICTION_ROUTES[0]
 COLUMNS = FlightColumns.from_flights([REQUESTS.flight.model_validate(EXAMPLE_REQUEST["flights"][0])], VOCABULARY)
@@ -83,7 +84,7 @@ def test_answers_are_the_bytes_pydantic_would_write(client: httpx.Client) -> Non
     rng = np.random.default_rng(0)
     edges = [0.0, 1.0, 0.5, 1e-4, 1e-5, 1e-7, 1 - 1e-16, 5e-324]
     probabilities = [*rng.random(20_000), *10.0 ** rng.uniform(-20, 0, 20_000), *edges]
-    answers = [{"delay": int(p >= 0.5), "probability": float(p)} for p in probabilities]
+    answers: list[Prediction] = [{"delay": int(p >= 0.5), "probability": float(p)} for p in probabilities]
     assert ANSWERS.encode(answers) == adapter.dump_json(answers)
 
 
@@ -166,6 +167,58 @@ def test_batched_api_splits_a_batch_of_requests_back_in_order(client: httpx.Clie
     api = batched.factory.service.apis[batched.name]
     assert (api.batch_dim, api.ctx_param, inspect.iscoroutinefunction(api.func)) == ((0, 0), None, True)
     assert batched.name in batched.factory.dispatchers and batched.factory._service_instance is not None
+
+
+def test_a_large_request_is_its_own_batch_without_the_dispatcher(client: httpx.Client) -> None:
+    """A request of ALONE_FLIGHTS flights or more is a batch already: it skips the dispatcher, unless
+    it is larger than the dispatcher's batches may be; such requests run one at a time, and a
+    smaller request still goes through the dispatcher."""
+    from serving.internals import BatchedApi
+    from serving.layer import RequestLayer
+
+    if not hasattr(client, "app"):
+        pytest.skip("needs the service in this process, not FLIGHT_DELAY_URL")
+    layer = client.app.middleware_stack.app  # type: ignore[attr-defined]  # inside Starlette's ServerErrorMiddleware
+    assert isinstance(layer, RequestLayer) and isinstance(layer.batched, BatchedApi)
+    batched = layer.batched
+    assert post(client, {"flights": varied_flights(ALONE_FLIGHTS - 1)}).status_code == 200  # the dispatcher is made
+    submitted: list[int] = []
+    own_submit, own_function, own_largest = batched.submit, batched.function, batched.largest
+
+    async def recorded(flights: Any) -> Any:
+        submitted.append(len(flights))
+        return await own_submit(flights)
+
+    running, most = 0, 0
+
+    async def counted(instance: Any, flights: Any) -> Any:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        try:
+            return await own_function(instance, flights)
+        finally:
+            running -= 1
+
+    async def together(bodies: list[bytes]) -> list[bytes]:
+        batched.alone = asyncio.Semaphore(1)  # of this loop
+        return await asyncio.gather(*(batched.infer(batched.read(body)) for body in bodies))
+
+    batched.submit, batched.function = recorded, counted
+    try:
+        for count in (ALONE_FLIGHTS - 1, ALONE_FLIGHTS, MAX_FLIGHTS):
+            assert post(client, {"flights": varied_flights(count)}).status_code == 200
+        assert submitted == [ALONE_FLIGHTS - 1]
+        bodies = [json.dumps({"flights": varied_flights(ALONE_FLIGHTS + n)}).encode() for n in range(3)]
+        answers = asyncio.run(together(bodies))
+        assert [len(json.loads(answer)) for answer in answers] == [ALONE_FLIGHTS, ALONE_FLIGHTS + 1, ALONE_FLIGHTS + 2]
+        assert most == 1 and submitted == [ALONE_FLIGHTS - 1]
+        batched.largest = ALONE_FLIGHTS - 1  # FLIGHT_DELAY_MAX_BATCH_SIZE below it: the dispatcher splits it
+        assert post(client, {"flights": varied_flights(ALONE_FLIGHTS)}).status_code == 200
+        assert submitted == [ALONE_FLIGHTS - 1, ALONE_FLIGHTS]
+    finally:
+        batched.submit, batched.function, batched.largest = own_submit, own_function, own_largest
+        batched.alone = asyncio.Semaphore(1)
 
 
 def test_dispatcher_counts_columns_by_their_flights() -> None:
