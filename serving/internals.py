@@ -15,7 +15,7 @@ test named, which fails when an upgrade moves what it depends on.
    set to `len` since flights may come as columns, which BentoML's containers count as one, and its
    `max_batch_size` read, the largest request run without it) with
    its own batch callback, reading `factory.service.apis[name]` (`batchable`, `func`, `batch_dim`,
-   `ctx_param`, `output_spec`'s `root` field), `factory._service_instance`, `factory.name`,
+   `ctx_param`), `factory._service_instance`, `factory.name`,
    `enable_metrics` and `adaptive_batch_size_hist` with `batch_infer`'s labels. Pinned by
    tests/test_internals.py::test_batched_api_answers_exactly_as_bentoml_path and
    ::test_dispatcher_counts_columns_by_their_flights.
@@ -172,12 +172,12 @@ class BatchedApi:
             self.submit = dispatcher(self.run_batch)
         if now and not self.running:
             (answer,) = await self.run_batch([flights])
-            return self.serialize(answer)
-        if ALONE_FLIGHTS <= len(flights) <= self.largest:
+        elif ALONE_FLIGHTS <= len(flights) <= self.largest:
             async with self.alone:
                 (answer,) = await self.run_batch([flights])
-            return self.serialize(answer)
-        return self.serialize(await self.submit(flights))
+        else:
+            answer = await self.submit(flights)
+        return self.serialize(answer)
 
     async def run_batch(self, batches: Sequence[Flights]) -> list[list[Any]]:
         """The answers of each request in a batch the dispatcher formed (or of one request run alone)."""
