@@ -14,7 +14,7 @@ import bentoml
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from models.features import FlightReader, Flights, Vocabulary, encode
+from models.features import FlightReader, Flights, Vocabulary
 from models.predictor import DelayPredictor
 from models.schema import ChallengeResponse, FlightList, Prediction, request_models
 from serving.challenger import Challenger
@@ -120,7 +120,7 @@ class FlightDelay:
 
     def probabilities(self, flights: Flights) -> np.ndarray:
         """Encode, predict and count a batch (the counts feed /v1/monitoring and /metrics)."""
-        features = encode(READER.columns(flights))
+        features = READER.features(flights)
         probabilities = self.predictor.scores(features)
         if self.monitor is not None:
             self.monitor.count(features, probabilities)

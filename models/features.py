@@ -227,6 +227,10 @@ def schedule_minutes(texts: list[str], months: np.ndarray) -> np.ndarray | None:
 
 
 Flights = FlightColumns | list[Flight]  # a request's flights: columns read straight from JSON, or pydantic's
+# Up to this many pydantic flights are encoded row by row (`encode_rows`): numpy's cost per call on
+# arrays of one element made the columns and `encode` 22 us of a one-flight request's 45 in-process.
+ROW_FLIGHTS = 8
+NO_SCHEDULE = (np.nan,) * 5  # hour, minute_of_day, weekday, day_of_month, day_of_year of a flight without Fecha-I
 
 
 @dataclass(frozen=True)
@@ -250,6 +254,12 @@ class FlightReader:
         if len(lists) == len(parts):
             return [flight for part in lists for flight in part]
         return FlightColumns.concatenate([self.columns(part) for part in parts])
+
+    def features(self, flights: Flights) -> np.ndarray:
+        """A batch's feature matrix: a few API flights row by row, any other batch through its columns."""
+        if isinstance(flights, list) and len(flights) <= ROW_FLIGHTS:
+            return encode_rows(flights, self.vocabulary)
+        return encode(self.columns(flights))
 
     def columns(self, flights: Flights) -> FlightColumns:
         """A batch's flights as columns."""
@@ -278,6 +288,29 @@ def encode(columns: FlightColumns) -> np.ndarray:
             columns.destination,
         ]
     )
+
+
+def encode_rows(flights: Sequence[Flight], vocabulary: Vocabulary) -> np.ndarray:
+    """encode(FlightColumns.from_flights(flights, vocabulary)), the same matrix bit for bit (a property
+    test), computed row by row with Python's datetime: for a few flights, a tenth of numpy's time."""
+    airline_code, destination_code = vocabulary.airline_code, vocabulary.destination_code
+    rows = []
+    for f in flights:
+        scheduled = f.fecha_i
+        timed = (
+            NO_SCHEDULE
+            if scheduled is None
+            else (
+                scheduled.hour,
+                scheduled.hour * 60 + scheduled.minute,
+                scheduled.weekday(),
+                scheduled.day,
+                scheduled.timetuple().tm_yday,
+            )
+        )
+        destination = np.nan if f.SIGLADES is None else destination_code[f.SIGLADES]
+        rows.append((airline_code[f.OPERA], f.TIPOVUELO == "I", f.MES, *timed, destination))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(FEATURES))
 
 
 def category_counts(features: np.ndarray, sizes: dict[str, int]) -> list[np.ndarray]:

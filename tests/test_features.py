@@ -2,6 +2,7 @@
 
 import json
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -14,9 +15,11 @@ from pydantic import ValidationError
 from models.features import (
     FEATURES,
     PLAIN_BODY_BYTES,
+    ROW_FLIGHTS,
     FlightColumns,
     FlightReader,
     encode,
+    encode_rows,
     minutes,
     schedule_minutes,
 )
@@ -107,6 +110,26 @@ def test_scheduled_column_is_what_numpy_makes_of_the_datetimes(schedules: list[d
     expected = np.array([d or "NaT" for d in schedules], dtype="datetime64[m]")  # numpy's own conversion
     np.testing.assert_array_equal(FlightColumns.from_flights(flights, VOCABULARY).scheduled, expected)
     assert all(minutes(d) == expected[i].astype(np.int64) for i, d in enumerate(schedules) if d is not None)
+
+
+API_FLIGHTS = st.builds(
+    lambda airline, international, month, scheduled, destination: Flight.model_construct(
+        OPERA=airline, TIPOVUELO="I" if international else "N", MES=month, fecha_i=scheduled, SIGLADES=destination
+    ),
+    st.sampled_from(VOCABULARY.airlines),
+    st.booleans(),
+    st.integers(1, 12),
+    st.datetimes() | st.none(),
+    st.sampled_from(VOCABULARY.destinations) | st.none(),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(API_FLIGHTS, max_size=ROW_FLIGHTS + 2))
+def test_a_few_flights_encoded_row_by_row_get_the_encoders_matrix_bit_for_bit(flights: list[Any]) -> None:
+    expected = encode(FlightColumns.from_flights(flights, VOCABULARY))
+    np.testing.assert_array_equal(encode_rows(flights, VOCABULARY), expected)
+    np.testing.assert_array_equal(FlightReader(REQUESTS.prediction_request, VOCABULARY).features(flights), expected)
 
 
 def columns_equal(a: FlightColumns, b: FlightColumns) -> bool:
