@@ -33,7 +33,7 @@ from loadtest.probes import sample_answers
 from loadtest.results import RESULTS as ALL_RESULTS
 from loadtest.results import dated, machine, say, unused, write_json
 from loadtest.servers import PEERS, PROJECT_DIR, SERVERS, alternate, checkout, server
-from loadtest.stats import tree_memory_mib
+from loadtest.stats import tree_cpu_s, tree_memory_mib
 from loadtest.wrk import CURVE_RATES, LONE, SHAPES, Shape, failures, parse_summary, wrk
 
 RESULTS = ALL_RESULTS / "peers"
@@ -43,13 +43,16 @@ THREADS = 4  # wrk's threads, or one a connection where there are fewer (wrk nee
 
 
 def run_shape(url: str, pid: int, shape: Shape, args: argparse.Namespace, label: str) -> dict[str, Any]:
-    """A short warm-up, the measured wrk run, then the target's memory."""
+    """A short warm-up, the measured wrk run with the target's CPU time a request, then its memory."""
     load = (min(THREADS, shape.connections), shape.connections, shape.flights)
     wrk(url, args.warmup, *load, f"{label} warm-up", shape.new_connections)
+    cpu_s = tree_cpu_s(pid)
     summary = parse_summary(wrk(url, args.duration, *load, label, shape.new_connections))
+    summary["cpu_us_per_request"] = round((tree_cpu_s(pid) - cpu_s) * 1e6 / max(summary["requests"], 1))
     summary["memory_mib"] = tree_memory_mib(pid)
     say(f"{label}: {summary['requests_per_s']:,.0f} req/s, p99 {summary['latency_ms']['p99']:.1f} ms, "
-        f"{failures(summary)} failed, {summary['memory_mib']:,.0f} MiB")  # fmt: skip
+        f"{failures(summary)} failed, {summary['cpu_us_per_request']:,} us CPU a request, "
+        f"{summary['memory_mib']:,.0f} MiB")  # fmt: skip
     return summary
 
 
@@ -99,7 +102,8 @@ def markdown(outcome: dict[str, Any]) -> str:
         f"`{outcome['command']}` on {outcome['machine']}.",
         "",
         f"Closed loop (wrk -t{THREADS}, or one thread a connection where fewer, {outcome['duration_s']} s a run "
-        f"after {outcome['warmup_s']} s of warm-up), medians of {outcome['rounds']} alternating rounds. Memory: PSS "
+        f"after {outcome['warmup_s']} s of warm-up), medians of {outcome['rounds']} alternating rounds. CPU: the "
+        "target's processes' CPU time (user and system) during the run, per request answered. Memory: PSS "
         "of the target's processes after its last run, MiB. Lead: the service over the best other target serving "
         "the model; ceiling: the service over the bare ASGI server.",
         "",
@@ -113,7 +117,8 @@ def markdown(outcome: dict[str, Any]) -> str:
             failed = sum(failures(run) for run in rounds)
             cells.append(
                 f"{median_of(rounds, 'requests_per_s'):,.0f} req/s, p99 {median_of(rounds, 'p99'):.1f} ms, "
-                f"{rounds[-1]['memory_mib']:,.0f} MiB" + (f", **{failed:,} failed**" if failed else "")
+                f"{median_of(rounds, 'cpu_us_per_request'):,.0f} us CPU, {rounds[-1]['memory_mib']:,.0f} MiB"
+                + (f", **{failed:,} failed**" if failed else "")
             )
         rate = {target: median_of(rounds, "requests_per_s") for target, rounds in by_target.items()}
         if rivals:

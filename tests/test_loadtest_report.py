@@ -1,5 +1,6 @@
 """The load-test reports: wrk's summary line, the verdict against the bar, the report files, the peers' table."""
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -95,6 +96,7 @@ def drills(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, list[An
     monkeypatch.setattr(peers, "fixed_rates", fake_curve)
     monkeypatch.setattr(peers, "sample_answers", lambda url: [])
     monkeypatch.setattr(peers, "tree_memory_mib", lambda pid: 0.0)
+    monkeypatch.setattr(peers, "tree_cpu_s", lambda pid: 0.0)
     return calls
 
 
@@ -152,7 +154,18 @@ def test_plot_writes_png(summary: dict[str, Any], tmp_path: Path) -> None:
 
 
 def peer_run(summary: dict[str, Any], requests_per_s: float, p99: float, memory_mib: float) -> dict[str, Any]:
-    return {**summary, "requests_per_s": requests_per_s, "latency_ms": {"p99": p99}, "memory_mib": memory_mib}
+    return {**summary, "requests_per_s": requests_per_s, "latency_ms": {"p99": p99}, "memory_mib": memory_mib,
+            "cpu_us_per_request": memory_mib + 100}  # fmt: skip
+
+
+def test_a_peers_run_gives_the_targets_cpu_time_a_request(
+    drills: dict[str, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU time the target's processes used during the measured wrk run (not its warm-up), per request."""
+    used = iter([4.0, 4.0 + 13_660 * 250e-6])  # before and after the measured run; the sample has 13,660 requests
+    monkeypatch.setattr(peers, "tree_cpu_s", lambda pid: next(used))
+    args = argparse.Namespace(warmup=0, duration=1)
+    assert peers.run_shape("http://service", 1, LONE, args, "lone")["cpu_us_per_request"] == 250
 
 
 def peers_outcome(summary: dict[str, Any], rates: Mapping[str, tuple[float, float]]) -> dict[str, Any]:
@@ -174,7 +187,7 @@ def test_peers_report_gives_the_lead_over_the_best_peer_and_the_share_of_the_cei
     rates |= {"bentoml": (9, 20), "ceiling": (1000, 1)}
     report = peers_markdown(peers_outcome(summary, rates))
     # medians of the two rounds: service 200, fastapi 75, ceiling 500.5; memory of the last round
-    assert "| shape | 200 req/s, p99 6.0 ms, 210 MiB |" in report
+    assert "| shape | 200 req/s, p99 6.0 ms, 305 us CPU, 210 MiB |" in report
     assert "| 2.67x (fastapi) | 0.40x | 2.00x |" in report  # the last: against the service at main
     assert "| 500 | 1.0 / 2.0, 99.0% |" in report
 
