@@ -50,9 +50,9 @@ loadtest: install  ## the reference stress test (loadtest/results/reference-<tod
 	$(PYTHON) -m loadtest.run
 	$(PYTHON) -m loadtest.peers --targets service baseline ceiling --name standing-$(shell date +%Y-%m-%d)
 
-peers: install  ## the service against the same model behind FastAPI, LitServe and plain BentoML, every shape, alternating rounds: loadtest/results/peers/peers-<today>.md
+peers: install  ## the service against the same model behind FastAPI, LitServe and plain BentoML, every shape, alternating rounds: loadtest/results/peers/peers-<today>.md (ARGS="--against main --name NAME" passes options)
 	$(PYTHON) -m pip install -q --disable-pip-version-check -r requirements-peers.txt
-	$(PYTHON) -m loadtest.peers
+	$(PYTHON) -m loadtest.peers $(ARGS)
 
 ablation: install  ## one knob at a time, in rounds: loadtest/results/ablation/ablation-<today>.md
 	$(PYTHON) -m loadtest.ablation
