@@ -124,6 +124,20 @@ def test_make_loadtest_runs_every_shape_on_every_target(drills: dict[str, list[A
     assert all(f"| {shape.name} | " in report for shape in SHAPES)
 
 
+def test_make_peers_installs_the_peers_and_passes_its_args(drills: dict[str, list[Any]], tmp_path: Path) -> None:
+    """make peers (make -n): the peers' requirements, then loadtest.peers with ARGS, so a second run on a day
+    can name its result."""
+    args = "ARGS=--targets service --shapes lone --rates --name second-run"
+    commands = subprocess.run(["make", "-n", "--no-print-directory", "peers", args], cwd=PROJECT_DIR,
+                              capture_output=True, text=True, check=True).stdout.splitlines()  # fmt: skip
+    assert "requirements-peers.txt" in commands[-2]
+    words = shlex.split(commands[-1])
+    assert words[1:3] == ["-m", "loadtest.peers"]
+    peers.main([*words[3:], "--warmup", "0", "--duration", "1", "--rounds", "1"])
+    assert {url for url, *_ in drills["wrk"]} == {"http://service"}
+    assert (tmp_path / "peers" / "second-run.md").exists()
+
+
 def test_peers_runs_only_the_targets_and_shapes_asked_for(drills: dict[str, list[Any]], tmp_path: Path) -> None:
     argv = ["--targets", "service", "fastapi", "--shapes", "flights100", "lone", "--rates", "--warmup", "0"]
     peers.main([*argv, "--duration", "1", "--rounds", "2", "--name", "chosen"])
