@@ -14,8 +14,9 @@ and httptools, no access log, 2 workers by default):
   service's), the response model `list[Prediction]`. Its packages: requirements-peers.txt.
 
 The other peers run on their frameworks' own servers: LitServe (loadtest/litserve_peer.py) and plain
-BentoML (loadtest/bentoml_peer.py). Baseline, FastAPI and both peers use the same encoder and ONNX
-Runtime session as the service (`models.predictor`).
+BentoML (loadtest/bentoml_peer.py). Baseline, FastAPI and both peers run the service's model path:
+its reader's `features` (a few flights row by row, more through the columns) and the same ONNX
+Runtime session (`models.predictor`).
 
     python -m loadtest.apps ceiling --port 3002 --workers 2
 """
@@ -26,7 +27,7 @@ from typing import Any
 import uvicorn
 
 from models.config import MODEL_NAME
-from models.features import FlightColumns
+from models.features import FlightReader
 from models.predictor import DelayPredictor
 from models.schema import Prediction, request_models
 
@@ -53,15 +54,18 @@ def ceiling() -> Any:
     return constant
 
 
-def served() -> tuple[DelayPredictor, Any]:
-    """The store's latest model, as the service loads it, and the request model of its vocabulary."""
+def served() -> tuple[DelayPredictor, FlightReader]:
+    """The store's latest model, as the service loads it, and the service's reader of its bodies: its
+    request model (`request_model`) validates them and its `features` encodes their flights, a few
+    row by row as the service does, so every peer runs the service's model path."""
     import bentoml
 
     stored = bentoml.models.get(f"{MODEL_NAME}:latest")
     predictor = DelayPredictor.load(stored.path, stored.info.metadata)
-    return predictor, request_models(
-        predictor.vocabulary.airlines, predictor.vocabulary.destinations
-    ).prediction_request
+    vocabulary = predictor.vocabulary
+    return predictor, FlightReader(
+        request_models(vocabulary.airlines, vocabulary.destinations).prediction_request, vocabulary
+    )
 
 
 def baseline() -> Any:
@@ -72,14 +76,14 @@ def baseline() -> Any:
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    predictor, prediction_request = served()
+    predictor, reader = served()
 
     async def predict(request: Request) -> Response:
         try:
-            body = prediction_request.model_validate_json(await request.body())
+            body = reader.request_model.model_validate_json(await request.body())
         except ValidationError as exc:
             return JSONResponse({"error": "invalid request", "detail": exc.errors(include_url=False)}, status_code=400)
-        probabilities = predictor.probabilities(FlightColumns.from_flights(body.flights, predictor.vocabulary))
+        probabilities = predictor.scores(reader.features(body.flights))
         labels = predictor.labels(probabilities)
         return JSONResponse(
             [{"delay": int(d), "probability": float(p)} for d, p in zip(labels, probabilities, strict=True)]
@@ -95,13 +99,14 @@ def fastapi() -> Any:
     """The FastAPI app."""
     from fastapi import FastAPI
 
-    predictor, prediction_request = served()
+    predictor, reader = served()
+    prediction_request = reader.request_model
     app = FastAPI(title="Flight delay at SCL (FastAPI peer)")
 
     @app.post("/v1/prediction")
     async def predict(request: prediction_request) -> list[Prediction]:  # type: ignore[valid-type]  # made at run time
         """Delay label and probability of each flight of this request, predicted on their own."""
-        probabilities = predictor.probabilities(FlightColumns.from_flights(request.flights, predictor.vocabulary))  # type: ignore[attr-defined]
+        probabilities = predictor.scores(reader.features(request.flights))  # type: ignore[attr-defined]
         labels = predictor.labels(probabilities)
         return [Prediction(delay=int(d), probability=float(p)) for d, p in zip(labels, probabilities, strict=True)]
 

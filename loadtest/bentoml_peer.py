@@ -10,10 +10,9 @@ model as its input (so validation is the service's), 2 workers, BentoML's defaul
 import bentoml
 
 from loadtest.apps import served
-from models.features import FlightColumns
 from models.schema import FlightList, Prediction
 
-_, PREDICTION_REQUEST = served()  # the request model is the API's input spec, made before the class
+_, READER = served()  # its request model is the API's input spec, made before the class
 
 
 @bentoml.service(workers=2, resources={"cpu": "2"})
@@ -21,13 +20,13 @@ class PlainBentoML:
     """Delay label and probability of each flight; concurrent requests are batched."""
 
     def __init__(self) -> None:
-        self.predictor, _ = served()
+        self.predictor, self.reader = served()
 
     @bentoml.api(
         route="/v1/prediction", batchable=True, max_batch_size=2_048, max_latency_ms=10_000,
-        input_spec=PREDICTION_REQUEST,
+        input_spec=READER.request_model,
     )  # fmt: skip
     def predict(self, flights: FlightList) -> list[Prediction]:
-        probabilities = self.predictor.probabilities(FlightColumns.from_flights(flights, self.predictor.vocabulary))
+        probabilities = self.predictor.scores(self.reader.features(flights))
         labels = self.predictor.labels(probabilities)
         return [Prediction(delay=int(d), probability=float(p)) for d, p in zip(labels, probabilities, strict=True)]

@@ -18,7 +18,6 @@ from fastapi import HTTPException
 from pydantic import ValidationError
 
 from loadtest.apps import served
-from models.features import FlightColumns
 
 # LitServe's batching, set as its docs' batching example: requests per batch, and how long the first
 # waits for others. An item of a batch is a request, of any number of flights.
@@ -30,11 +29,11 @@ class FlightDelayAPI(ls.LitAPI):  # type: ignore[misc]  # LitServe ships no type
     """One request is one item of a batch; its flights stay together."""
 
     def setup(self, device: str) -> None:
-        self.predictor, self.prediction_request = served()
+        self.predictor, self.reader = served()
 
     def decode_request(self, request: dict[str, Any]) -> Any:
         try:
-            return self.prediction_request.model_validate(request).flights
+            return self.reader.request_model.model_validate(request).flights
         except ValidationError as exc:
             raise HTTPException(400, {"error": "invalid request", "detail": exc.errors(include_url=False)}) from exc
 
@@ -43,7 +42,7 @@ class FlightDelayAPI(ls.LitAPI):  # type: ignore[misc]  # LitServe ships no type
 
     def predict(self, requests: list[Any]) -> list[list[dict[str, Any]]]:
         flights = [flight for request in requests for flight in request]
-        probabilities = self.predictor.probabilities(FlightColumns.from_flights(flights, self.predictor.vocabulary))
+        probabilities = self.predictor.scores(self.reader.features(flights))
         labels = self.predictor.labels(probabilities)
         answers = [{"delay": int(d), "probability": float(p)} for d, p in zip(labels, probabilities, strict=True)]
         ends = np.cumsum([len(request) for request in requests]).tolist()

@@ -241,3 +241,26 @@ def test_tree_memory_counts_the_children_of_a_process() -> None:
         child.kill()
         child.wait()
     assert tree_memory_mib(2**22 + 12345) == 0.0  # no such process
+
+
+def test_the_baseline_peer_runs_the_services_model_path(
+    client: Any, trained_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A peer encodes through the service's reader (a few flights row by row, as the service does), so a
+    lead is the serving stack's and not a slower encoder's; its answers are the service's."""
+    from starlette.testclient import TestClient
+
+    from loadtest import apps
+    from models.features import FlightReader
+
+    encoded: list[int] = []
+    features = FlightReader.features
+    monkeypatch.setattr(
+        FlightReader, "features", lambda self, flights: encoded.append(len(flights)) or features(self, flights)
+    )
+    body = {"flights": [{"OPERA": "Grupo LATAM", "TIPOVUELO": "I", "MES": 3, "Fecha-I": "2017-03-02 07:30:00"}]}
+    with TestClient(apps.baseline()) as peer:
+        answer = peer.post("/v1/prediction", json=body)
+    assert encoded == [1]
+    assert answer.status_code == 200
+    assert answer.json() == client.post("/v1/prediction", json=body).json()
