@@ -259,8 +259,7 @@ def deadline_server(**limits: Any) -> Iterator[tuple[int, list[str]]]:
     )
     DeadlineProtocol.response_408 = connections.timeout_response(DeadlineProtocol.limits.request_s)
     DeadlineProtocol.waiting.clear()
-    DeadlineProtocol.stalled.clear()
-    DeadlineProtocol.unsent = 0
+    DeadlineProtocol.stalled = connections.Stalled()
     config = uvicorn.Config(sizes_app, port=0, http=DeadlineProtocol, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -324,7 +323,7 @@ def test_answer_left_unread_is_aborted_at_the_send_deadline_and_frees_its_memory
         started = time.monotonic()
         assert wait_for(lambda: closes == ["send_deadline"], 2 * SEND_S + SLACK_S), closes
         assert time.monotonic() - started >= SEND_S
-        assert DeadlineProtocol.unsent == 0 and not DeadlineProtocol.stalled
+        assert DeadlineProtocol.stalled.unsent == 0 and not DeadlineProtocol.stalled.sizes
         with sock:
             assert reset_or_closed(sock, 2)
 
@@ -348,13 +347,15 @@ def test_client_reading_slowly_keeps_its_answer_past_the_send_deadline() -> None
 def test_stalled_answers_past_the_unsent_bound_abort_the_oldest() -> None:
     with deadline_server(send_s=30) as (port, closes):
         first = never_reading(port, "/bytes/8000000")  # more than the kernel's send buffer takes (4 MB at most)
-        assert wait_for(lambda: DeadlineProtocol.unsent > 0, 2)
+        assert wait_for(lambda: DeadlineProtocol.stalled.unsent > 0, 2)
         time.sleep(0.2)
         # the bound: what the first holds now, and a little: the second stall passes it
-        DeadlineProtocol.limits = replace(DeadlineProtocol.limits, max_unsent_bytes=DeadlineProtocol.unsent + 1000)
+        DeadlineProtocol.limits = replace(
+            DeadlineProtocol.limits, max_unsent_bytes=DeadlineProtocol.stalled.unsent + 1000
+        )
         second = never_reading(port, "/bytes/8000000")
         assert wait_for(lambda: closes == ["unsent_bytes"], 2), closes
-        assert DeadlineProtocol.unsent <= DeadlineProtocol.limits.max_unsent_bytes
+        assert DeadlineProtocol.stalled.unsent <= DeadlineProtocol.limits.max_unsent_bytes
         with first, second:
             assert reset_or_closed(first, 2)
             assert not reset_or_closed(second, 0.3)  # the newer one is still served
@@ -363,7 +364,7 @@ def test_stalled_answers_past_the_unsent_bound_abort_the_oldest() -> None:
 def test_new_connection_at_the_cap_evicts_a_stalled_answer_and_is_answered() -> None:
     with deadline_server(send_s=30, max_connections=3) as (port, closes):
         stalled = [never_reading(port, "/chunks/8000000") for _ in range(3)]
-        assert wait_for(lambda: len(DeadlineProtocol.stalled) == 3, 2)
+        assert wait_for(lambda: len(DeadlineProtocol.stalled.sizes) == 3, 2)
         assert get(port) == (200, b"xx")
         assert closes == ["evicted"]
         try:
@@ -525,3 +526,25 @@ def test_interim_100_continue_and_bodies_are_written_at_once() -> None:
         assert transport.writes == [b"HTTP/1.1 100 Continue\r\n\r\n", b'{"flights": []}']
     finally:
         loop.close()
+
+
+def test_no_connection_event_assigns_to_an_attribute_of_a_class() -> None:
+    """Every assignment to a class's attribute invalidates CPython's caches of that class's attributes:
+    the sum of unsent bytes kept on DeadlineProtocol and updated at each connection's end made every
+    connection look them up again (about 2% of a worker's CPU with a new connection per request). So
+    no method of the module assigns to an attribute of a class; configure() does once per worker."""
+    import ast
+
+    tree = ast.parse(Path(connections.__file__).read_text())
+    classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
+    assigned = [
+        f"{target.value.id}.{target.attr} (line {node.lineno})"
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef)
+        for node in ast.walk(cls)
+        if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign)
+        for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name) and target.value.id in classes
+    ]
+    assert "DeadlineProtocol" in classes
+    assert assigned == []
