@@ -255,9 +255,12 @@ def test_the_baseline_peer_runs_the_services_model_path(
 
     encoded: list[int] = []
     features = FlightReader.features
-    monkeypatch.setattr(
-        FlightReader, "features", lambda self, flights: encoded.append(len(flights)) or features(self, flights)
-    )
+
+    def counted(reader: FlightReader, flights: Any) -> Any:
+        encoded.append(len(flights))
+        return features(reader, flights)
+
+    monkeypatch.setattr(FlightReader, "features", counted)
     body = {"flights": [{"OPERA": "Grupo LATAM", "TIPOVUELO": "I", "MES": 3, "Fecha-I": "2017-03-02 07:30:00"}]}
     with TestClient(apps.baseline()) as peer:
         answer = peer.post("/v1/prediction", json=body)
