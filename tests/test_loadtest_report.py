@@ -261,6 +261,10 @@ def test_the_baseline_peer_runs_the_services_model_path(
         return features(reader, flights)
 
     monkeypatch.setattr(FlightReader, "features", counted)
+    import bentoml
+
+    stored = bentoml.models.get
+    monkeypatch.setattr(bentoml.models, "get", lambda tag: stored(trained_model))  # the in-process service's model
     body = {"flights": [{"OPERA": "Grupo LATAM", "TIPOVUELO": "I", "MES": 3, "Fecha-I": "2017-03-02 07:30:00"}]}
     with TestClient(apps.baseline()) as peer:
         answer = peer.post("/v1/prediction", json=body)
