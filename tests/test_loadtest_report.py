@@ -248,10 +248,12 @@ def test_the_baseline_peer_runs_the_services_model_path(
 ) -> None:
     """A peer encodes through the service's reader (a few flights row by row, as the service does), so a
     lead is the serving stack's and not a slower encoder's; its answers are the service's."""
+    import bentoml
     from starlette.testclient import TestClient
 
     from loadtest import apps
     from models.features import FlightReader
+    from models.schema import EXAMPLE_REQUEST
 
     encoded: list[int] = []
     features = FlightReader.features
@@ -261,13 +263,10 @@ def test_the_baseline_peer_runs_the_services_model_path(
         return features(reader, flights)
 
     monkeypatch.setattr(FlightReader, "features", counted)
-    import bentoml
-
     stored = bentoml.models.get
     monkeypatch.setattr(bentoml.models, "get", lambda tag: stored(trained_model))  # the in-process service's model
-    body = {"flights": [{"OPERA": "Grupo LATAM", "TIPOVUELO": "I", "MES": 3, "Fecha-I": "2017-03-02 07:30:00"}]}
     with TestClient(apps.baseline()) as peer:
-        answer = peer.post("/v1/prediction", json=body)
-    assert encoded == [1]
+        answer = peer.post("/v1/prediction", json=EXAMPLE_REQUEST)
+    assert encoded == [len(EXAMPLE_REQUEST["flights"])]
     assert answer.status_code == 200
-    assert answer.json() == client.post("/v1/prediction", json=body).json()
+    assert answer.json() == client.post("/v1/prediction", json=EXAMPLE_REQUEST).json()
