@@ -148,7 +148,7 @@ class Stalled:
     attribute of DeadlineProtocol: every such assignment (the sum as a class attribute, at each
     connection's end) invalidates CPython's caches of the class's attributes, and each connection
     then looked them up again: with a new connection per request, CPython's attribute lookups fell
-    from 5.8% to 3.7% of the workers' CPU samples without it (perf, docs/performance.md)."""
+    from 6.7% to 3.8% of the workers' CPU samples without it (perf, docs/performance.md)."""
 
     sizes: dict["DeadlineProtocol", int] = field(default_factory=dict)
     unsent: int = 0
@@ -162,7 +162,6 @@ class DeadlineProtocol(HttpToolsProtocol):
     # Connections without a request in the application, oldest first: the order of eviction.
     # One event loop per worker process: no lock needed.
     waiting: ClassVar[dict["DeadlineProtocol", None]] = {}
-    # Connections whose unsent data passed WRITE_HIGH_WATER, stalled longest first, with that size.
     stalled: ClassVar[Stalled] = Stalled()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
