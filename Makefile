@@ -3,6 +3,8 @@
 # python3 (Debian's is externally managed: pip refuses to install into it). PYTHON=/path/to/python
 # uses that interpreter and its environment instead, as it is.
 PORT ?= 3000
+# pytest processes of make test and test-fast (pytest-xdist); TEST_WORKERS=0 runs the tests in one
+TEST_WORKERS ?= 2
 VENV := .venv
 ifeq ($(origin PYTHON),undefined)
 PYTHON := $(VENV)/bin/python
@@ -34,11 +36,11 @@ serve:  ## serve the latest trained model on PORT (3000)
 
 run: train serve  ## train, then serve on PORT: the first of the README's two commands
 
-test: install  ## the whole test suite: the second of the README's two commands
-	$(PYTHON) -m pytest
+test: install  ## the whole test suite in TEST_WORKERS processes (2): the second of the README's two commands
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 test-fast: install  ## the in-process tier alone: every test that starts no served process
-	$(PYTHON) -m pytest -m "not integration"
+	$(PYTHON) -m pytest -n $(TEST_WORKERS) --dist worksteal -m "not integration"
 
 lint: install  ## ruff and mypy
 	$(PYTHON) -m ruff check . && $(PYTHON) -m ruff format --check . && $(PYTHON) -m mypy .
