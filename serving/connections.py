@@ -127,6 +127,9 @@ class OneSendTransport:
     def is_closing(self) -> bool:
         return self.transport.is_closing()
 
+    def get_extra_info(self, name: str, default: Any = None) -> Any:  # three calls a connection, spared __getattr__
+        return self.transport.get_extra_info(name, default)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self.transport, name)
 

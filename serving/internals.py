@@ -39,6 +39,10 @@ test named, which fails when an upgrade moves what it depends on.
    them (`multiprocess_dir`). Pinned by tests/test_monitoring.py and tests/test_outcomes.py.
 10. `service.openapi_spec.asdict()`: BentoML's generated OpenAPI document of the service, reshaped by
     serving/api_page.py. Pinned by tests/test_api_page.py.
+11. `read_cached_addresses`: replaces the `get_local_addr` and `get_remote_addr` that
+    `HttpToolsProtocol.connection_made` calls from its module's globals with readers of the
+    transport's `sockname` and `peername`. Pinned by
+    tests/test_connections.py::test_protocol_reads_each_connections_addresses_without_its_socket.
 """
 
 import asyncio
@@ -59,6 +63,8 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from uvicorn.config import HTTP_PROTOCOLS
+from uvicorn.protocols import utils as uvicorn_utils
+from uvicorn.protocols.http import httptools_impl
 
 from models.features import FlightReader, Flights
 from models.schema import Prediction
@@ -313,6 +319,28 @@ def install_connection_limits(limits: connections.Limits) -> connections.Limits:
     in_force = connections.configure(limits)
     HTTP_PROTOCOLS["auto"] = f"{connections.__name__}:DeadlineProtocol"
     return in_force
+
+
+def address(info: Any) -> tuple[str, int] | None:
+    """A TCP address as uvicorn puts it in the scope, (host, port), from a socket's name (IPv4's pair or
+    IPv6's four); None for anything else."""
+    return (str(info[0]), int(info[1])) if isinstance(info, tuple) and len(info) >= 2 else None
+
+
+def read_cached_addresses() -> None:
+    """Make uvicorn's HTTP protocol read a new connection's two addresses from its transport's extra
+    info, where the event loop keeps them from the accept (uvloop reads both then), instead of through
+    the transport's socket: with uvloop that makes a socket object for each address, and five system
+    calls a connection (strace; docs/performance.md). Anything but TCP goes to uvicorn's own."""
+
+    def local(transport: asyncio.Transport) -> tuple[str, int | None] | None:
+        return address(transport.get_extra_info("sockname")) or uvicorn_utils.get_local_addr(transport)
+
+    def remote(transport: asyncio.Transport) -> tuple[str, int] | None:
+        return address(transport.get_extra_info("peername")) or uvicorn_utils.get_remote_addr(transport)
+
+    httptools_impl.get_local_addr = local
+    httptools_impl.get_remote_addr = remote
 
 
 def multiprocess_dir() -> Path:

@@ -82,6 +82,7 @@ def wire(service: Any, settings: Settings, model: str, reader: FlightReader) -> 
             max_unsent_bytes=settings.max_unsent_mb * 1_048_576,
         )
     )
+    internals.read_cached_addresses()
     internals.cache_metrics_page(settings.metrics_page_s)
     service.mount_asgi_app(plain_app(service, settings), path="/")
 

@@ -3,7 +3,9 @@ at their deadline, clients at a normal pace and keep-alive reuse are not, a new 
 evicts a waiting one, the 413 reaches urllib, and unknown paths add no metric series."""
 
 import asyncio
+import contextlib
 import http.client
+import inspect
 import json
 import random
 import socket
@@ -548,3 +550,56 @@ def test_no_connection_event_assigns_to_an_attribute_of_a_class() -> None:
     ]
     assert "DeadlineProtocol" in classes
     assert assigned == []
+
+
+class ExtraInfoNames:
+    """A transport that passes every call on and notes the extra info names asked of it."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.asked: list[str] = []
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        self.asked.append(name)
+        return self.transport.get_extra_info(name, default)
+
+
+def test_protocol_reads_each_connections_addresses_without_its_socket() -> None:
+    """uvicorn's protocol reads both addresses through `get_local_addr` and `get_remote_addr`, looked up
+    in its module at each connection: read_cached_addresses() puts readers of the addresses uvloop
+    keeps there, which give uvicorn's own answers without asking for the socket (a socket object per
+    address and five system calls a connection). Pinned on real uvloop connections."""
+    import uvloop
+    from uvicorn.protocols import utils as uvicorn_utils
+    from uvicorn.protocols.http import httptools_impl
+
+    from serving.internals import read_cached_addresses
+
+    source = inspect.getsource(httptools_impl.HttpToolsProtocol.connection_made)
+    assert "get_local_addr(transport)" in source and "get_remote_addr(transport)" in source
+    read_cached_addresses()
+    seen: list[tuple[Any, ...]] = []
+
+    class Recording(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            asked = ExtraInfoNames(transport)  # type: ignore[arg-type]
+            ours = (httptools_impl.get_local_addr(asked), httptools_impl.get_remote_addr(asked))  # type: ignore[arg-type]
+            uvicorn_own = (uvicorn_utils.get_local_addr(transport), uvicorn_utils.get_remote_addr(transport))  # type: ignore[arg-type]
+            seen.append((ours, uvicorn_own, asked.asked))
+            transport.close()
+
+    async def connect(host: str, family: socket.AddressFamily) -> None:
+        server = await asyncio.get_running_loop().create_server(Recording, host, 0, family=family)
+        port = server.sockets[0].getsockname()[1]
+        _reader, writer = await asyncio.open_connection(host, port)
+        writer.close()
+        server.close()
+
+    uvloop.run(connect("127.0.0.1", socket.AF_INET))
+    if socket.has_ipv6:
+        with contextlib.suppress(OSError):  # a machine without IPv6 loopback
+            uvloop.run(connect("::1", socket.AF_INET6))
+    assert seen
+    for ours, uvicorn_own, asked in seen:
+        assert ours == uvicorn_own
+        assert asked == ["sockname", "peername"]
