@@ -204,12 +204,16 @@ def test_large_bodies_past_the_bytes_in_flight_are_shed_while_small_ones_still_f
 
 
 def test_requests_are_shed_while_the_oldest_has_waited_too_long() -> None:
+    """The early request comes 10 ms after the held one, the late one 600 ms after: a bound of 0.5 s
+    between them leaves room for a busy machine (0.05 s failed once in CI, with the tests in two
+    processes on two cores)."""
+
     async def scenario() -> list[int]:
         app = Gate()
-        checked = guard(app, shed_after_s=0.05)
+        checked = guard(app, shed_after_s=0.5)
         held = await started(call(checked))
         early = asyncio.create_task(call(checked))
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.6)
         late = await call(checked)
         app.opened.set()
         return [(await early)[0], late[0], (await held[0])[0], (await call(checked))[0]]
@@ -232,16 +236,18 @@ def test_a_request_not_answered_in_time_gets_504_and_is_counted() -> None:
 
 
 def test_deadlines_are_checked_by_one_timer_that_stops_when_none_is_open() -> None:
+    """Deadlines of 0.5 s, counted 10 ms after the requests, leave room for a busy machine."""
+
     async def scenario() -> tuple[list[int], int, bool, bool]:
         app = Gate()
-        checked = guard(app, timeout_s=0.05)
+        checked = guard(app, timeout_s=0.5)
         late = [asyncio.create_task(call(checked)) for _ in range(3)]
         await asyncio.sleep(0.01)
         open_deadlines, one_timer = len(checked.deadlines), checked.checking is not None
         statuses = [(await task)[0] for task in late]
         app.opened.set()
         assert (await call(checked))[0] == 200
-        await asyncio.sleep(0.02)  # the next check finds no deadline open and schedules no other
+        await asyncio.sleep(0.2)  # the next check (every 0.05 s) finds no deadline open and schedules no other
         return statuses, open_deadlines, one_timer, checked.checking is None and not checked.expired
 
     statuses, open_deadlines, one_timer, stopped = asyncio.run(scenario())
