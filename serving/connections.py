@@ -239,9 +239,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.waiting.pop(self, None)
 
     def unstall(self) -> None:
-        size = self.stalled.sizes.pop(self, None)
-        if size is not None:
-            self.stalled.unsent -= size
+        self.stalled.unsent -= self.stalled.sizes.pop(self, 0)
 
     def arm_send_deadline(self) -> None:
         self.send_deadline = self.loop.call_later(
