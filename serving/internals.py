@@ -1,7 +1,8 @@
-"""Every reliance of the service on BentoML's and uvicorn's internals, made here and nowhere else.
+"""Every reliance of the service on the internals of BentoML, uvicorn and prometheus_client, made here
+and nowhere else.
 
-BentoML 1.4.40 and uvicorn 0.55 are pinned in requirements.txt; each reliance below is pinned by the
-test named, which fails when an upgrade moves what it depends on.
+BentoML 1.4.40, uvicorn 0.55 and prometheus_client 0.26 are pinned in requirements.txt; each reliance
+below is pinned by the test named, which fails when an upgrade moves what it depends on.
 
 1. `cap_learned_wait`: patches `bentoml._internal.marshal.dispatcher.Optimizer` (`__init__`'s `o_a`,
    `o_b`; `trigger_refresh`'s `wait`) so adaptive batching runs a batch as soon as the model is free.
@@ -23,8 +24,10 @@ test named, which fails when an upgrade moves what it depends on.
    `RunnerTrafficMetricsMiddleware._setup()` (`metrics_request_*`, `metrics_last_request_timestamp`,
    `skip_paths`) and `server_context`'s names. Pinned by
    tests/test_internals.py::test_layer_records_bentoml_request_and_batch_metrics.
-5. `cache_metrics_page`: wraps `ServiceAppFactory.metrics`, BentoML's /metrics endpoint. Pinned by
-   tests/test_internals.py::test_metrics_page_is_made_at_most_once_per_interval.
+5. `cache_metrics_page`: wraps `ServiceAppFactory.metrics`, BentoML's /metrics endpoint (the
+   worker's kept metrics written first, `MetricWrites`). Pinned by
+   tests/test_internals.py::test_metrics_page_is_made_at_most_once_per_interval and
+   ::test_layer_records_bentoml_request_and_batch_metrics.
 6. `install_connection_limits`: points `uvicorn.config.HTTP_PROTOCOLS["auto"]` (BentoML's worker
    builds `uvicorn.Config` without `http=`) at serving/connections.py's `DeadlineProtocol`, a subclass
    of `HttpToolsProtocol` that uses its attributes listed in that module's docstring, and hands it a
@@ -43,12 +46,18 @@ test named, which fails when an upgrade moves what it depends on.
     `HttpToolsProtocol.connection_made` calls from its module's globals with readers of the
     transport's `sockname` and `peername`. Pinned by
     tests/test_connections.py::test_protocol_reads_each_connections_addresses_without_its_socket.
+12. `MetricWrites`: adds a histogram child's kept values through its `_sum`, `_buckets` and
+    `_upper_bounds` (prometheus_client 0.26, as `Histogram.observe` does without exemplars). Pinned by
+    tests/test_internals.py::test_metric_writes_add_up_to_each_update_written_alone.
 """
 
 import asyncio
+import bisect
 import inspect
 import itertools
 import os
+import time
+from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,6 +82,7 @@ from serving.metrics import Recent
 from serving.settings import ALONE_FLIGHTS
 
 MAX_WAIT_S = 0.001  # one tick of the dispatcher's polling loop
+WRITE_EVERY_S = 0.05  # how often a worker writes its request metrics (MetricWrites)
 OTHER_ROUTE = "other"  # the endpoint label of every path the service does not serve
 STATIC_PREFIX = "/static_content/"  # the API page's files, under one label
 ANSWERS = msgspec.json.Encoder()  # the lean route's answers: pydantic's bytes (tests/test_internals.py)
@@ -190,7 +200,7 @@ class BatchedApi:
         self.running += 1
         try:
             if self.batch_sizes is not None:
-                self.batch_sizes.observe(len(batches))
+                WRITES.observe(self.batch_sizes, len(batches))
             if len(batches) == 1:
                 return [await self.function(self.factory._service_instance, batches[0])]
             flights = self.join(batches)
@@ -201,11 +211,81 @@ class BatchedApi:
             self.running -= 1
 
 
+class MetricWrites:
+    """Updates of Prometheus values kept in the worker's memory and written to its metric file every
+    WRITE_EVERY_S, and before the worker makes a /metrics page or stops.
+
+    prometheus_client, in the multiprocess mode BentoML runs, writes every update to the worker's
+    metric file under a lock, after a check for a fork: a request made six such writes (its in-progress
+    gauge twice, the time of the last request, its count, its duration, its batch's size), about 20 us
+    of a worker's CPU a request with a new connection per request (docs/performance.md, "Request
+    metrics written every 0.05 s").
+    Written once a turn of the event loop instead, they saved nothing there, since about one request
+    ends per turn. Here each value is written once per interval: the counts added up, the durations put
+    in their buckets, the gauges' last values. A page another worker makes may lack up to
+    WRITE_EVERY_S of this worker's requests; a worker killed outright loses as much. Only the event
+    loop's thread may call it.
+
+    Histograms are added to through their children's `_sum`, `_buckets` and `_upper_bounds`
+    (prometheus_client 0.26's `Histogram.observe` without exemplars), pinned by
+    tests/test_internals.py::test_metric_writes_add_up_to_each_update_written_alone.
+    """
+
+    def __init__(self) -> None:
+        self.added: defaultdict[Any, float] = defaultdict(float)  # a counter or gauge child -> its increments
+        self.observed: dict[Any, list[float]] = {}  # a histogram's child -> its values
+        self.last: dict[Any, float] = {}  # a gauge's child -> its last value
+        self.timer: asyncio.TimerHandle | None = None  # the next write, while any update waits for it
+
+    def inc(self, child: Any, amount: float = 1.0) -> None:
+        self.added[child] += amount
+        if self.timer is None:
+            self.write_soon()
+
+    def observe(self, child: Any, value: float) -> None:
+        self.observed.setdefault(child, []).append(value)
+        if self.timer is None:
+            self.write_soon()
+
+    def set(self, child: Any, value: float) -> None:
+        self.last[child] = value
+        if self.timer is None:
+            self.write_soon()
+
+    def write_soon(self) -> None:
+        self.timer = asyncio.get_running_loop().call_later(WRITE_EVERY_S, self.write)
+
+    def write(self) -> None:
+        """Write every update kept, each value once."""
+        if self.timer is not None:
+            self.timer.cancel()  # written now, by a page or at shutdown (harmless if it is this timer's call)
+            self.timer = None
+        added, observed, last = self.added, self.observed, self.last
+        self.added, self.observed, self.last = defaultdict(float), {}, {}
+        for child, amount in added.items():
+            if amount:  # a gauge's +1 and -1 within the interval write nothing
+                child.inc(amount)
+        for child, values in observed.items():
+            child._sum.inc(sum(values))
+            in_buckets: defaultdict[int, int] = defaultdict(int)
+            for value in values:
+                in_buckets[bisect.bisect_left(child._upper_bounds, value)] += 1  # the first bound >= value
+            for bucket, count in in_buckets.items():
+                child._buckets[bucket].inc(count)
+        for child, value in last.items():
+            child.set(value)
+
+
+WRITES = MetricWrites()  # the worker's: its request metrics and batch sizes
+
+
 class RouteMetrics:
-    """BentoML's request metrics of one route, recorded through children looked up once per status."""
+    """BentoML's request metrics of one route, recorded through children looked up once per status and
+    written by the worker's `MetricWrites`."""
 
     def __init__(self, traffic: RunnerTrafficMetricsMiddleware, route: str, stamped: bool) -> None:
         self.traffic = traffic
+        self.writes = WRITES
         self.stamped = stamped  # whether a request stamps last_request_timestamp_seconds (BentoML's skip_paths)
         self.labels = {
             "endpoint": route,
@@ -218,6 +298,12 @@ class RouteMetrics:
         self.last_request = traffic.metrics_last_request_timestamp.labels(**names)
         self.by_status: dict[int, tuple[Any, Any]] = {}
 
+    def start(self) -> None:
+        """A request of the route has started."""
+        if self.stamped:
+            self.writes.set(self.last_request, time.time())
+        self.writes.inc(self.in_progress)
+
     def record(self, status: int, seconds: float) -> None:
         """Count one answered request and its duration."""
         children = self.by_status.get(status)
@@ -228,8 +314,12 @@ class RouteMetrics:
                 self.traffic.metrics_request_duration.labels(**labels),
             )
             self.by_status[status] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self.writes.inc(children[0])
+        self.writes.observe(children[1], seconds)
+
+    def finish(self) -> None:
+        """A request of the route has ended, answered or not."""
+        self.writes.inc(self.in_progress, -1.0)
 
 
 class TrafficMetrics:
@@ -241,6 +331,7 @@ class TrafficMetrics:
         self.traffic = RunnerTrafficMetricsMiddleware(None, **options)  # type: ignore[arg-type]  # only its metric objects
         self.routes = routes
         self.by_route: dict[str, RouteMetrics] = {}  # at most len(routes) + 2 entries
+        self.writes = WRITES
 
     def of(self, path: str) -> RouteMetrics:
         """The metrics of the route `path` is counted under."""
@@ -293,20 +384,25 @@ def arrange_app(
 
 
 def cache_metrics_page(fresh_s: float) -> None:
-    """Make each worker's /metrics at most once per `fresh_s`.
+    """Make each worker's /metrics at most once per `fresh_s`, after writing its kept metrics (`WRITES`).
 
     BentoML's endpoint reads every worker's metric files for each request (in a thread, but under the
     GIL): 9,000 connections asking for /metrics left 2 of 240 probes answered in a minute
     (docs/reliability.md#clients-that-never-read). Prometheus scrapes every 15 s or so; a page up to
-    `fresh_s` old changes nothing for it. 0 leaves the endpoint as it is.
+    `fresh_s` old changes nothing for it. 0 makes a page for every request.
     """
-    if not fresh_s:
-        return
     make_page = getattr(ServiceAppFactory.metrics, "made_by", ServiceAppFactory.metrics)  # BentoML's own
+
+    async def written_page(self: ServiceAppFactory, request: Request) -> Response:
+        WRITES.write()
+        return await make_page(self, request)  # type: ignore[no-any-return]
+
     recent: Recent[Response] = Recent(fresh_s)
 
     async def metrics(self: ServiceAppFactory, request: Request) -> Response:
-        page = await recent.get(lambda: make_page(self, request))
+        if not fresh_s:
+            return await written_page(self, request)
+        page = await recent.get(lambda: written_page(self, request))
         return Response(page.body, status_code=page.status_code, media_type=page.media_type)
 
     metrics.made_by = make_page  # type: ignore[attr-defined]

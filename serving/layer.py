@@ -269,7 +269,7 @@ class RequestLayer:
             await send({"type": "http.response.body", "body": answer})
         finally:
             if metrics is not None:
-                metrics.in_progress.dec()
+                metrics.finish()
 
     async def batched_answer(self, body: bytes) -> tuple[int, bytes]:
         """Status and body of the answer: the predictions, or a clean error."""
@@ -341,16 +341,14 @@ class RequestLayer:
         try:
             await self.app(scope, receive, recording_send)
         finally:
-            metrics.in_progress.dec()
+            metrics.finish()
 
     def started(self, path: str) -> "RouteMetrics | None":
         """The metrics of `path`'s route with this request counted in progress (None: metrics off)."""
         if self.metrics is None:
             return None
         metrics = self.metrics.of(path)
-        if metrics.stamped:
-            metrics.last_request.set_to_current_time()
-        metrics.in_progress.inc()
+        metrics.start()
         return metrics
 
     async def refuse(self, send: Send, status: int, message: str) -> None:
@@ -371,6 +369,8 @@ class RequestLayer:
             if message["type"] == "lifespan.startup":
                 self.log = self.open_log()
             elif message["type"] == "lifespan.shutdown":
+                if self.metrics is not None:
+                    self.metrics.writes.write()  # the request metrics kept since the last write
                 logger.info(SHUTDOWN_LOG, self.accepted, self.answered, self.accepted - self.answered)
                 if self.log is not None:
                     self.log.close()

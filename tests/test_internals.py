@@ -19,13 +19,21 @@ import pytest
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.marshal.dispatcher import Optimizer
 from helpers import REQUESTS, VOCABULARY, bentoml_serve, skip_unless_ci, varied_flights
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import TypeAdapter
 
 from loadtest.wrk import wrk_process
 from models.config import MAX_FLIGHTS
 from models.features import FlightColumns
 from models.schema import EXAMPLE_REQUEST, Prediction
-from serving.internals import ANSWERS, MAX_WAIT_S, cache_metrics_page, cap_learned_wait
+from serving.internals import (
+    ANSWERS,
+    MAX_WAIT_S,
+    WRITE_EVERY_S,
+    MetricWrites,
+    cache_metrics_page,
+    cap_learned_wait,
+)
 from serving.settings import ALONE_FLIGHTS, INLINE_FLIGHTS, PREDICTION_ROUTES, Settings
 
 ROUTE = PREDICTION_ROUTES[0]
@@ -129,6 +137,74 @@ def test_layer_records_bentoml_request_and_batch_metrics(client: httpx.Client) -
     in_progress = samples(client, "bentoml_service_request_in_progress", endpoint=ROUTE)
     assert in_progress, "no in-progress gauge for the route: a zero would say nothing"
     assert sum(in_progress) == 0
+
+
+BOUNDS = (0.001, 0.01, 0.1, 1)  # and +Inf
+
+
+def metric_family(registry: CollectorRegistry, prefix: str) -> tuple[Any, Any, Any, Any]:
+    """A counter, a gauge, a histogram and a gauge of times in `registry`, one child each; names that
+    start with `prefix`, since the tests' process keeps its values in multiprocess files by name."""
+    return (
+        Counter(f"{prefix}requests", "", ["route"], registry=registry).labels(route="a"),
+        Gauge(f"{prefix}in_progress", "", ["route"], registry=registry).labels(route="a"),
+        Histogram(f"{prefix}seconds", "", ["route"], registry=registry, buckets=(0.001, 0.01, 0.1, 1)).labels(
+            route="a"
+        ),
+        Gauge(f"{prefix}last", "", ["route"], registry=registry).labels(route="a"),
+    )
+
+
+def exposition(registry: CollectorRegistry, prefix: str) -> list[str]:
+    """The registry's page without its creation times and the names' `prefix`."""
+    page = generate_latest(registry).decode().replace(prefix, "")
+    return [line for line in page.splitlines() if "_created" not in line]
+
+
+def test_metric_writes_add_up_to_each_update_written_alone() -> None:
+    """Pins prometheus_client's histogram children (`_sum`, `_buckets`, `_upper_bounds`): values on a
+    bucket's bound, between bounds, above the last and negative land where `observe` puts them."""
+    alone, kept = CollectorRegistry(), CollectorRegistry()
+    (counter, gauge, histogram, last) = metric_family(alone, "alone_")
+    children = metric_family(kept, "kept_")
+    values = [0.0005, 0.001, 0.0011, 0.05, 0.1, 0.7, 1.0, 3.0, -0.2, 0.001]
+    for value in values:
+        counter.inc()
+        gauge.inc()
+        histogram.observe(value)
+        last.set(value)
+        gauge.dec()
+    gauge.inc(2)
+
+    async def kept_updates() -> MetricWrites:
+        writes = MetricWrites()
+        for value in values:
+            writes.inc(children[0])
+            writes.inc(children[1])
+            writes.observe(children[2], value)
+            writes.set(children[3], value)
+            writes.inc(children[1], -1.0)
+        writes.inc(children[1], 2)
+        assert children[0]._value.get() == 0  # kept, not written yet
+        writes.write()
+        return writes
+
+    writes = asyncio.run(kept_updates())
+    assert exposition(kept, "kept_") == exposition(alone, "alone_")
+    assert not (writes.added or writes.observed or writes.last) and writes.timer is None
+
+
+def test_metric_writes_are_written_within_their_interval_without_a_page() -> None:
+    counter, *_ = metric_family(CollectorRegistry(), "interval_")
+
+    async def updated_then_waited() -> list[float]:
+        writes = MetricWrites()
+        writes.inc(counter, 3)
+        before = counter._value.get()
+        await asyncio.sleep(WRITE_EVERY_S * 4)
+        return [before, counter._value.get()]
+
+    assert asyncio.run(updated_then_waited()) == [0, 3]
 
 
 def test_one_request_layer_stands_in_front_of_bentoml_app(client: httpx.Client) -> None:

@@ -3,11 +3,14 @@
 import asyncio
 import json
 import logging
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 
+from serving.internals import MetricWrites
 from serving.layer import RequestLayer, Scope, shutdown_counts
 
 ROUTE = "/v1/prediction"
@@ -374,3 +377,30 @@ def test_shutdown_logs_requests_accepted_answered_and_cut(caplog: pytest.LogCapt
     with caplog.at_level(logging.INFO, logger="bentoml.flight_delay"):
         asyncio.run(scenario())
     assert shutdown_counts(caplog.text) == [{"accepted": 2, "answered": 1, "cut": 1}]
+
+
+def test_shutdown_writes_the_request_metrics_kept_since_the_last_write() -> None:
+    """A worker that stops loses none of its last requests' counts to MetricWrites' interval."""
+    counter = Counter("shutdown_requests", "", registry=CollectorRegistry())  # a name of its own: multiprocess files
+
+    async def scenario() -> None:
+        writes = MetricWrites()
+        writes.inc(counter, 2)  # as requests ended just before the stop, their write WRITE_EVERY_S away
+        checked = guard(None)
+        checked.metrics = SimpleNamespace(writes=writes)  # type: ignore[assignment]  # all that shutdown needs
+
+        async def lifespan(scope: Scope, receive: Any, send: Any) -> None:
+            await receive()
+
+        async def shutdown_event() -> dict[str, str]:
+            return {"type": "lifespan.shutdown"}
+
+        async def no_send(message: Any) -> None:
+            pass
+
+        checked.app = lifespan
+        await checked({"type": "lifespan"}, shutdown_event, no_send)
+        assert counter._value.get() == 2  # before the loop could run the interval's write
+        assert writes.timer is None
+
+    asyncio.run(scenario())
