@@ -301,6 +301,42 @@ def test_handed_over_flights_past_the_bound_are_dropped_and_counted(
     assert monitor.pending == 0
 
 
+@pytest.mark.filterwarnings("ignore:bentoml.metrics module is deprecated:DeprecationWarning")  # as the service uses it
+def test_batches_in_the_buffer_and_past_it_are_all_counted_once(
+    trained_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving import monitoring
+
+    monkeypatch.setattr(monitoring, "BUFFER_FLIGHTS", 8)
+    monitor = small_monitor(trained_model)
+    monitor.closed.set()  # the test exports itself
+    monitor.exporter.join(5)
+
+    def counted() -> tuple[float, float]:
+        """Flights and the sum of their probabilities in every probability bin so far."""
+        return (
+            sum(flights._value.get() for flights, _ in monitor.bin_children),
+            sum(probability._value.get() for _, probability in monitor.bin_children),
+        )
+
+    before = counted()
+    sizes = [5, 2, 5, 1, 3]  # 5 and 2 fit the buffer of 8, the next 5 does not, 1 does, 3 does not
+    for size, probability in zip(sizes, [0.1, 0.2, 0.3, 0.4, 0.5], strict=True):
+        features, _ = batch_of(monitor, size)
+        monitor.count(features, np.full(size, probability))
+    assert (monitor.buffered, len(monitor.batches), monitor.pending) == (8, 2, 16)
+    monitor.export()
+    flights, probabilities = (after - then for after, then in zip(counted(), before, strict=True))
+    assert flights == 16
+    assert probabilities == pytest.approx(5 * 0.1 + 2 * 0.2 + 5 * 0.3 + 1 * 0.4 + 3 * 0.5)
+    assert (monitor.buffered, monitor.batches, monitor.pending) == (0, [], 0)
+    features, _ = batch_of(monitor, 8)  # the buffer is reused after the export
+    monitor.count(features, np.full(8, 0.6))
+    assert (monitor.buffered, monitor.batches) == (8, [])
+    monitor.export()
+    assert counted()[0] - before[0] == 24
+
+
 def test_report_made_in_a_thread_is_made_once_for_concurrent_callers() -> None:
     asyncio.run(report_cache_checks())
 
