@@ -16,7 +16,7 @@ from typing import Any
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="flight-delay-tests-")
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="flight-delay-tests-metrics-")
-# make test runs TEST_WORKERS pytest processes (pytest-xdist): each takes one OpenMP thread for
+# make test runs several pytest processes (pytest-xdist, TEST_WORKERS): each takes one OpenMP thread for
 # scikit-learn's training, since two processes' spinning OpenMP threads on 2 cores made the
 # in-process tier 1.6x slower than one process (212 s against 132 s), and one thread each 0.6x (75 s).
 if "PYTEST_XDIST_WORKER" in os.environ:
