@@ -3,9 +3,9 @@
 # python3 (Debian's is externally managed: pip refuses to install into it). PYTHON=/path/to/python
 # uses that interpreter and its environment instead, as it is.
 PORT ?= 3000
-# pytest processes (pytest-xdist) of make test (4) and make test-fast (2); TEST_WORKERS=N sets both, 0 runs
-# the tests in one. On 2 cores the served tests wait on their servers, and 4 processes fill the cores
-# meanwhile: make test in 0.90x the time of 2; the in-process tier is all CPU, and 4 took 1.11x (2026-12-07).
+# pytest processes (pytest-xdist) of make test (3) and make test-fast (2); TEST_WORKERS=N sets both, 0 runs
+# the tests in one. On 2 cores the served tests wait on their servers, and a third process fills the cores
+# meanwhile: make test took 0.81x the time of 2 (4: 0.90x); the in-process tier is all CPU (4: 1.11x), 2026-12-07.
 TEST_WORKERS ?=
 VENV := .venv
 ifeq ($(origin PYTHON),undefined)
@@ -38,8 +38,8 @@ serve:  ## serve the latest trained model on PORT (3000)
 
 run: train serve  ## train, then serve on PORT: the first of the README's two commands
 
-test: install  ## the whole test suite in TEST_WORKERS processes (4): the second of the README's two commands
-	$(PYTHON) -m pytest -n $(or $(TEST_WORKERS),4) --dist worksteal
+test: install  ## the whole test suite in TEST_WORKERS processes (3): the second of the README's two commands
+	$(PYTHON) -m pytest -n $(or $(TEST_WORKERS),3) --dist worksteal
 
 test-fast: install  ## the in-process tier alone: every test that starts no served process
 	$(PYTHON) -m pytest -n $(or $(TEST_WORKERS),2) --dist worksteal -m "not integration"
