@@ -352,6 +352,22 @@ def test_a_server_error_body_says_only_internal_error() -> None:
     assert (status, body) == (500, {"error": "internal error, see the server log", "detail": []})
 
 
+async def shut_down(checked: RequestLayer) -> None:
+    """Stop the layer as the server does at shutdown: a lifespan whose only event is the shutdown."""
+
+    async def lifespan(scope: Scope, receive: Any, send: Any) -> None:
+        await receive()
+
+    async def shutdown_event() -> dict[str, str]:
+        return {"type": "lifespan.shutdown"}
+
+    async def no_send(message: Any) -> None:
+        pass
+
+    checked.app = lifespan
+    await checked({"type": "lifespan"}, shutdown_event, no_send)
+
+
 def test_shutdown_logs_requests_accepted_answered_and_cut(caplog: pytest.LogCaptureFixture) -> None:
     async def scenario() -> None:
         app = Gate()
@@ -361,18 +377,7 @@ def test_shutdown_logs_requests_accepted_answered_and_cut(caplog: pytest.LogCapt
         await asyncio.gather(*held, return_exceptions=True)
         app.opened.set()
         await call(checked)
-
-        async def lifespan(scope: Scope, receive: Any, send: Any) -> None:
-            await receive()
-
-        async def shutdown_event() -> dict[str, str]:
-            return {"type": "lifespan.shutdown"}
-
-        async def no_send(message: Any) -> None:
-            pass
-
-        checked.app = lifespan
-        await checked({"type": "lifespan"}, shutdown_event, no_send)
+        await shut_down(checked)
 
     with caplog.at_level(logging.INFO, logger="bentoml.flight_delay"):
         asyncio.run(scenario())
@@ -388,18 +393,7 @@ def test_shutdown_writes_the_request_metrics_kept_since_the_last_write() -> None
         writes.inc(counter, 2)  # as requests ended just before the stop, their write WRITE_EVERY_S away
         checked = guard(None)
         checked.metrics = SimpleNamespace(writes=writes)  # type: ignore[assignment]  # all that shutdown needs
-
-        async def lifespan(scope: Scope, receive: Any, send: Any) -> None:
-            await receive()
-
-        async def shutdown_event() -> dict[str, str]:
-            return {"type": "lifespan.shutdown"}
-
-        async def no_send(message: Any) -> None:
-            pass
-
-        checked.app = lifespan
-        await checked({"type": "lifespan"}, shutdown_event, no_send)
+        await shut_down(checked)
         assert counter._value.get() == 2  # before the loop could run the interval's write
         assert writes.timer is None
 
