@@ -116,8 +116,9 @@ def payloads(url: str, flights_per_request: int, close: bool = False, body: str 
 class Exchange(asyncio.Protocol):
     """One keep-alive connection: one request at a time, its answer parsed by httptools."""
 
-    def __init__(self, client: "Client") -> None:
+    def __init__(self, client: "Client", grown: bool = False) -> None:
         self.client = client
+        self.grown = grown  # opened by Client.grow, for a waiting request
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.due = self.sent = self.idle_since = 0.0
@@ -128,6 +129,8 @@ class Exchange(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's TCPTransport is not a subclass
+        if self.grown:  # up: no longer on its way, before it takes a request (Client.due counts on it)
+            self.client.connecting -= 1
         self.client.ready(self)
 
     def send(self, payload: bytes, due: float) -> None:
@@ -183,13 +186,13 @@ class Client:
         self.next_request = (self.next_request + 1) % len(self.requests)
         return self.requests[self.next_request]
 
-    async def connect(self) -> Exchange:
+    async def connect(self, grown: bool = False) -> Exchange:
         parts = urlsplit(self.load.url)
         self.open += 1
         self.most_open = max(self.most_open, self.open)
         try:
             _, exchange = await asyncio.get_running_loop().create_connection(
-                lambda: Exchange(self), parts.hostname or "127.0.0.1", parts.port or 80
+                lambda: Exchange(self, grown), parts.hostname or "127.0.0.1", parts.port or 80
             )
         except OSError:
             self.open -= 1
@@ -200,14 +203,16 @@ class Client:
         self.statuses["refused" if self.load.accounting else f"connect: {error.strerror or error}"] += 1
 
     async def grow(self) -> None:
-        """One more connection for the open loop; it takes a waiting request as soon as it is up."""
-        self.connecting += 1
+        """One more connection for the open loop; it takes a waiting request as soon as it is up.
+
+        It counts as connecting from the moment it is asked for until it is up (its connection_made),
+        not until this coroutine resumes: a request that fell due in between, while the new connection
+        had taken an older one, would otherwise wait for a connection that is not coming."""
         try:
-            await self.connect()
+            await self.connect(grown=True)
         except OSError as error:
-            self.refused(error)
-        finally:
             self.connecting -= 1
+            self.refused(error)
 
     def due(self, due: float) -> None:
         """A request falls due (open loop): a free connection sends it, or it waits for one. With new
@@ -222,6 +227,7 @@ class Client:
         self.waiting.append(due)
         self.most_waiting = max(self.most_waiting, len(self.waiting))
         if self.open < self.load.max_connections and self.connecting < len(self.waiting):
+            self.connecting += 1
             asyncio.get_running_loop().create_task(self.grow())
 
     def ready(self, exchange: Exchange) -> None:
