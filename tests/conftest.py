@@ -6,8 +6,10 @@ Set FLIGHT_DELAY_URL to run the HTTP tests against a service that is already up 
 
 import json
 import os
+import pickle
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,13 @@ if "PYTEST_XDIST_WORKER" in os.environ:
 
 import httpx
 import pytest
+import yaml
+from filelock import FileLock
 from helpers import SAMPLE_ROWS, SESSION_MODEL, bentoml_serve
 
 import train
 from loadtest.servers import wait_ready
+from models.config import MODEL_NAME
 from models.data import STATS_PATH, embedded_sample, synthetic_frame
 from models.predictor import DelayPredictor
 
@@ -40,19 +45,48 @@ def sample_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def sample_model() -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
-    """The predictor and hold-out metrics of train.py's procedure on the whole embedded sample (68,206 flights)."""
-    return train.train(embedded_sample()[0])
+def once_a_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], object]) -> Path:
+    """The path `name` in the run's temporary directory, made by `make(path)` once a run: under
+    pytest-xdist the first process to ask makes it and the others wait for it (pytest-xdist's recipe
+    for session data: the processes' temporary directories share a parent, the run's), so what costs
+    seconds of CPU is not paid once per process."""
+    run = tmp_path_factory.getbasetemp()
+    shared = (run.parent if "PYTEST_XDIST_WORKER" in os.environ else run) / name
+    with FileLock(f"{shared}.lock"):
+        if not shared.exists():
+            make(shared)
+    return shared
 
 
 @pytest.fixture(scope="session")
-def trained_model(sample_csv: Path) -> str:
-    """Tag of a flight_delay model trained by train.py on the small sample, in the test store."""
-    assert train.main(["--data", str(sample_csv)]) == 0
-    import bentoml
+def sample_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[DelayPredictor, dict[str, Any], dict[str, Any]]:
+    """The predictor and hold-out metrics of train.py's procedure on the whole embedded sample (68,206
+    flights): 6 s of CPU, once a run."""
 
-    SESSION_MODEL.append(str(bentoml.models.get("flight_delay:latest").tag))
+    def make(path: Path) -> None:
+        path.write_bytes(pickle.dumps(train.train(embedded_sample()[0])))
+
+    return pickle.loads(once_a_run(tmp_path_factory, "sample-model.pickle", make).read_bytes())
+
+
+@pytest.fixture(scope="session")
+def trained_model(sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Tag of a flight_delay model trained by train.py on the small sample, in the test store: trained
+    once a run, and copied into the store of each process that asks."""
+
+    def make(path: Path) -> None:
+        assert train.main(["--data", str(sample_csv)]) == 0
+        import bentoml
+
+        shutil.copytree(bentoml.models.get(f"{MODEL_NAME}:latest").path, path / MODEL_NAME / "version")
+
+    made = once_a_run(tmp_path_factory, "trained-model", make) / MODEL_NAME / "version"
+    version = yaml.safe_load((made / "model.yaml").read_text())["version"]
+    models = Path(os.environ["BENTOML_HOME"]) / "models" / MODEL_NAME
+    if not (models / version).exists():
+        shutil.copytree(made, models / version)
+        (models / "latest").write_text(version)
+    SESSION_MODEL.append(f"{MODEL_NAME}:{version}")
     return SESSION_MODEL[0]
 
 
