@@ -173,5 +173,5 @@ def settings_or_exit() -> Settings:
         settings = Settings.from_environment()
         settings.make_log_dir()
     except BadSettingError as exc:
-        raise SystemExit(f"refusing to start: {exc}") from None
+        raise SystemExit("\n".join(f"refusing to start: {line}" for line in str(exc).splitlines())) from None
     return settings
