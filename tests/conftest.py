@@ -54,7 +54,10 @@ def once_a_run(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callab
     shared = (run.parent if "PYTEST_XDIST_WORKER" in os.environ else run) / name
     with FileLock(f"{shared}.lock"):
         if not shared.exists():
-            make(shared)
+            partial = shared.with_name(f"{name}.partial")  # a process killed while making it leaves no half
+            shutil.rmtree(partial, ignore_errors=True)
+            make(partial)
+            partial.rename(shared)
     return shared
 
 
