@@ -101,10 +101,13 @@ def bentoml_serve(log: Path, env: dict[str, str] | None = None) -> Iterator[tupl
     running service's /metrics. Its prediction log goes beside the log too (prediction-log/), not
     into the project.
     """
-    # /metrics made for every request: the tests read it right after acting (test_internals.py tests the page cache)
+    # /metrics made for every request: the tests read it right after acting (test_internals.py tests the
+    # page cache). One worker unless env asks for more: each more costs about 1.1 s of CPU a start, and
+    # the tests of what crosses workers (monitoring, the prediction log, outcomes, shutdown) ask for two.
     env = {
         "FLIGHT_DELAY_LOG_DIR": str(log.parent / "prediction-log"),
         "FLIGHT_DELAY_METRICS_PAGE_S": "0",
+        "FLIGHT_DELAY_WORKERS": "1",
         **(env or {}),
     }
     if "BENTOML_HOME" not in env:

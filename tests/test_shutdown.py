@@ -21,9 +21,9 @@ CONNECTIONS = 50
 @pytest.mark.usefixtures("trained_model")
 def test_sigterm_under_load_answers_every_accepted_request_and_exits_in_time(tmp_path: Path) -> None:
     log = tmp_path / "serve.log"
-    with bentoml_serve(log) as (url, process):
+    with bentoml_serve(log, {"FLIGHT_DELAY_WORKERS": "2"}) as (url, process):  # each worker drains its own
         load = BackgroundLoad(f"{url}/v1/prediction", CONNECTIONS, EXAMPLE_REQUEST)
-        time.sleep(3)
+        time.sleep(1.5)  # every connection in a request by then: SIGTERM meets them in flight
         signalled = time.monotonic()
         process.send_signal(signal.SIGTERM)
         try:
