@@ -32,6 +32,8 @@ SERVERS = {
 PEERS = ("fastapi", "litserve", "bentoml")
 READY_PATHS = {"litserve": "/health"}  # every other target answers /readyz, as BentoML does
 WORKER_MARK = "_bentoml_impl.worker.service"
+ADDRESS_TRIES = 3
+ADDRESS_TAKEN = b"address already in use"  # in a failed start's output, lowercased (uvicorn's and zmq's words)
 T = TypeVar("T")
 
 
@@ -111,11 +113,47 @@ def server(
 
     Its output goes to log, if given; `code` is the project checkout it runs from; `cpus` pins it
     (a taskset list); `workers` sets the baselines' worker count (the service's is FLIGHT_DELAY_WORKERS).
+
+    A start that fails because a port was taken between its choice and its bind is tried again, up
+    to ADDRESS_TRIES times, on another free port: `free_port()` here and BentoML's circus (which
+    reserves its two control ports, frees them and binds them later) both leave that gap, and other
+    processes' outgoing connections take ports from the same range (it failed a CI run on
+    2026-12-07: `zmq.error.ZMQError: Address already in use`).
     """
-    port = port or free_port()
+    with tempfile.TemporaryDirectory() as scratch:
+        output_path = log or Path(scratch) / "server.log"
+        for attempt in range(1, ADDRESS_TRIES + 1):
+            url, process = start(kind, env, output_path, code, port or free_port(), cpus, workers)
+            started = time.monotonic()
+            try:
+                wait_ready(url, process, path=READY_PATHS.get(kind, "/readyz"))
+            except RuntimeError:
+                stop(process)
+                if attempt < ADDRESS_TRIES and ADDRESS_TAKEN in output_path.read_bytes().lower():
+                    say(f"{kind}: a port was taken before the server bound it; starting again")
+                    continue
+                raise
+            break
+        say(f"{kind} ready in {time.monotonic() - started:.1f} s at {url}")
+        try:
+            yield url, process
+        finally:
+            stop(process)
+
+
+def start(
+    kind: str,
+    env: dict[str, str] | None,
+    log: Path,
+    code: Path,
+    port: int,
+    cpus: str | None,
+    workers: int | None,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """One of SERVERS started on `port`, its output in `log`: its base URL and process."""
     pinned = ["taskset", "-c", cpus] if cpus else []
     count = ["--workers", str(workers)] if workers and kind not in ("service", "bentoml") else []
-    with open(log or os.devnull, "wb") as output:  # the child keeps its own copy of the file
+    with open(log, "wb") as output:  # the child keeps its own copy of the file
         process = subprocess.Popen(
             [*pinned, *SERVERS[kind], str(port), *count],
             cwd=code,
@@ -124,16 +162,14 @@ def server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    url = f"http://127.0.0.1:{port}"
-    started = time.monotonic()
+    return f"http://127.0.0.1:{port}", process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server's process group, SIGKILL if it has not exited 20 s later."""
+    with suppress(ProcessLookupError):  # a drill may have stopped it already
+        os.killpg(process.pid, signal.SIGTERM)
     try:
-        wait_ready(url, process, path=READY_PATHS.get(kind, "/readyz"))
-        say(f"{kind} ready in {time.monotonic() - started:.1f} s at {url}")
-        yield url, process
-    finally:
-        with suppress(ProcessLookupError):  # a drill may have stopped it already
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)

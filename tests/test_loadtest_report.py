@@ -3,6 +3,7 @@
 import argparse
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from loadtest import peers, run
+from loadtest import peers, run, servers
 from loadtest.peers import markdown as peers_markdown
 from loadtest.servers import PROJECT_DIR
 from loadtest.stats import tree_memory_mib
@@ -241,6 +242,20 @@ def test_tree_memory_counts_the_children_of_a_process() -> None:
         child.kill()
         child.wait()
     assert tree_memory_mib(2**22 + 12345) == 0.0  # no such process
+
+
+@pytest.mark.integration
+def test_a_server_whose_port_is_taken_before_it_binds_is_started_again_on_another(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    second = servers.free_port()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], second])
+        monkeypatch.setattr(servers, "free_port", lambda: next(ports))
+        with servers.server("ceiling", log=tmp_path / "server.log", workers=1) as (url, _process):
+            assert url == f"http://127.0.0.1:{second}"
 
 
 def test_the_baseline_peer_runs_the_services_model_path(
