@@ -642,6 +642,30 @@ def test_comparison_rule_tests_expect_the_services_own_figures() -> None:
     assert figures > len(PAIRED_FIGURES)
 
 
+def test_the_day_long_case_has_its_pairs_counts_in_10_minute_steps() -> None:
+    """The day-long FlightDelayChallengerBetter case (flight-delay.rules.10m.test.yml) repeats the
+    series of "a challenger's figures and verdict", each step 10 times larger for samples 10 minutes
+    apart: the same rates, so the figures checked on the one hold for the other."""
+    minute, day = (
+        next(test for test in RULE_TESTS if test["name"] == name)
+        for name in (
+            "a challenger's figures and verdict from the pods' summed counts",
+            "a challenger better for a day fires FlightDelayChallengerBetter",
+        )
+    )
+
+    def steps(case: dict[str, Any]) -> dict[str, float]:
+        """Each series' increase a sample (values "0+STEPxN")."""
+        matched = {
+            series["series"]: re.fullmatch(r"0\+([0-9.]+)x\d+", series["values"]) for series in case["input_series"]
+        }
+        assert all(matched.values()), case["name"]
+        return {name: float(match[1]) for name, match in matched.items() if match}
+
+    assert (minute["interval"], day["interval"]) == ("1m", "10m")
+    assert steps(day) == {name: 10 * step for name, step in steps(minute).items()}
+
+
 @pytest.mark.parametrize("alert", sorted(ALERTS))
 def test_alert_has_for_severity_and_annotations(alert: str) -> None:
     rule = ALERTS[alert]
