@@ -1,8 +1,6 @@
 """train.py end to end on a small sample, its error handling, and the metadata contract with the service."""
 
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +12,7 @@ from helpers import REQUESTS, VOCABULARY, assert_calibrated, assert_same_answers
 from sklearn.model_selection import GroupKFold
 
 import train
-from models.config import CALIBRATION_BINS, CV_FOLDS, PROJECT_DIR, TARGET_RECALL, TEST_SIZE
+from models.config import CALIBRATION_BINS, CV_FOLDS, TARGET_RECALL, TEST_SIZE
 from models.data import embedded_sample
 from models.features import FlightColumns
 from models.predictor import (
@@ -184,15 +182,14 @@ def test_train_without_dataset_uses_embedded_sample(monkeypatch: pytest.MonkeyPa
     ],
     ids=["missing file", "missing columns", "bad date"],
 )
-def test_train_bad_data_exits_2_with_one_line(tmp_path: Path, content: str | None, message: str) -> None:
+def test_train_bad_data_exits_2_with_one_line(
+    tmp_path: Path, content: str | None, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "bad.csv"
     if content is not None:
         path.write_text(content)
-    result = subprocess.run(
-        [sys.executable, "train.py", "--data", str(path)], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 2
-    problems = [line for line in result.stderr.splitlines() if not line.startswith("[train ")]  # not progress
+    assert train.main(["--data", str(path)]) == 2  # train.py's exit status
+    problems = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[train ")]  # not progress
     assert len(problems) == 1 and problems[0].startswith("error: ")
     assert message in problems[0]
 
