@@ -6,7 +6,11 @@ below is pinned by the test named, which fails when an upgrade moves what it dep
 
 1. `cap_learned_wait`: patches `bentoml._internal.marshal.dispatcher.Optimizer` (`__init__`'s `o_a`,
    `o_b`; `trigger_refresh`'s `wait`) so adaptive batching runs a batch as soon as the model is free.
-   Pinned by tests/test_internals.py::test_batching_waits_are_capped_on_bentoml_optimizer.
+   Pinned by tests/test_internals.py::test_batching_waits_are_capped_on_bentoml_optimizer. Its
+   end-to-end test, ::test_cap_keeps_lone_requests_after_a_burst_fast, times its burst by the
+   optimizer's refresh schedule (`N_SKIPPED_SAMPLE` batches skipped, a refresh at the next one, then
+   every `INTERVAL_REFRESH_PARAMS` s at most): if that moves, the uncapped side learns no wait and
+   the test fails.
 2. `arrange_app`: replaces `ServiceAppFactory.middlewares` (a property) so the service's one request
    layer (serving/layer.py) stands first, in place of BentoML's `RunnerTrafficMetricsMiddleware`, and
    BentoML's `TimeoutMiddleware` (and `OpenTelemetryMiddleware` unless tracing) are dropped.
