@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from loadtest.servers import server  # how the service is started, everywhere
+from models.config import MODEL_NAME
 from models.data import STATS_PATH
 from models.features import FlightColumns, Vocabulary
 from models.predictor import MAX_PROBABILITY_GAP, DelayPredictor
@@ -75,6 +76,13 @@ def stand_in_reference() -> dict[str, Any]:
         "probability_counts": [1] * 100,
         "held_out": {"delay_rate": 0.2, "brier": 0.15, "roc_auc": 0.7},
     }
+
+
+def log_records(directory: Path) -> list[dict[str, Any]]:
+    """Every record of a prediction log directory (FLIGHT_DELAY_LOG_DIR), each worker's data files and
+    their rotated ones."""
+    files = sorted((directory / MODEL_NAME / "data").glob("data.*.log*"))
+    return [json.loads(line) for path in files for line in path.read_text().splitlines()]
 
 
 SESSION_MODEL: list[str] = []  # the tag trained_model made: what bentoml_serve serves unless told otherwise

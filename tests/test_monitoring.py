@@ -2,12 +2,10 @@
 GET /v1/monitoring of a two-worker service against the flights sent to it."""
 
 import asyncio
-import signal
 import threading
 import time
 from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -29,7 +27,7 @@ from models.quality import (
     min_flights,
     probability_bins,
 )
-from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST
+from models.schema import EXAMPLE_REQUEST
 from serving.metrics import Recent
 from serving.monitoring import Monitor
 
@@ -212,35 +210,6 @@ def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_worker
         "missing": len(body),
         "min_flights": 6_200,
     }
-
-
-@pytest.mark.integration
-def test_counts_of_answered_requests_survive_an_immediate_sigterm(trained_model: str, tmp_path: Path) -> None:
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
-
-    token = "test-token-not-a-secret"
-    env = {"FLIGHT_DELAY_WORKERS": "2", "FLIGHT_DELAY_OUTCOMES_TOKEN": token, "FLIGHT_DELAY_LOG_SAMPLE": "0"}
-    predictions, outcomes = 300, 20
-    with bentoml_serve(tmp_path / "serve.log", env) as (url, process), httpx.Client(base_url=url) as http:
-        answers = [
-            http.post("/v1/prediction", json={"flights": EXAMPLE_REQUEST["flights"][:1]}) for _ in range(predictions)
-        ]
-        counted = [
-            http.post("/v1/outcomes", json=EXAMPLE_OUTCOMES, headers={"Authorization": f"Bearer {token}"})
-            for _ in range(outcomes)
-        ]
-        process.send_signal(signal.SIGTERM)  # at once: the last export was under a second ago
-        process.wait(30)
-    assert {answer.status_code for answer in answers + counted} == {200}
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(tmp_path / "bentoml-home" / "prometheus_multiproc_dir"))
-    totals: dict[str, float] = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-    assert totals["flight_delay_probability_bin_flights_total"] == predictions
-    assert totals["flight_delay_outcome_flights_total"] == outcomes
 
 
 def small_monitor(tag: str) -> Monitor:

@@ -2,15 +2,13 @@
 bounded on disk and in memory, never blocking a prediction; nothing waiting lost at shutdown."""
 
 import json
-import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from helpers import bentoml_serve
+from helpers import log_records
 
 from models.config import MODEL_NAME
 from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST
@@ -19,14 +17,7 @@ from serving.prediction_log import PredictionLog
 from serving.settings import LOG_FILES
 
 BODY = json.dumps(EXAMPLE_REQUEST).encode()
-TOKEN = "test-token-not-a-secret"
 ANSWER = json.dumps([{"delay": 0, "probability": 0.25}, {"delay": 1, "probability": 0.5}]).encode()
-
-
-def records(directory: Path) -> list[dict[str, Any]]:
-    """Every record of every worker's data files, rotated ones included."""
-    files = sorted((directory / MODEL_NAME / "data").glob("data.*.log*"))
-    return [json.loads(line) for path in files for line in path.read_text().splitlines()]
 
 
 def opened(tmp_path: Path, **options: Any) -> PredictionLog:
@@ -38,7 +29,7 @@ def test_log_writes_a_record_per_flight_with_its_inputs_as_sent_and_its_answer(t
     log.offer("/v1/prediction", "rid-1", BODY, ANSWER, at=0.0)
     log.offer("/predict", "rid-2", BODY, b'{"predict":[0,1]}', at=60.0)
     log.close()
-    written = records(tmp_path)
+    written = log_records(tmp_path)
     assert [(r["route"], r["request_id"], r["index"]) for r in written] == [
         ("/v1/prediction", "rid-1", 0),
         ("/v1/prediction", "rid-1", 1),
@@ -69,7 +60,7 @@ def test_log_writes_outcomes_with_their_departure_and_whether_each_was_counted(t
     log = opened(tmp_path)
     log.offer("/v1/outcomes", "rid-3", json.dumps({"flights": flights}).encode(), json.dumps(answer).encode())
     log.close()
-    written = records(tmp_path)
+    written = log_records(tmp_path)
     assert [(r["OPERA"], r["Fecha-O"], r["counted"], r["delay"], r["probability"]) for r in written] == [
         ("Sky Airline", "2017-07-21 20:02", True, None, None),
         ("Nowhere Air", "2017-07-21 20:02", False, None, None),
@@ -89,7 +80,7 @@ def test_log_escapes_the_characters_a_line_reader_splits_at(tmp_path: Path) -> N
     assert json.loads(text)["OPERA"] == odd["OPERA"]
 
 
-def test_log_rotates_within_its_disk_bound_and_keeps_the_newest_records(tmp_path: Path) -> None:
+def test_log_rotates_within_its_disk_bound_and_keeps_the_newest_log_records(tmp_path: Path) -> None:
     bound = 40_000
     log = opened(tmp_path, max_bytes=bound)
     for number in range(400):  # about 110 KB of records
@@ -98,7 +89,7 @@ def test_log_rotates_within_its_disk_bound_and_keeps_the_newest_records(tmp_path
     files = list((tmp_path / MODEL_NAME / "data").iterdir())
     assert len(files) == LOG_FILES
     assert sum(path.stat().st_size for path in files) <= bound
-    kept = {record["request_id"] for record in records(tmp_path)}
+    kept = {record["request_id"] for record in log_records(tmp_path)}
     assert "rid-399" in kept and "rid-0" not in kept
 
 
@@ -126,7 +117,7 @@ def test_log_write_error_is_counted_and_later_requests_are_written(tmp_path: Pat
     log.offer("/v1/prediction", "rid-ok", BODY, ANSWER)
     log.close()
     assert drops == ["write_error"]
-    assert {record["request_id"] for record in records(tmp_path)} == {"rid-ok"}
+    assert {record["request_id"] for record in log_records(tmp_path)} == {"rid-ok"}
 
 
 def test_log_samples_about_its_share_of_requests(tmp_path: Path) -> None:
@@ -137,39 +128,3 @@ def test_log_samples_about_its_share_of_requests(tmp_path: Path) -> None:
     never = PredictionLog(tmp_path, sample=0.0, model="m", worker=1)
     assert not any(never.sampled() for _ in range(1_000))
     never.close()
-
-
-@pytest.mark.integration
-def test_service_logs_every_flight_answered_by_its_workers_even_across_sigterm(
-    trained_model: str, tmp_path: Path
-) -> None:
-    env = {"FLIGHT_DELAY_LOG_SAMPLE": "1", "FLIGHT_DELAY_WORKERS": "2", "FLIGHT_DELAY_OUTCOMES_TOKEN": TOKEN}
-    with bentoml_serve(tmp_path / "serve.log", env) as (url, process), httpx.Client(base_url=url) as http:
-        auth = {"Authorization": f"Bearer {TOKEN}", "Idempotency-Key": "outcomes-1"}
-        outcome = http.post("/v1/outcomes", json=EXAMPLE_OUTCOMES, headers=auth)
-        replayed = http.post("/v1/outcomes", json=EXAMPLE_OUTCOMES, headers=auth)
-        assert (outcome.status_code, replayed.headers["idempotent-replayed"]) == (200, "true")
-        logged = http.post("/v1/prediction", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "client-id.1"})
-        assert logged.headers["x-request-id"] == "client-id.1"
-        invented = http.post("/predict", json=EXAMPLE_REQUEST, headers={"X-Request-ID": "not a <token>"})
-        assert len(invented.headers["x-request-id"]) == 32
-        refused = http.post("/v1/prediction", json={"flights": [{"OPERA": "Nope"}]})
-        assert refused.status_code == 400 and "x-request-id" not in refused.headers
-        answers = [http.post("/v1/prediction", json=EXAMPLE_REQUEST) for _ in range(200)]
-        dropped = [line for line in http.get("/metrics").text.splitlines() if "prediction_log_dropped" in line]
-        process.send_signal(signal.SIGTERM)
-        process.wait(30)
-    assert not [line for line in dropped if not line.startswith("#")]  # no write_error: every route is written
-    written = records(tmp_path / "prediction-log")
-    outcomes = [record for record in written if record["route"] == "/v1/outcomes"]
-    assert [record["request_id"] for record in outcomes] == [outcome.headers["x-request-id"]]  # the replay is not
-    assert outcomes[0]["Fecha-O"] == EXAMPLE_OUTCOMES["flights"][0]["Fecha-O"] and outcomes[0]["counted"]
-    written = [record for record in written if record["route"] != "/v1/outcomes"]
-    flights = len(EXAMPLE_REQUEST["flights"])
-    assert len(written) == (2 + len(answers)) * flights  # the 400 is not logged
-    assert {record["model"] for record in written} == {trained_model}
-    assert len({path.name for path in (tmp_path / "prediction-log" / MODEL_NAME / "data").iterdir()}) == 2
-    by_id = {record["request_id"]: record for record in written}
-    assert by_id["client-id.1"]["probability"] == logged.json()[-1]["probability"]
-    assert by_id[invented.headers["x-request-id"]]["route"] == "/predict"
-    assert {answer.headers["x-request-id"] for answer in answers} <= set(by_id)
