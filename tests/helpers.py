@@ -5,12 +5,15 @@ import os
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+import pandas as pd
 import pytest
 
+import train
 from loadtest.servers import server  # how the service is started, everywhere
 from models.config import MODEL_NAME
 from models.data import STATS_PATH
@@ -24,6 +27,37 @@ SAMPLE_ROWS = 4_000
 _ROUTES = json.loads(STATS_PATH.read_text())["route"]
 VOCABULARY = Vocabulary(tuple(sorted({route[0] for route in _ROUTES})), tuple(sorted({route[1] for route in _ROUTES})))
 REQUESTS = request_models(VOCABULARY.airlines, VOCABULARY.destinations)
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """What train.train did: what it returned (predictor, held-out metrics, monitoring reference), the
+    flights it chose the threshold on with their outcomes, and the flights it evaluated on."""
+
+    result: tuple[DelayPredictor, dict[str, Any], dict[str, Any]]
+    training: FlightColumns
+    training_delayed: np.ndarray
+    held_out: FlightColumns
+
+
+def recorded_training(flights: pd.DataFrame) -> TrainingRun:
+    """train.train on `flights`, recording the flights on each side of its split as it goes."""
+    seen: dict[str, Any] = {}
+    choose_threshold, evaluate = train.choose_threshold, train.evaluate
+
+    def recording_choose_threshold(columns: FlightColumns, delayed: np.ndarray, days: np.ndarray) -> float:
+        seen["training"], seen["training_delayed"] = columns, delayed
+        return choose_threshold(columns, delayed, days)
+
+    def recording_evaluate(predictor: DelayPredictor, columns: FlightColumns, *args: Any) -> dict[str, Any]:
+        seen["held_out"] = columns
+        return evaluate(predictor, columns, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "choose_threshold", recording_choose_threshold)
+        patch.setattr(train, "evaluate", recording_evaluate)
+        result = train.train(flights)
+    return TrainingRun(result, **seen)
 
 
 def varied_flights(count: int) -> list[dict[str, Any]]:

@@ -1,19 +1,24 @@
 """train.py end to end on a small sample, its error handling, and the metadata contract with the service."""
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import bentoml
 import numpy as np
 import pytest
-from helpers import REQUESTS, VOCABULARY, assert_calibrated, assert_same_answers, stand_in_reference
+from helpers import (
+    REQUESTS,
+    VOCABULARY,
+    TrainingRun,
+    assert_calibrated,
+    assert_same_answers,
+    stand_in_reference,
+)
 from sklearn.model_selection import GroupKFold
 
 import train
 from models.config import CALIBRATION_BINS, CV_FOLDS, TARGET_RECALL, TEST_SIZE
-from models.data import embedded_sample
 from models.features import FlightColumns
 from models.predictor import (
     MAX_PROBABILITY_GAP,
@@ -61,45 +66,14 @@ def test_embedded_sample_probabilities_are_calibrated_on_held_out_days(
     assert_calibrated(sample_model[1][view])
 
 
-@dataclass(frozen=True)
-class TrainingRun:
-    """What train.train did on the embedded sample: the flights on each side of its split, and its threshold."""
-
-    training: FlightColumns
-    training_delayed: np.ndarray
-    held_out: FlightColumns
-    threshold: float
-
-
-@pytest.fixture(scope="module")
-def embedded_run() -> TrainingRun:
-    """train.train on the embedded sample, recording the flights it chose the threshold on and those it evaluated on."""
-    seen: dict[str, Any] = {}
-    choose_threshold, evaluate = train.choose_threshold, train.evaluate
-
-    def recording_choose_threshold(columns: FlightColumns, delayed: np.ndarray, days: np.ndarray) -> float:
-        seen["training"], seen["training_delayed"] = columns, delayed
-        return choose_threshold(columns, delayed, days)
-
-    def recording_evaluate(predictor: DelayPredictor, columns: FlightColumns, *args: Any) -> dict[str, Any]:
-        seen["held_out"] = columns
-        return evaluate(predictor, columns, *args)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, "choose_threshold", recording_choose_threshold)
-        patch.setattr(train, "evaluate", recording_evaluate)
-        predictor, *_ = train.train(embedded_sample()[0])
-    return TrainingRun(**seen, threshold=predictor.threshold)
-
-
 def calendar_days(columns: FlightColumns) -> np.ndarray:
     """The calendar day of each flight's scheduled departure."""
     return columns.scheduled.astype("datetime64[D]")
 
 
-def test_train_holds_out_whole_calendar_days(embedded_run: TrainingRun) -> None:
+def test_train_holds_out_whole_calendar_days(sample_run: TrainingRun) -> None:
     """No day has flights on both sides, so the held-out metrics are those of days the model never saw."""
-    training_days, held_out_days = set(calendar_days(embedded_run.training)), set(calendar_days(embedded_run.held_out))
+    training_days, held_out_days = set(calendar_days(sample_run.training)), set(calendar_days(sample_run.held_out))
     assert training_days.isdisjoint(held_out_days)
     assert len(held_out_days) / len(training_days | held_out_days) == pytest.approx(TEST_SIZE, abs=0.01)
 
@@ -114,14 +88,14 @@ def out_of_fold_probabilities(columns: FlightColumns, delayed: np.ndarray) -> li
     return scores
 
 
-def test_threshold_is_the_highest_that_catches_target_recall_out_of_fold(embedded_run: TrainingRun) -> None:
+def test_threshold_is_the_highest_that_catches_target_recall_out_of_fold(sample_run: TrainingRun) -> None:
     """Scored by models that did not see their day, the training days' delayed flights reach the threshold
     in at least TARGET_RECALL of cases in each view, and in one view a higher threshold would catch fewer."""
-    delayed = embedded_run.training_delayed
-    late = [score[delayed == 1] for score in out_of_fold_probabilities(embedded_run.training, delayed)]
+    delayed = sample_run.training_delayed
+    late = [score[delayed == 1] for score in out_of_fold_probabilities(sample_run.training, delayed)]
     margin = 1e-9  # float noise only: the required-only view has ties, and the threshold may sit on one
-    assert min((score >= embedded_run.threshold - margin).mean() for score in late) >= TARGET_RECALL
-    assert min((score > embedded_run.threshold + margin).mean() for score in late) < TARGET_RECALL
+    assert min((score >= sample_run.result[0].threshold - margin).mean() for score in late) >= TARGET_RECALL
+    assert min((score > sample_run.result[0].threshold + margin).mean() for score in late) < TARGET_RECALL
 
 
 def test_train_plot_option_writes_reliability_diagram(sample_csv: Path, tmp_path: Path) -> None:
