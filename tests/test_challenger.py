@@ -19,6 +19,7 @@ import pytest
 import yaml
 from helpers import bentoml_serve, pin_model
 
+import train
 from loadtest.servers import SERVERS
 from models.config import MODEL_NAME, PROJECT_DIR
 from models.data import embedded_sample
@@ -45,21 +46,15 @@ RARE = 15  # the challenger learns only airlines and cities with this many fligh
 
 @pytest.fixture(scope="module")
 def pair(trained_model: str, sample_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """A store with the session's model (the champion) and a challenger train.py fits on the same sample
-    with --min-flights RARE: (store, champion tag, challenger tag)."""
+    """A store with the session's model (the champion) and, as its latest, a challenger train.py fits on
+    the same sample with --min-flights RARE: (store, champion tag, challenger tag). Trained in this
+    process, into the session's store, and linked into a store of its own."""
+    assert train.main(["--data", str(sample_csv), "--min-flights", str(RARE)]) == 0
+    challenger = str(bentoml.models.get(f"{MODEL_NAME}:latest").tag)
     home = tmp_path_factory.mktemp("challenger-home")
     pin_model(home, trained_model)
-    result = subprocess.run(
-        [sys.executable, "train.py", "--data", str(sample_csv), "--min-flights", str(RARE)],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "BENTOML_HOME": str(home)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    challenger = (home / "models" / MODEL_NAME / "latest").read_text().strip()
-    return home, trained_model, f"{MODEL_NAME}:{challenger}"
+    pin_model(home, challenger)
+    return home, trained_model, challenger
 
 
 def predictor(home: Path, tag: str) -> DelayPredictor:
