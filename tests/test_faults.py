@@ -1,19 +1,21 @@
 """Operator mistakes: the service refuses to start, in one line that says how to fix it, rather than serve."""
 
-import json
 import os
+import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
+import bentoml
 import httpx
+import numpy as np
 import pytest
 from helpers import VOCABULARY, bentoml_serve, stand_in_reference
+from sklearn.ensemble import HistGradientBoostingClassifier
 
 from loadtest.servers import SERVERS
-from models.config import PROJECT_DIR
-from models.predictor import ONNX_FILE, expected_spec
+from models.config import MODEL_NAME, PROJECT_DIR
+from models.predictor import ONNX_FILE, expected_spec, to_onnx
 from models.schema import EXAMPLE_REQUEST
 
 pytestmark = pytest.mark.integration
@@ -31,34 +33,19 @@ def serve(store: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def store_with_model(store: Path, metadata: dict[str, Any], classifier: str = "'not a model'") -> Path:
-    """A model store holding one flight_delay model with the given metadata.
+def store_with_model(store: Path, metadata: dict[str, Any], classifier: object = None) -> Path:
+    """A model store holding one flight_delay model, as its latest, with the given metadata.
 
-    classifier: Python code whose value is stored as the served model file (a string literal is written
-    as text, a scikit-learn model converted for ONNX Runtime). scikit-learn and the converter are
-    imported for a model only: they are most of the 2 s of CPU the helper takes.
+    classifier: a fitted scikit-learn model, stored converted for ONNX Runtime; None stores a file that
+    is not a model. Made in this process's store (bentoml.models.create), copied to `store`, and
+    deleted from this process's store again.
     """
-    fitting = (
-        "from models.predictor import to_onnx\n"
-        "import numpy as np\n"
-        "from sklearn.ensemble import HistGradientBoostingClassifier\n"
-    )
-    code = (
-        "import bentoml, json, sys\n"
-        + ("" if classifier.startswith(("'", '"')) else fitting)
-        + f"classifier = {classifier}\n"
-        "with bentoml.models.create('flight_delay', metadata=json.loads(sys.argv[1])) as ref:\n"
-        f"    path = ref.path + '/{ONNX_FILE}'\n"
-        "    open(path, 'wb').write(classifier.encode() if isinstance(classifier, str) else to_onnx(classifier))\n"
-    )
-    subprocess.run(
-        [sys.executable, "-c", code, json.dumps(metadata)],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "BENTOML_HOME": str(store)},
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    with bentoml.models.create(MODEL_NAME, metadata=metadata) as ref:
+        Path(ref.path, ONNX_FILE).write_bytes(b"not a model" if classifier is None else to_onnx(classifier))
+    models = store / "models" / MODEL_NAME
+    shutil.copytree(ref.path, models / ref.tag.version)
+    (models / "latest").write_text(ref.tag.version)
+    bentoml.models.delete(ref.tag)
     return store
 
 
@@ -113,7 +100,7 @@ def test_a_failure_inside_the_model_answers_500_without_internals(tmp_path: Path
         "vocabularies": VOCABULARY.metadata(),
         **expected_spec(),
     }
-    broken = "HistGradientBoostingClassifier(max_iter=2).fit(np.arange(60.0).reshape(20, 3), [0, 1] * 10)"
+    broken = HistGradientBoostingClassifier(max_iter=2).fit(np.arange(60.0).reshape(20, 3), [0, 1] * 10)
     store = store_with_model(tmp_path / "store", metadata, broken)
     log = tmp_path / "serve.log"
     with bentoml_serve(log, env={"BENTOML_HOME": str(store)}) as (url, _process):
