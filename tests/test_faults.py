@@ -42,9 +42,9 @@ def store_with_model(store: Path, metadata: dict[str, Any], classifier: object =
     """
     with bentoml.models.create(MODEL_NAME, metadata=metadata) as ref:
         Path(ref.path, ONNX_FILE).write_bytes(b"not a model" if classifier is None else to_onnx(classifier))
-    models = store / "models" / MODEL_NAME
-    shutil.copytree(ref.path, models / ref.tag.version)
-    (models / "latest").write_text(ref.tag.version)
+    models, version = store / "models" / MODEL_NAME, str(ref.tag.version)
+    shutil.copytree(ref.path, models / version)
+    (models / "latest").write_text(version)
     bentoml.models.delete(ref.tag)
     return store
 
