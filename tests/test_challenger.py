@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -20,6 +19,7 @@ import yaml
 from helpers import bentoml_serve, pin_model
 
 import train
+from loadtest.probes import fresh
 from loadtest.servers import SERVERS
 from models.config import MODEL_NAME, PROJECT_DIR
 from models.data import embedded_sample
@@ -111,7 +111,7 @@ def as_flights(rows: pd.DataFrame, outcomes: bool = False) -> list[dict[str, Any
 def report(url: str) -> dict[str, Any]:
     """GET /v1/monitoring after the challenger's next pass and the workers' next export."""
     time.sleep(2.5)
-    return dict(httpx.get(f"{url}/v1/monitoring", timeout=10).json())
+    return dict(fresh().get(f"{url}/v1/monitoring", timeout=10).json())
 
 
 @pytest.mark.integration
@@ -123,7 +123,8 @@ def test_answers_stay_the_champions_and_the_challenger_scores_the_same_flights(
     assert len(challenger.vocabulary.airlines) < len(champion.vocabulary.airlines), "the fixture's premise"
     rows = sample_flights(champion, 1_500)
     sent = as_flights(rows)
-    answers = [httpx.post(f"{served}/v1/prediction", json={"flights": sent[i : i + 100]}) for i in range(0, 1_500, 100)]
+    route = f"{served}/v1/prediction"
+    answers = [fresh().post(route, json={"flights": sent[i : i + 100]}) for i in range(0, 1_500, 100)]
     assert {answer.status_code for answer in answers} == {200}
     probabilities = np.array([p["probability"] for answer in answers for p in answer.json()])
     expected = champion.probabilities(FlightColumns.from_frame(rows, champion.vocabulary))
@@ -150,7 +151,7 @@ def test_outcomes_judge_both_models_on_the_flights_both_scored(pair: tuple[Path,
     sent = as_flights(rows, outcomes=True)
     headers = {"Authorization": f"Bearer {TOKEN}"}
     answers = [
-        httpx.post(f"{served}/v1/outcomes", json={"flights": sent[i : i + 1_000]}, headers=headers, timeout=30)
+        fresh().post(f"{served}/v1/outcomes", json={"flights": sent[i : i + 1_000]}, headers=headers, timeout=30)
         for i in range(0, 3_000, 1_000)
     ]
     assert {answer.status_code for answer in answers} == {200}
@@ -193,7 +194,7 @@ def test_prediction_log_records_the_challengers_probability_beside_the_champions
     champion, challenger = predictor(home, champion_tag), predictor(home, challenger_tag)
     rows = sample_flights(champion, 40, offset=6_000)
     known = challenger.vocabulary.known(rows)
-    assert httpx.post(f"{served}/v1/prediction", json={"flights": as_flights(rows)}).status_code == 200
+    assert fresh().post(f"{served}/v1/prediction", json={"flights": as_flights(rows)}).status_code == 200
     time.sleep(1)
     files = (LOGS[0] / MODEL_NAME / "data").glob("data.*.log*")
     records = [json.loads(line) for path in files for line in path.read_text().splitlines()]

@@ -24,6 +24,7 @@ import pytest
 import uvicorn
 from helpers import bentoml_serve
 
+from loadtest.probes import fresh
 from models.schema import EXAMPLE_REQUEST
 from serving import connections
 from serving.connections import DeadlineProtocol, Limits
@@ -79,7 +80,7 @@ def read_until_closed(sock: socket.socket, trickle: bytes = b"", every_s: float 
 def closed_reasons(url: str) -> dict[str, float]:
     """connections_closed_total by reason, from /metrics."""
     counts = {}
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
+    for line in fresh().get(f"{url}/metrics").text.splitlines():
         if line.startswith("connections_closed_total{"):
             counts[line.split('reason="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
     return counts
@@ -152,7 +153,7 @@ def test_new_connection_at_the_cap_evicts_the_oldest_waiting_one(strict_url: str
     hogs = [connect(strict_url) for _ in range(CAP + 10)]
     try:
         time.sleep(0.2)
-        answer = httpx.post(f"{strict_url}/v1/prediction", json=EXAMPLE_REQUEST, timeout=10)
+        answer = fresh().post(f"{strict_url}/v1/prediction", json=EXAMPLE_REQUEST, timeout=10)
         assert answer.status_code == 200
         assert closed_reasons(strict_url)["evicted"] - before >= 10
         assert reset_or_closed(hogs[0], 2)  # the oldest hog was aborted
@@ -174,7 +175,7 @@ def test_413_reaches_urllib_which_sends_the_whole_body_first(service_url: str) -
 
 def metric_series(url: str) -> set[str]:
     """The names and labels of every series on /metrics (values left out)."""
-    lines = httpx.get(f"{url}/metrics").text.splitlines()
+    lines = fresh().get(f"{url}/metrics").text.splitlines()
     return {line.rsplit(" ", 1)[0] for line in lines if line and not line.startswith("#")}
 
 

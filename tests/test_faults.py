@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import bentoml
-import httpx
 import numpy as np
 import pytest
 from helpers import VOCABULARY, bentoml_serve, stand_in_reference
 from sklearn.ensemble import HistGradientBoostingClassifier
 
+from loadtest.probes import fresh
 from loadtest.servers import SERVERS
 from models.config import MODEL_NAME, PROJECT_DIR
 from models.predictor import ONNX_FILE, expected_spec, to_onnx
@@ -104,8 +104,8 @@ def test_a_failure_inside_the_model_answers_500_without_internals(tmp_path: Path
     store = store_with_model(tmp_path / "store", metadata, broken)
     log = tmp_path / "serve.log"
     with bentoml_serve(log, env={"BENTOML_HOME": str(store)}) as (url, _process):
-        answer = httpx.post(f"{url}/v1/prediction", json=EXAMPLE_REQUEST, timeout=30)
-        health = httpx.get(f"{url}/health", timeout=10)
+        answer = fresh().post(f"{url}/v1/prediction", json=EXAMPLE_REQUEST, timeout=30)
+        health = fresh().get(f"{url}/health", timeout=10)
     assert answer.status_code == 500
     assert answer.json() == {"error": "internal error, see the server log", "detail": []}
     for leak in ("Traceback", "File ", ".py", "/", "onnxruntime", "numpy", "features"):

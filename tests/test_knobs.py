@@ -14,6 +14,7 @@ import httpx
 import pytest
 from helpers import bentoml_serve
 
+from loadtest.probes import fresh
 from loadtest.servers import SERVERS
 from models.config import PROJECT_DIR
 from models.schema import EXAMPLE_REQUEST
@@ -147,8 +148,7 @@ def concurrent_posts(url: str, count: int) -> list[httpx.Response]:
     """`count` 1,000-flight predictions sent at once, one connection each."""
 
     def post(_: int) -> httpx.Response:
-        with httpx.Client(timeout=60) as http:
-            return http.post(f"{url}/v1/prediction", json=THOUSAND_FLIGHTS)
+        return fresh().post(f"{url}/v1/prediction", json=THOUSAND_FLIGHTS, timeout=60)
 
     with ThreadPoolExecutor(count) as pool:
         return list(pool.map(post, range(count)))

@@ -9,12 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bentoml
-import httpx
 import numpy as np
 import pytest
 from helpers import REQUESTS, VOCABULARY, bentoml_serve
 from sklearn.metrics import roc_auc_score
 
+from loadtest.probes import fresh
 from models.data import embedded_sample
 from models.features import MONITORED, FlightColumns, Vocabulary, category_counts, encode
 from models.predictor import DelayPredictor
@@ -160,7 +160,7 @@ def monitoring_after(url: str, flights: int) -> dict[str, Any]:
     """/v1/monitoring once it counts `flights` (each worker exports within a second)."""
     deadline = time.monotonic() + 10
     while True:
-        report = httpx.get(f"{url}/v1/monitoring", timeout=10).json()
+        report = fresh().get(f"{url}/v1/monitoring", timeout=10).json()
         if report["predictions"]["flights"] >= flights or time.monotonic() > deadline:
             return report
         time.sleep(0.2)
@@ -183,16 +183,15 @@ def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_worker
     batches = [body[i : i + 12] for i in range(0, len(body), 12)]
 
     def post(batch: list[dict[str, Any]]) -> list[float]:
-        with httpx.Client(timeout=30) as http:
-            answer = http.post(f"{two_workers}/v1/prediction", json={"flights": batch})
-            assert answer.status_code == 200
-            return [item["probability"] for item in answer.json()]
+        answer = fresh().post(f"{two_workers}/v1/prediction", json={"flights": batch}, timeout=30)
+        assert answer.status_code == 200
+        return [item["probability"] for item in answer.json()]
 
     with ThreadPoolExecutor(16) as pool:  # concurrent, so that both workers answer
         served = np.concatenate([np.array(p) for p in pool.map(post, batches)])
     report = monitoring_after(two_workers, len(body))
     assert report["predictions"]["flights"] == len(body)
-    card = httpx.get(f"{two_workers}/v1/model").json()
+    card = fresh().get(f"{two_workers}/v1/model").json()
     assert report["model"] == card["tag"] and report["reference"] == card["reference"]["held_out"]
     assert report["estimated"]["delay_rate"] == pytest.approx(served.mean(), abs=1e-4)
     assert {"airline", "international", "month", "hour", "destination"} <= set(report["drift"])

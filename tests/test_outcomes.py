@@ -11,6 +11,7 @@ import pytest
 from helpers import bentoml_serve
 from sklearn.metrics import roc_auc_score
 
+from loadtest.probes import fresh
 from models.data import embedded_sample
 from models.quality import probability_bins
 from models.schema import EXAMPLE_OUTCOMES
@@ -31,13 +32,13 @@ def with_token(trained_model: str, tmp_path_factory: pytest.TempPathFactory) -> 
 def post(url: str, body: Any, token: str | None = TOKEN, **headers: str) -> httpx.Response:
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
-    return httpx.post(f"{url}/v1/outcomes", json=body, headers=headers, timeout=30)
+    return fresh().post(f"{url}/v1/outcomes", json=body, headers=headers, timeout=30)
 
 
 def outcomes_counted(url: str) -> dict[str, Any]:
     """The outcomes part of /v1/monitoring, after the workers' next export."""
     time.sleep(1.5)
-    return httpx.get(f"{url}/v1/monitoring", timeout=10).json()["outcomes"]
+    return fresh().get(f"{url}/v1/monitoring", timeout=10).json()["outcomes"]
 
 
 def test_outcomes_without_a_configured_token_answer_403_saying_how_to_enable_them(client: httpx.Client) -> None:
@@ -80,8 +81,8 @@ def test_invalid_outcome_gets_400_naming_the_field(with_token: str, change: dict
 
 def test_outcomes_keep_the_prediction_routes_limits(with_token: str) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    text = httpx.post(f"{with_token}/v1/outcomes", content="x", headers={**headers, "Content-Type": "text/plain"})
-    big = httpx.post(f"{with_token}/v1/outcomes", json={"flights": ["x" * 2_000_000]}, headers=headers)
+    text = fresh().post(f"{with_token}/v1/outcomes", content="x", headers={**headers, "Content-Type": "text/plain"})
+    big = fresh().post(f"{with_token}/v1/outcomes", json={"flights": ["x" * 2_000_000]}, headers=headers)
     assert (text.status_code, big.status_code) == (415, 413)
 
 
@@ -107,11 +108,10 @@ def test_realized_quality_equals_the_figures_of_the_flights_sent(with_token: str
     assert [answer.status_code for answer in answers] == [200] * (OUTCOMES // 100)
     delayed = rows["delayed"].to_numpy().astype(float)
     assert sum(answer.json()["delayed"] for answer in answers) == delayed.sum()
-    predicted = httpx.post(
-        f"{with_token}/v1/prediction", json={"flights": [{k: v for k, v in f.items() if k != "Fecha-O"} for f in body]}
-    ).json()
+    sent = {"flights": [{k: v for k, v in f.items() if k != "Fecha-O"} for f in body]}
+    predicted = fresh().post(f"{with_token}/v1/prediction", json=sent).json()
     p = np.array([answer["probability"] for answer in predicted])
-    edges = np.array(httpx.get(f"{with_token}/v1/model").json()["reference"]["probability_edges"])
+    edges = np.array(fresh().get(f"{with_token}/v1/model").json()["reference"]["probability_edges"])
     deciles = probability_bins(edges, p) // 10
     calibration = sum(abs(p[deciles == d].sum() - delayed[deciles == d].sum()) for d in range(10)) / OUTCOMES
     realized = outcomes_counted(with_token)

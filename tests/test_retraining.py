@@ -14,6 +14,7 @@ import pytest
 from helpers import VOCABULARY, bentoml_serve, pin_model
 
 import train
+from loadtest.probes import fresh
 from models.config import MODEL_NAME
 
 pytestmark = pytest.mark.integration
@@ -65,10 +66,10 @@ def test_train_prints_the_new_airline_and_city_against_the_stores_latest_model(
 
 def test_retrained_service_accepts_the_new_airline_and_city_on_both_routes(retrained_url: str) -> None:
     body = {"flights": [NEW_FLIGHT, {**NEW_FLIGHT, "OPERA": "Sky Airline", "SIGLADES": "Lima"}]}
-    answer = httpx.post(f"{retrained_url}/v1/prediction", json=body, timeout=30)
+    answer = fresh().post(f"{retrained_url}/v1/prediction", json=body, timeout=30)
     assert answer.status_code == 200, answer.text
     assert all(0 < flight["probability"] < 1 for flight in answer.json())
-    assert httpx.post(f"{retrained_url}/predict", json=body, timeout=30).json()["predict"] in (
+    assert fresh().post(f"{retrained_url}/predict", json=body, timeout=30).json()["predict"] in (
         [0, 0],
         [0, 1],
         [1, 0],
@@ -80,11 +81,11 @@ def test_retrained_service_lists_what_it_learned_on_v1_model_and_the_api_documen
     retrained_url: str, retrained: tuple[Path, str, pd.DataFrame]
 ) -> None:
     data = retrained[2]
-    vocabularies = httpx.get(f"{retrained_url}/v1/model", timeout=10).json()["vocabularies"]
+    vocabularies = fresh().get(f"{retrained_url}/v1/model", timeout=10).json()["vocabularies"]
     assert vocabularies["OPERA"] == sorted([*VOCABULARY.airlines, "Arajet"]) == sorted(set(data["OPERA"]))
     assert vocabularies["SIGLADES"] == sorted(set(data["SIGLADES"]))
     assert "Santo Domingo" in vocabularies["SIGLADES"]
-    flight = httpx.get(f"{retrained_url}/docs.json", timeout=10).json()["components"]["schemas"]["Flight"]
+    flight = fresh().get(f"{retrained_url}/docs.json", timeout=10).json()["components"]["schemas"]["Flight"]
     assert flight["properties"]["OPERA"]["enum"] == vocabularies["OPERA"]
     assert flight["properties"]["SIGLADES"]["anyOf"][0]["enum"] == vocabularies["SIGLADES"]
     assert "one of the model's 24" in flight["properties"]["OPERA"]["description"]
@@ -93,7 +94,7 @@ def test_retrained_service_lists_what_it_learned_on_v1_model_and_the_api_documen
 @pytest.mark.parametrize("route", ["/v1/prediction", "/predict"])
 def test_retrained_service_refuses_a_value_it_did_not_learn_naming_the_field(retrained_url: str, route: str) -> None:
     for field, value in (("OPERA", "Pan Am"), ("SIGLADES", "Atlantis")):
-        answer = httpx.post(f"{retrained_url}{route}", json={"flights": [{**NEW_FLIGHT, field: value}]}, timeout=30)
+        answer = fresh().post(f"{retrained_url}{route}", json={"flights": [{**NEW_FLIGHT, field: value}]}, timeout=30)
         assert answer.status_code == 400
         problem = answer.json()["detail"][0]
         assert problem["loc"] == ["flights", 0, field]
