@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from helpers import bentoml_serve, pin_model
+from helpers import bentoml_serve, log_records, pin_model
 
 import train
 from loadtest.probes import fresh
@@ -196,10 +196,8 @@ def test_prediction_log_records_the_challengers_probability_beside_the_champions
     known = challenger.vocabulary.known(rows)
     assert fresh().post(f"{served}/v1/prediction", json={"flights": as_flights(rows)}).status_code == 200
     time.sleep(1)
-    files = (LOGS[0] / MODEL_NAME / "data").glob("data.*.log*")
-    records = [json.loads(line) for path in files for line in path.read_text().splitlines()]
     requests: dict[str, list[dict[str, Any]]] = {}
-    for record in records:
+    for record in log_records(LOGS[0]):
         requests.setdefault(record["request_id"], []).append(record)
     (ours,) = [sorted(rs, key=lambda r: r["index"]) for rs in requests.values() if len(rs) == 40]
     theirs = challenger.probabilities(FlightColumns.from_frame(rows[known], challenger.vocabulary))
