@@ -40,8 +40,6 @@ RULES_FILE = ALERTS_DIR / "flight-delay.rules.yml"
 # promtool's unit tests: the cases that run for hours in a file of their own, evaluated every 10 minutes
 # rather than every minute
 RULES_TEST_FILES = (ALERTS_DIR / "flight-delay.rules.test.yml", ALERTS_DIR / "flight-delay.rules.10m.test.yml")
-
-
 RUNBOOKS_DIR = PROJECT_DIR / "docs" / "runbooks"
 BUILD_SCRIPT = PROJECT_DIR / "container" / "build.sh"
 ADAPTER_RULES = K8S_DIR / "autoscaling" / "prometheus-adapter-rules.yaml"
