@@ -27,7 +27,9 @@ For the prediction and outcomes routes (`routes`):
   went to BentoML's per-request framework around this route (docs/performance.md). Other routes go
   on to BentoML's app with the body already read;
 - every 4xx/5xx body is `{"error": ..., "detail": [...]}` without the links to the validation
-  library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid`;
+  library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid`.
+  On every other route, an error answered as text (Starlette's 404 for an unknown path, 405 for a
+  wrong method, 500) gets that same JSON body; a JSON error body there is the route's own and stays;
 - a sampled request's body and answer go to the worker's prediction log (serving/prediction_log.py),
   and its answer names it with X-Request-ID (the client's own, if it sent a plain one);
 - at shutdown, one log line per worker: requests accepted, answered, and cut (accepted, not answered).
@@ -144,7 +146,7 @@ class RequestLayer:
         elif scope["path"] in self.routes:
             await self.admitted(scope, receive, send)
         else:
-            await self.passed_on(scope, receive, send)
+            await self.passed_on(scope, receive, CleanErrors(send, keep_json=True))
 
     async def admitted(self, scope: Scope, receive: Receive, send: Send) -> None:
         """A request of a checked route: refused, shed, or answered within the time-out."""
@@ -408,17 +410,24 @@ def request_id(headers: dict[bytes, bytes]) -> str:
 
 
 class CleanErrors:
-    """A `send` that rewrites error bodies (status >= 400) and passes every other response through."""
+    """A `send` that rewrites error bodies (status >= 400) and passes every other response through;
+    with `keep_json`, an error already answered as JSON passes through too."""
 
-    def __init__(self, send: Send, on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None) -> None:
+    def __init__(
+        self,
+        send: Send,
+        on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None,
+        keep_json: bool = False,
+    ) -> None:
         self.send = send
         self.on_invalid = on_invalid
+        self.keep_json = keep_json
         self.start: Message | None = None
         self.chunks: list[bytes] = []
         self.started = False  # whether any part of a response has gone to the client
 
     async def __call__(self, message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] >= 400:
+        if message["type"] == "http.response.start" and message["status"] >= 400 and not self.json_kept(message):
             self.start = message  # held until the whole body is known
             return
         if self.start is None:
@@ -437,6 +446,13 @@ class CleanErrors:
         self.started = True
         await self.send({"type": "http.response.start", "status": status, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})
+
+    def json_kept(self, start: Message) -> bool:
+        """Whether the error that `start` begins passes through: JSON, and `keep_json` asked for."""
+        if not self.keep_json:
+            return False
+        media_type = next((v for k, v in start["headers"] if k.lower() == b"content-type"), b"")
+        return media_type.split(b";")[0].strip().lower() in JSON_TYPES
 
 
 def clean_body(status: int, body: bytes) -> bytes:

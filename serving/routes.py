@@ -46,7 +46,7 @@ async def monitoring(request: Request) -> JSONResponse:
     flights with that input so far, or an input not judged by design (docs/monitoring.md)."""
     settings: Settings = request.app.state.settings
     if not settings.monitoring or not settings.metrics:
-        return JSONResponse({"error": OFF}, 404)
+        return JSONResponse({"error": "not found", "detail": [{"type": "off", "loc": [], "msg": OFF}]}, 404)
     service = bentoml.get_current_service()  # pod_report reads every worker's metric files: in a thread
     recent: Recent[dict[str, Any]] = request.app.state.monitoring_report
     return JSONResponse(await recent.get(lambda: asyncio.to_thread(pod_report, service.card, service.challenger_card)))

@@ -175,6 +175,37 @@ def test_other_routes_pass_through_unchecked() -> None:
     assert asyncio.run(scenario()) == 200
 
 
+def test_other_routes_errors_answered_as_text_get_the_json_body_and_their_own_json_stays() -> None:
+    def answering(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Any:
+        async def app(scope: Scope, receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+
+        return app
+
+    text = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"18")]
+    own = {"error": "the route's own words", "detail": [{"type": "off", "loc": [], "msg": "monitoring is off"}]}
+
+    async def scenario() -> list[tuple[int, dict[bytes, bytes], Any]]:
+        return [
+            await call(guard(answering(404, text, b"Not Found")), path="/nope"),
+            await call(guard(answering(405, [(b"allow", b"GET, HEAD"), *text], b"Method Not Allowed")), path="/health"),
+            await call(guard(answering(500, text, b"Internal Server Error")), path="/v1/model"),
+            await call(guard(answering(404, JSON, json.dumps(own).encode())), path="/v1/monitoring"),
+            await call(guard(answering(200, text, b'"page"')), path="/metrics"),
+        ]
+
+    (missing, wrong_method, failed, kept, page) = asyncio.run(scenario())
+    assert missing[0::2] == (404, {"error": "not found", "detail": []})
+    assert missing[1][b"content-type"] == b"application/json"
+    assert missing[1][b"content-length"] == str(len(b'{"error":"not found","detail":[]}')).encode()
+    assert wrong_method[0::2] == (405, {"error": "method not allowed", "detail": []})
+    assert wrong_method[1][b"allow"] == b"GET, HEAD"
+    assert failed[0::2] == (500, {"error": "internal error, see the server log", "detail": []})
+    assert kept[0::2] == (404, own)
+    assert page[0::2] == (200, "page")
+
+
 def test_requests_beyond_max_in_flight_are_shed_with_503_and_retry_after() -> None:
     async def scenario() -> list[Any]:
         app = Gate()

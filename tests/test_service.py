@@ -92,6 +92,27 @@ def test_model_card_describes_the_served_model(client: httpx.Client) -> None:
     assert card["created_at"]
 
 
+def test_an_unknown_path_or_method_gets_the_json_error_body(client: httpx.Client) -> None:
+    missing = client.post("/v1/predictions", json=EXAMPLE_REQUEST)
+    assert (missing.status_code, missing.json()) == (404, {"error": "not found", "detail": []})
+    assert missing.headers["content-type"] == "application/json"
+    wrong = client.delete("/health")
+    assert (wrong.status_code, wrong.json()) == (405, {"error": "method not allowed", "detail": []})
+    assert set(wrong.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_monitoring_off_is_a_404_that_says_so() -> None:
+    from starlette.testclient import TestClient
+
+    from serving.routes import OFF, plain_app
+    from serving.settings import Settings
+
+    with TestClient(plain_app(None, Settings(monitoring=False))) as http:
+        answer = http.get("/v1/monitoring")
+    assert answer.status_code == 404
+    assert answer.json() == {"error": "not found", "detail": [{"type": "off", "loc": [], "msg": OFF}]}
+
+
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
 def test_bentoml_system_routes_stay(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 200
