@@ -6,7 +6,9 @@ For the prediction and outcomes routes (`routes`):
   rest of the body is read and dropped first, up to DRAIN_BYTES, since a client that sends its whole
   body before reading (Python's urllib) sees a connection reset instead of the 413 when the server
   closes on unread data (nginx's "lingering close" does the same);
-- a Content-Type other than JSON (BentoML would otherwise parse anything as JSON): 415;
+- a Content-Type other than JSON (BentoML would otherwise parse anything as JSON), or a compressed
+  body (Content-Encoding other than identity; it would be read as invalid JSON): 415, with
+  Accept-Encoding: identity (RFC 9110, 15.5.16);
 - more requests in flight in this worker than `max_in_flight`, more request bytes in flight than
   `max_bytes_in_flight` (a flood of 1,000-flight requests is shed while one-flight requests still
   fit: 9,000 never-reading connections posting them left 85% of probes answered without it), or one
@@ -154,6 +156,9 @@ class RequestLayer:
         media_type = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
         if media_type not in JSON_TYPES:
             await self.refuse(send, 415, "the request body must be JSON: send it with Content-Type: application/json")
+            return
+        if headers.get(b"content-encoding", b"identity").strip().lower() != b"identity":
+            await self.refuse(send, 415, "the request body must not be compressed: send it without Content-Encoding")
             return
         declared = headers.get(b"content-length", b"0")
         if not declared.isdigit() or int(declared) > self.max_body_bytes:
@@ -476,11 +481,14 @@ def clean_body(status: int, body: bytes) -> bytes:
 
 
 def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:
-    """Headers of every error the layer sends: JSON, its length, Retry-After on a 503, and a close
-    after a 413 (the rest of a body too large to read would otherwise be read as the next request)."""
+    """Headers of every error the layer sends: JSON, its length, Retry-After on a 503, the one content
+    coding taken on a 415, and a close after a 413 (the rest of a body too large to read would
+    otherwise be read as the next request)."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if status == 503:
         headers.append((b"retry-after", RETRY_AFTER_SECONDS))
+    elif status == 415:
+        headers.append((b"accept-encoding", b"identity"))
     elif status == 413:
         headers.append((b"connection", b"close"))
     return headers

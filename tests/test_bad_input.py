@@ -1,6 +1,7 @@
 """Bad input on both prediction routes: each case answered 4xx with a JSON body naming the problem,
 and the service still answers a valid request correctly right after it (through the service in this process)."""
 
+import gzip
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from models.config import MAX_FLIGHTS
 from models.schema import EXAMPLE_REQUEST
+from serving.settings import OUTCOMES_ROUTE
 
 PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 VALID = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}
@@ -136,6 +138,17 @@ def test_null_optional_fields_mean_not_given(client: httpx.Client) -> None:
     with_nulls = client.post("/v1/prediction", json={"flights": [{**VALID, "Fecha-I": None, "SIGLADES": None}]})
     assert with_nulls.status_code == 200
     assert with_nulls.json() == client.post("/v1/prediction", json={"flights": [VALID]}).json()
+
+
+@pytest.mark.parametrize("route", [*PREDICTION_ROUTES, OUTCOMES_ROUTE])
+def test_a_compressed_body_is_refused_with_415_not_read_as_invalid_json(client: httpx.Client, route: str) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip", "Authorization": "Bearer x"}
+    response = client.post(route, content=gzip.compress(json.dumps(EXAMPLE_REQUEST).encode()), headers=headers)
+    assert response.status_code == 415, response.text
+    assert response.json()["detail"][0]["msg"] == (
+        "the request body must not be compressed: send it without Content-Encoding"
+    )
+    assert response.headers["accept-encoding"] == "identity"
 
 
 def test_unknown_route_error_body_is_clean(client: httpx.Client) -> None:

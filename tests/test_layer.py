@@ -154,6 +154,25 @@ def test_non_json_content_type_is_refused_with_415_before_the_app_runs() -> None
     assert app.reached == 0
 
 
+@pytest.mark.parametrize("coding", [b"gzip", b"br", b"GZIP ", b"identity, gzip"])
+def test_a_compressed_body_is_refused_with_415_before_the_app_runs(coding: bytes) -> None:
+    app = Gate()
+    status, headers, body = asyncio.run(call(guard(app), headers=[*JSON, (b"content-encoding", coding)]))
+    assert (status, body["detail"][0]["msg"], app.reached) == (
+        415,
+        "the request body must not be compressed: send it without Content-Encoding",
+        0,
+    )
+    assert headers[b"accept-encoding"] == b"identity"
+
+
+def test_an_identity_coded_body_is_read() -> None:
+    app = Gate()
+    app.opened.set()
+    status, _, _ = asyncio.run(call(guard(app), headers=[*JSON, (b"content-encoding", b" Identity")]))
+    assert (status, app.reached) == (200, 1)
+
+
 def test_declared_body_over_the_limit_is_refused_with_413_before_the_app_runs() -> None:
     app = Gate()
     status, _, body = asyncio.run(call(guard(app), headers=[*JSON, (b"content-length", b"1001")]))
