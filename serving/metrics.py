@@ -8,6 +8,9 @@ from typing import Any, Generic, TypeVar
 
 import bentoml
 
+from serving.connections import CLOSE_REASONS
+from serving.prediction_log import DROP_REASONS
+
 T = TypeVar("T")
 UNKNOWN_INPUTS = {"OPERA": "airline", "SIGLADES": "destination"}  # the fields whose values the model learned
 
@@ -31,8 +34,10 @@ class Counters:
 
 
 def counters(model: str) -> Counters:
-    """The counters of the service serving `model` (its tag), declared once per worker."""
-    return Counters(
+    """The counters of the service serving `model` (its tag), declared once per worker, each reason of
+    a close or a drop at 0 from the start: a series that appears only at its first count is missed by
+    `rate()` and by alerts until then (Prometheus's instrumentation practices, "avoid missing metrics")."""
+    counted = Counters(
         layer_errors=bentoml.metrics.Counter(
             name="guard_error_responses",
             documentation="Error responses the request layer sent itself (413, 415, 503, 504), by status",
@@ -58,6 +63,11 @@ def counters(model: str) -> Counters:
         ),
         model=model,
     )
+    for reason in CLOSE_REASONS:
+        counted.connections_closed.labels(reason=reason)
+    for reason in DROP_REASONS:
+        counted.log_drops.labels(reason=reason)
+    return counted
 
 
 class Recent(Generic[T]):

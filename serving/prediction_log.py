@@ -51,6 +51,7 @@ COLUMNS = (  # name, role and type of each column, as bentoml.monitor's schema f
     ("route", "metadata", "categorical"),
     ("index", "metadata", "numerical"),  # the flight's position in its request
 )
+DROP_REASONS = ("queue_full", "write_error")  # the label values of on_drop
 MAX_PENDING_BYTES = 16 * 1_048_576  # of request and answer bodies waiting for the writer
 # Characters a line-based reader takes as line ends (str.splitlines) that JSON may carry unescaped.
 LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"})

@@ -148,9 +148,7 @@ def metric_family(registry: CollectorRegistry, prefix: str) -> tuple[Any, Any, A
     return (
         Counter(f"{prefix}requests", "", ["route"], registry=registry).labels(route="a"),
         Gauge(f"{prefix}in_progress", "", ["route"], registry=registry).labels(route="a"),
-        Histogram(f"{prefix}seconds", "", ["route"], registry=registry, buckets=(0.001, 0.01, 0.1, 1)).labels(
-            route="a"
-        ),
+        Histogram(f"{prefix}seconds", "", ["route"], registry=registry, buckets=BOUNDS).labels(route="a"),
         Gauge(f"{prefix}last", "", ["route"], registry=registry).labels(route="a"),
     )
 

@@ -118,6 +118,16 @@ def test_bentoml_system_routes_stay(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 200
 
 
+def test_every_close_and_drop_reason_is_a_series_from_the_start(client: httpx.Client) -> None:
+    from serving.connections import CLOSE_REASONS
+    from serving.prediction_log import DROP_REASONS
+
+    page = client.get("/metrics").text
+    expected = [f'connections_closed_total{{reason="{reason}"}}' for reason in CLOSE_REASONS]
+    expected += [f'prediction_log_dropped_requests_total{{reason="{reason}"}}' for reason in DROP_REASONS]
+    assert [series for series in expected if series not in page] == []
+
+
 def test_docs_example_is_the_shared_example(client: httpx.Client) -> None:
     schema = client.get("/docs.json").json()
     body = schema["paths"]["/v1/prediction"]["post"]["requestBody"]["content"]["application/json"]["schema"]
