@@ -6,6 +6,8 @@ Without --data it reads data/dataset_SCL.csv when present, otherwise the embedde
 """
 
 import argparse
+import itertools
+import math
 import platform
 import shutil
 import sys
@@ -64,6 +66,14 @@ def make_classifier() -> HistGradientBoostingClassifier:
     )
 
 
+def fewest_days() -> int:
+    """The fewest calendar days that leave CV_FOLDS training days once TEST_SIZE of them are held out."""
+    return next(days for days in itertools.count(2) if days - math.ceil(TEST_SIZE * days) >= CV_FOLDS)
+
+
+MIN_DAYS = fewest_days()
+
+
 def both_views(columns: FlightColumns) -> list[np.ndarray]:
     """Feature matrices of the flights as callers send them: required fields only, and all fields."""
     return [encode(columns.without_optional()), encode(columns)]
@@ -83,6 +93,11 @@ def choose_threshold(columns: FlightColumns, delayed: np.ndarray, days: np.ndarr
     scores = [np.empty(len(delayed)) for _ in VIEWS]
     for fold, (fit_rows, score_rows) in enumerate(GroupKFold(n_splits=CV_FOLDS).split(delayed, groups=days)):
         progress(f"choosing the threshold: fold {fold + 1}/{CV_FOLDS}")
+        if len(set(delayed[fit_rows])) < 2:
+            raise DataError(
+                f"fold {fold + 1} of the training days has only {'delayed' if delayed[fit_rows][0] else 'on-time'} "
+                "flights to fit on: give more days, or more delayed and on-time flights"
+            )
         model = fit(subset(columns, fit_rows), delayed[fit_rows])
         for score, matrix in zip(scores, both_views(subset(columns, score_rows)), strict=True):
             score[score_rows] = model.predict_proba(matrix)[:, 1]
@@ -229,7 +244,19 @@ def train(
     progress(f"vocabulary: {len(vocabulary.airlines)} airlines, {len(vocabulary.destinations)} destinations")
     columns, delayed = FlightColumns.from_frame(flights, vocabulary), flights["delayed"].to_numpy()
     days = calendar_days(flights)
+    if len(set(days)) < MIN_DAYS:
+        raise DataError(
+            f"the data spans {len(set(days))} calendar day(s): training needs at least {MIN_DAYS}, since "
+            f"{TEST_SIZE:.0%} of the days are held out and the threshold is chosen over {CV_FOLDS} folds of the rest"
+        )
     train_rows, test_rows = held_out_split(flights)
+    for side, rows in (("training", train_rows), ("held-out", test_rows)):
+        late = int(delayed[rows].sum())
+        if late in (0, len(rows)):
+            raise DataError(
+                f"the {side} days' {len(rows)} flights are all {'delayed' if late else 'on time'}: training and "
+                "evaluating need both delayed and on-time flights on each side of the split by day"
+            )
     progress(f"{len(train_rows)} training and {len(test_rows)} held-out flights, split by calendar day")
     threshold = choose_threshold(subset(columns, train_rows), delayed[train_rows], days[train_rows])
     progress("fitting the final model")
@@ -302,7 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    predictor, metrics, monitoring_reference = train(flights, args.min_flights)
+    try:
+        predictor, metrics, monitoring_reference = train(flights, args.min_flights)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(format_report(metrics, predictor.threshold))
     print(changes_from_latest(predictor.vocabulary, flights))
     gap = max(metrics[view]["served_probability_gap"] for view in VIEWS)

@@ -6,6 +6,7 @@ from typing import Any
 
 import bentoml
 import numpy as np
+import pandas as pd
 import pytest
 from helpers import (
     REQUESTS,
@@ -18,7 +19,9 @@ from helpers import (
 from sklearn.model_selection import GroupKFold
 
 import train
+from models import data
 from models.config import CALIBRATION_BINS, CV_FOLDS, TARGET_RECALL, TEST_SIZE
+from models.data import DataError, held_out_split, load_flights
 from models.features import FlightColumns
 from models.predictor import (
     MAX_PROBABILITY_GAP,
@@ -166,6 +169,45 @@ def test_train_bad_data_exits_2_with_one_line(
     problems = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[train ")]  # not progress
     assert len(problems) == 1 and problems[0].startswith("error: ")
     assert message in problems[0]
+
+
+def first_days(flights: pd.DataFrame, days: int) -> np.ndarray:
+    """Which flights are of the first `days` calendar days of `flights`."""
+    return np.isin(data.calendar_days(flights), sorted(set(data.calendar_days(flights)))[:days])
+
+
+@pytest.mark.parametrize(
+    ("kept", "message"),
+    [
+        (lambda flights: first_days(flights, 7),
+         "the data spans 7 calendar day(s): training needs at least 8, since 33% of the days are held out"),
+        (lambda flights: flights["delayed"] == 0, "flights are all on time: training and evaluating need both"),
+        (lambda flights: flights["delayed"] == 1, "flights are all delayed: training and evaluating need both"),
+    ],
+    ids=["7 days", "no delayed flight", "only delayed flights"],
+)  # fmt: skip
+def test_train_data_too_small_or_of_one_class_exits_2_with_one_line(
+    sample_csv: Path, tmp_path: Path, kept: Any, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = np.asarray(kept(load_flights(sample_csv)))
+    raw = pd.read_csv(sample_csv, dtype=str, keep_default_na=False)
+    assert len(raw) == len(rows)  # the sample's rows all load, in order
+    raw[rows].to_csv(tmp_path / "small.csv", index=False)
+    assert train.main(["--data", str(tmp_path / "small.csv")]) == 2
+    problems = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[train ")]
+    assert len(problems) == 1 and problems[0].startswith("error: ")
+    assert message in problems[0]
+
+
+def test_train_refuses_a_threshold_fold_without_delayed_flights(sample_csv: Path) -> None:
+    flights = load_flights(sample_csv)
+    flights = flights[first_days(flights, 12)].reset_index(drop=True)
+    training, _ = held_out_split(flights)
+    days = data.calendar_days(flights)
+    late_day = days[training][flights["delayed"].to_numpy()[training] == 1][0]
+    dropped = np.isin(np.arange(len(flights)), training) & (flights["delayed"] == 1) & (days != late_day)
+    with pytest.raises(DataError, match=r"fold \d of the training days has only on-time flights to fit on"):
+        train.train(flights[~dropped].reset_index(drop=True), min_flights=1)
 
 
 def valid_metadata() -> dict[str, Any]:
