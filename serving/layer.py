@@ -29,7 +29,8 @@ For the prediction and outcomes routes (`routes`):
   went to BentoML's per-request framework around this route (docs/performance.md). Other routes go
   on to BentoML's app with the body already read;
 - every 4xx/5xx body is `{"error": ..., "detail": [...]}` without the links to the validation
-  library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid`.
+  library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid`, the
+  first MAX_LISTED_PROBLEMS of them to the client.
   On every other route, an error answered as text (Starlette's 404 for an unknown path, 405 for a
   wrong method, 500) gets that same JSON body; a JSON error body there is the route's own and stays;
 - a sampled request's body and answer go to the worker's prediction log (serving/prediction_log.py),
@@ -67,6 +68,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JSON_TYPES = (b"application/json",)
 KEPT_PROBLEM_KEYS = ("type", "loc", "msg")  # what a client needs; never "input", "ctx" or "url"
+# A 400 lists at most this many problems: 1,000 flights with 5 bad fields each (an 89 KB body) made a
+# 1.7 MB answer of 5,000 problems, each unknown airline's listing all 23 airlines.
+MAX_LISTED_PROBLEMS = 100
 RETRY_AFTER_SECONDS = b"1"
 DRAIN_BYTES = 16 * 1_048_576  # of a refused body; past it the connection closes (the request deadline bounds the time)
 REASONS = {  # the "error" of each error status, whoever sent it
@@ -288,7 +292,7 @@ class RequestLayer:
             problems = exc.errors(include_context=False, include_input=False, include_url=False)
             kept = [{key: value for key, value in problem.items() if key in KEPT_PROBLEM_KEYS} for problem in problems]
             self.on_invalid(kept)
-            return 400, dump({"error": f"invalid request: {len(kept)} problem(s)", "detail": kept})
+            return 400, invalid_body(kept)
         except BentoMLException as exc:
             logger.exception("prediction refused")
             return exc.error_code.value, clean_body(exc.error_code.value, b"")
@@ -443,9 +447,7 @@ class CleanErrors:
         if message.get("more_body"):
             return
         status = self.start["status"]
-        body = clean_body(status, b"".join(self.chunks))
-        if status == 400:
-            self.on_invalid(json.loads(body)["detail"])
+        body = clean_body(status, b"".join(self.chunks), self.on_invalid)
         kept = [(k, v) for k, v in self.start["headers"] if k.lower() not in (b"content-length", b"content-type")]
         headers = kept + error_headers(status, body)
         self.started = True
@@ -460,8 +462,11 @@ class CleanErrors:
         return media_type.split(b";")[0].strip().lower() in JSON_TYPES
 
 
-def clean_body(status: int, body: bytes) -> bytes:
-    """The error body a client sees: a short reason and, for invalid input, each field and problem."""
+def clean_body(
+    status: int, body: bytes, on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None
+) -> bytes:
+    """The error body a client sees: a short reason and, for invalid input, each field and problem
+    (all of a 400's problems go to `on_invalid`, the listed ones to the client)."""
     try:
         original = json.loads(body)
     except ValueError:
@@ -475,9 +480,17 @@ def clean_body(status: int, body: bytes) -> bytes:
         else []
     )
     if status == 400 and isinstance(problems, list):
-        return dump({"error": f"invalid request: {len(kept)} problem(s)", "detail": kept})
+        on_invalid(kept)
+        return invalid_body(kept)
     reason = REASONS.get(status, "internal error, see the server log" if status >= 500 else "request refused")
     return dump({"error": reason, "detail": kept})
+
+
+def invalid_body(problems: list[dict[str, Any]]) -> bytes:
+    """A 400's body: how many problems the input has, and the first MAX_LISTED_PROBLEMS of them."""
+    listed = problems[:MAX_LISTED_PROBLEMS]
+    more = f", the first {len(listed)} listed" if len(listed) < len(problems) else ""
+    return dump({"error": f"invalid request: {len(problems)} problem(s){more}", "detail": listed})
 
 
 def error_headers(status: int, body: bytes) -> list[tuple[bytes, bytes]]:

@@ -10,6 +10,7 @@ import pytest
 from helpers import VOCABULARY
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from models.config import MAX_FLIGHTS
 from models.schema import EXAMPLE_REQUEST
@@ -149,6 +150,30 @@ def test_a_compressed_body_is_refused_with_415_not_read_as_invalid_json(client: 
         "the request body must not be compressed: send it without Content-Encoding"
     )
     assert response.headers["accept-encoding"] == "identity"
+
+
+def unknown_values(client: httpx.Client) -> dict[str, float]:
+    """flight_delay_unknown_values_total by input, from /metrics (made fresh for every request here)."""
+    page = text_string_to_metric_families(client.get("/metrics").text)
+    family = next((f for f in page if f.name == "flight_delay_unknown_values"), None)
+    samples = [] if family is None else family.samples
+    return {sample.labels["input"]: sample.value for sample in samples if sample.name.endswith("_total")}
+
+
+def test_a_400_lists_its_first_100_problems_and_counts_every_unknown_value(client: httpx.Client) -> None:
+    flight = {**VALID, "OPERA": "Atlantis Air", "SIGLADES": "Atlantis", "MES": 13, "TIPOVUELO": "X"}
+    before = unknown_values(client)
+    response = client.post("/v1/prediction", json={"flights": [flight] * MAX_FLIGHTS})
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["error"] == f"invalid request: {4 * MAX_FLIGHTS} problem(s), the first 100 listed"
+    assert [problem["loc"] for problem in answer["detail"][:4]] == [
+        ["flights", 0, field] for field in ("OPERA", "TIPOVUELO", "MES", "SIGLADES")
+    ]
+    assert len(answer["detail"]) == 100 and len(response.content) < 50_000
+    after = unknown_values(client)
+    counted = {name: after.get(name, 0) - before.get(name, 0) for name in ("airline", "destination")}
+    assert counted == {"airline": MAX_FLIGHTS, "destination": MAX_FLIGHTS}
 
 
 def test_unknown_route_error_body_is_clean(client: httpx.Client) -> None:

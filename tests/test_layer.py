@@ -393,6 +393,22 @@ def test_error_bodies_keep_only_field_problem_and_location() -> None:
     assert headers[b"content-length"] == str(len(json.dumps(body, separators=(",", ":")))).encode()
 
 
+def test_a_400_from_the_app_lists_its_first_100_problems_and_hands_on_all() -> None:
+    problems = [{"type": "missing", "loc": ["flights", i, "MES"], "msg": "Field required"} for i in range(150)]
+
+    async def invalid(scope: Scope, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 400, "headers": JSON})
+        await send({"type": "http.response.body", "body": json.dumps({"detail": problems}).encode()})
+
+    handed: list[list[dict[str, Any]]] = []
+    checked = guard(invalid)
+    checked.on_invalid = handed.append
+    status, _, body = asyncio.run(call(checked))
+    assert (status, body["error"]) == (400, "invalid request: 150 problem(s), the first 100 listed")
+    assert body["detail"] == problems[:100]
+    assert handed == [problems]
+
+
 def test_a_server_error_body_says_only_internal_error() -> None:
     async def failing(scope: Scope, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 500, "headers": JSON})
