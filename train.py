@@ -326,10 +326,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         flights, training_data = load_training_data(args.data)
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
         predictor, metrics, monitoring_reference = train(flights, args.min_flights)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
