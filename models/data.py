@@ -41,11 +41,34 @@ def load_flights(path: Path) -> pd.DataFrame:
     """Read a dataset CSV and return its checked rows (see `check_flights`)."""
     if not path.is_file():
         raise DataError(f"no dataset file at {path}")
+    check_text(path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path} is not a readable CSV file: {exc}") from exc
     return check_flights(frame, source=str(path))
+
+
+def check_text(path: Path) -> None:
+    """DataError for a file that is not comma-separated UTF-8 text, saying where and how to fix it.
+
+    A spreadsheet saving the dataset in a Spanish or French locale writes `;` between columns and
+    Windows-1252 text ("Ñ" as byte 0xd1); pandas' own messages for these name neither."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        row = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}, row {row}: byte 0x{data[exc.start]:02x} is not UTF-8 text; save the file as UTF-8 CSV"
+        ) from None
+    header = data.split(b"\n", 1)[0]
+    for separator, name in ((b";", "semicolons"), (b"\t", "tabs")):
+        if b"," not in header and separator in header:
+            raise DataError(
+                f"{path}, row 1 (the header): the columns are separated by {name}, not commas; "
+                "save the file as comma-separated CSV"
+            )
 
 
 def check_flights(frame: pd.DataFrame, source: str) -> pd.DataFrame:

@@ -122,6 +122,31 @@ def test_embedded_sample_holds_every_airline_and_city_of_the_2017_data(stats: di
     assert (len(VOCABULARY.airlines), len(VOCABULARY.destinations)) == (23, 62)
 
 
+def test_load_flights_names_a_spreadsheets_windows_text_and_its_row(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    rows = sample_rows.head(5).copy()
+    rows.loc[3, "SIGLADES"] = "Concepción"
+    path = tmp_path / "flights.csv"
+    rows.to_csv(path, index=False, encoding="cp1252")  # "AÑO" in the header is UTF-8's too: only the city differs
+    path.write_bytes(path.read_bytes().replace("AÑO".encode("cp1252"), "AÑO".encode()))
+    with pytest.raises(DataError) as error:
+        load_flights(path)
+    assert str(error.value) == f"{path}, row 5: byte 0xf3 is not UTF-8 text; save the file as UTF-8 CSV"
+
+
+@pytest.mark.parametrize(("separator", "name"), [(";", "semicolons"), ("\t", "tabs")])
+def test_load_flights_names_columns_not_separated_by_commas(
+    sample_rows: pd.DataFrame, tmp_path: Path, separator: str, name: str
+) -> None:
+    path = tmp_path / "flights.csv"
+    sample_rows.to_csv(path, index=False, sep=separator)
+    with pytest.raises(DataError) as error:
+        load_flights(path)
+    assert str(error.value) == (
+        f"{path}, row 1 (the header): the columns are separated by {name}, not commas; "
+        "save the file as comma-separated CSV"
+    )
+
+
 def test_load_flights_empty_file_is_data_error(tmp_path: Path) -> None:
     path = tmp_path / "empty.csv"
     path.write_text("")
