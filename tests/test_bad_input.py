@@ -3,6 +3,8 @@ and the service still answers a valid request correctly right after it (through 
 
 import gzip
 import json
+import os
+import time
 from typing import Any
 
 import httpx
@@ -14,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from models.config import MAX_FLIGHTS
 from models.schema import EXAMPLE_REQUEST
-from serving.settings import OUTCOMES_ROUTE
+from serving.settings import OUTCOMES_ROUTE, Settings
 
 PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 VALID = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3}
@@ -153,7 +155,11 @@ def test_a_compressed_body_is_refused_with_415_not_read_as_invalid_json(client: 
 
 
 def unknown_values(client: httpx.Client) -> dict[str, float]:
-    """flight_delay_unknown_values_total by input, from /metrics (made fresh for every request here)."""
+    """flight_delay_unknown_values_total by input, from a /metrics page made now: in this process one is
+    made for every request; a service at FLIGHT_DELAY_URL keeps each worker's page for
+    FLIGHT_DELAY_METRICS_PAGE_S, so the call first waits that long."""
+    if os.environ.get("FLIGHT_DELAY_URL"):
+        time.sleep(Settings.model_fields["metrics_page_s"].default + 0.1)
     page = text_string_to_metric_families(client.get("/metrics").text)
     family = next((f for f in page if f.name == "flight_delay_unknown_values"), None)
     samples = [] if family is None else family.samples
