@@ -8,6 +8,7 @@ answered (issue 18). `DeadlineProtocol`, uvicorn's httptools protocol with three
 - **idle deadline**: a connection that sends nothing, new or between requests, is closed after `idle_s`;
 - **request deadline**: from the first byte of a request, its headers and body must be in within
   `request_s`; otherwise the client gets 408 (unless its answer has started) and the connection closes;
+- **head bound**: a head still arriving past MAX_HEAD_BYTES gets 431 and the connection closes;
 - **send deadline**: an answer the client does not read holds memory (what the kernel's socket
   buffer cannot take waits in the transport's) and, without this, its slot for ever: asyncio's
   `close()` waits for unsent data to leave first. From the moment a connection's unsent data
@@ -37,12 +38,13 @@ Memory: a connection that is not stalled holds less than WRITE_HIGH_WATER unsent
 together hold at most `max_unsent_bytes` plus the one answer that passed it (the largest answer the
 service writes at once is /metrics or /docs.json, under 200 KB; static files go out in 64 KB chunks).
 So a worker's connections hold at most max_connections x WRITE_HIGH_WATER + max_unsent_bytes + 1 MB:
-64 + 64 + 1 MB with the defaults (docs/reliability.md).
+64 + 64 + 1 MB with the defaults (docs/reliability.md). Heads being received hold at most
+MAX_HEAD_BYTES each (plus one read), 64 MB at the cap: past it, 431 and a close.
 
 Reliance on uvicorn internals (pinned in requirements.txt, checked by tests/test_connections.py):
 BentoML's worker builds `uvicorn.Config` without `http=`, so the protocol class comes from
 `uvicorn.config.HTTP_PROTOCOLS["auto"]`, which serving/internals.py points here; the subclass uses
-`HttpToolsProtocol`'s `connections`, `cycle`, `transport`, `flow`, `timeout_keep_alive`,
+`HttpToolsProtocol`'s `connections`, `cycle`, `transport`, `flow`, `timeout_keep_alive`, `on_headers_complete`,
 `timeout_keep_alive_task`, `data_received`, `on_message_complete`, `on_response_complete`,
 `pause_writing`, `resume_writing`, `timeout_keep_alive_handler`, and the cycle's `more_body`,
 `response_started`, `response_complete`, `disconnected`, `message_event`, `keep_alive`; and
@@ -65,7 +67,12 @@ from serving.layer import error_body
 
 FD_RESERVE = 512  # descriptors a worker keeps for everything but connections (model, metric files, logs)
 # The label values of on_close.
-CLOSE_REASONS = ("idle", "request_deadline", "send_deadline", "unsent_bytes", "evicted", "refused")
+CLOSE_REASONS = ("idle", "request_deadline", "head_too_large", "send_deadline", "unsent_bytes", "evicted", "refused")
+# Bytes of a request's head (request line and headers) a connection may send before the head is
+# whole; past it, 431 and a close. httptools keeps a head in memory however long it is: 4 connections
+# sending headers for 12 s took a worker from 138 to 373 MiB resident (2026-12-07). Node.js's limit, and
+# uvicorn's own for its h11 protocol; this service's requests send well under 1 KB.
+MAX_HEAD_BYTES = 16_384
 # Unsent bytes past which a connection's transport pauses its writer (asyncio's default is 64 KiB).
 # Every answer but /metrics, /docs.json and the static files is smaller, so it changes nothing for
 # them; it bounds what a client that does not read holds without being counted as stalled.
@@ -134,14 +141,21 @@ class OneSendTransport:
         return getattr(self.transport, name)
 
 
+def closing_response(status: int, phrase: bytes, message: str) -> bytes:
+    """A complete error response in the layer's format that closes the connection, sent by the protocol."""
+    body = error_body(status, message)
+    head = b"HTTP/1.1 %d %b\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+    return head % (status, phrase, len(body)) + body
+
+
 def timeout_response(request_s: float) -> bytes:
-    """The complete 408 response, in the guard's error format, sent where the deadline passes."""
-    body = error_body(408, f"the request was not received within {request_s:g} s")
-    head = (
-        b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-        b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
-    )
-    return head + body
+    """The complete 408 response, sent where the request deadline passes."""
+    return closing_response(408, b"Request Timeout", f"the request was not received within {request_s:g} s")
+
+
+RESPONSE_431 = closing_response(
+    431, b"Request Header Fields Too Large", f"the request line and headers must be at most {MAX_HEAD_BYTES} bytes"
+)
 
 
 @dataclass
@@ -174,6 +188,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.deadline: asyncio.TimerHandle | None = None
         self.send_deadline: asyncio.TimerHandle | None = None
         self.receiving = False  # a request has started to arrive and is not complete yet
+        self.head_bytes = -1  # bytes of the head of the request arriving, while it is not whole; else -1
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # as uvicorn's
         if len(self.connections) >= self.limits.max_connections and not self.evict_oldest():
@@ -197,9 +212,31 @@ class DeadlineProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if not self.receiving:
             self.receiving = True
+            self.head_bytes = 0
             self.cancel_deadline()
             self.deadline = self.loop.call_later(self.limits.request_s, self.close_late_request)
         super().data_received(data)
+        if self.head_bytes >= 0:  # the head is not whole yet: all of `data` was head
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
+                self.refuse_head()
+
+    def on_headers_complete(self) -> None:
+        self.head_bytes = -1
+        super().on_headers_complete()
+
+    def refuse_head(self) -> None:
+        """The head passed MAX_HEAD_BYTES: 431 where no answer is being sent, then close."""
+        self.limits.on_close("head_too_large")
+        self.cancel_deadline()
+        if self.cycle is not None and not self.cycle.response_complete:  # an earlier request's answer is going out
+            self.abort(None)  # counted already
+            return
+        self.transport.write(RESPONSE_431)
+        if self.transport.get_write_buffer_size():
+            self.abort(None)
+        else:
+            self.transport.close()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

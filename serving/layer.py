@@ -84,6 +84,7 @@ REASONS = {  # the "error" of each error status, whoever sent it
     413: "request too large",
     415: "unsupported media type",
     422: "unprocessable content",
+    431: "request header fields too large",
     503: "overloaded, retry shortly",
     504: "timed out",
 }

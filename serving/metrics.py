@@ -46,6 +46,7 @@ def counters(model: str) -> Counters:
         connections_closed=bentoml.metrics.Counter(
             name="connections_closed",
             documentation="Connections the worker closed itself, by reason: idle, request_deadline (408), "
+            "head_too_large (431), "
             "send_deadline (an answer its client did not read), unsent_bytes (the worker's bound on unread answers), "
             "evicted or refused (at the connection cap)",
             labelnames=["reason"],

@@ -331,6 +331,38 @@ def test_answer_left_unread_is_aborted_at_the_send_deadline_and_frees_its_memory
             assert reset_or_closed(sock, 2)
 
 
+def head_sent_in_pieces(port: int, size: int, ending: bytes) -> bytes:
+    """Send a request head of `size` bytes before `ending` in pieces of 1 KB, then read to the close."""
+    start = b"GET /2 HTTP/1.1\r\nHost: test\r\nX-Big: "
+    head = start + b"a" * (size - len(start))
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        for offset in range(0, len(head), 1024):
+            sock.sendall(head[offset : offset + 1024])
+            time.sleep(0.002)  # each piece read on its own, as from a slow client
+        sock.sendall(ending)
+        sock.settimeout(5)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := sock.recv(65_536):
+                answer += chunk
+    return answer
+
+
+def test_a_head_still_arriving_past_its_bound_gets_431_and_a_close() -> None:
+    with deadline_server() as (port, closes):
+        answer = head_sent_in_pieces(port, connections.MAX_HEAD_BYTES + 1, b"")
+    assert answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"), answer[:100]
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"] == "request header fields too large"
+    assert closes == ["head_too_large"]
+
+
+def test_a_head_within_its_bound_arriving_in_pieces_is_answered() -> None:
+    with deadline_server() as (port, closes):
+        answer = head_sent_in_pieces(port, connections.MAX_HEAD_BYTES - 100, b"\r\nConnection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer[:100]
+    assert closes == []
+
+
 def test_client_reading_slowly_keeps_its_answer_past_the_send_deadline() -> None:
     size = 400_000
     with deadline_server(send_s=SEND_S) as (port, closes):
