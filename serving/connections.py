@@ -227,16 +227,12 @@ class DeadlineProtocol(HttpToolsProtocol):
 
     def refuse_head(self) -> None:
         """The head passed MAX_HEAD_BYTES: 431 where no answer is being sent, then close."""
-        self.limits.on_close("head_too_large")
         self.cancel_deadline()
         if self.cycle is not None and not self.cycle.response_complete:  # an earlier request's answer is going out
-            self.abort(None)  # counted already
+            self.abort("head_too_large")
             return
         self.transport.write(RESPONSE_431)
-        if self.transport.get_write_buffer_size():
-            self.abort(None)
-        else:
-            self.transport.close()
+        self.close_or_abort("head_too_large")
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
