@@ -205,8 +205,8 @@ def coded(flights: Sequence[Flight | PlainFlight], vocabulary: Vocabulary) -> di
 def schedule_minutes(texts: list[str], months: np.ndarray) -> np.ndarray | None:
     """Minutes since 1970 of Fecha-I texts, as `minutes` gives them, when each is 'YYYY-MM-DD HH:MM' or
     'YYYY-MM-DD HH:MM:SS' in ASCII, a real date and time, in its flight's month (`months`, 1..12); else
-    None. The same verdicts as models.schema.parse_schedule with Flight's month check, on this subset
-    of what they accept (a property test), checked byte by byte over the whole batch at once."""
+    None. The same verdicts as models.schema.parse_schedule with Flight's month check (a property
+    test), checked byte by byte over the whole batch at once."""
     lengths = np.fromiter(map(len, texts), np.int64, len(texts))
     try:  # 19 bytes each, a shorter text padded with zero bytes (a longer one is refused below)
         written = np.array(texts, dtype="S19").view(np.uint8).reshape(len(texts), 19)

@@ -9,6 +9,37 @@ from serving.settings import OUTCOMES_ROUTE, PREDICTION_ROUTES
 SCHEMAS = "#/components/schemas/"
 BENTOML_SUFFIX = "IODescriptor"  # BentoML's name for the models it makes of an API's input and output
 TASK_SCHEMA = "TaskStatusResponse"
+# BentoML's error schemas, whose `detail` is a string: every error of this service has the shape of ERROR.
+BENTOML_ERRORS = ("InvalidArgument", "NotFound", "InternalServerError")
+ERROR = {
+    "type": "object",
+    "description": "Every error of every route: a short reason and, for invalid input, each problem.",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string", "examples": ["invalid request: 1 problem(s)"]},
+        "detail": {
+            "type": "array",
+            "description": "The first 100 problems, each naming the field (loc) and what is wrong with it.",
+            "items": {
+                "type": "object",
+                "required": ["type", "loc", "msg"],
+                "properties": {
+                    "type": {"type": "string", "examples": ["less_than_equal"]},
+                    "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+                    "msg": {"type": "string"},
+                },
+            },
+        },
+    },
+}
+# What the request layer answers on the routes it admits (serving/layer.py), besides each route's own.
+ADMITTED_ERRORS = {
+    "413": "The body is over 1 MiB",
+    "415": "The body is not JSON, or is compressed",
+    "500": "The service failed to answer",
+    "503": "Overloaded: retry after the seconds of Retry-After",
+    "504": "No answer within the time-out",
+}
 
 # The service's own API page, at / and /docs, instead of BentoML's (a page titled with the bento
 # name, "This is a Machine Learning Service created with BentoML", badges and a Google Tag Manager
@@ -76,6 +107,7 @@ def document(spec: dict[str, Any], card: dict[str, Any], gets: dict[str, Any], o
     """BentoML's generated document `spec` of the prediction routes, with the service's own title,
     description and version (the model's tag, from `card`), the GET routes `gets` (path: endpoint,
     described by its docstring) and the outcomes route, which BentoML leaves out."""
+    spec["openapi"] = "3.1.0"  # BentoML says 3.0.2, but pydantic's schemas are 3.1's (a null type, `examples`)
     spec["info"] = {"title": "Flight delay at SCL", "version": card["tag"], "description": DESCRIPTION}
     spec.setdefault("components", {})["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
     del spec["servers"]  # BentoML's "." shows as a one-choice server menu; without it, the page's own origin
@@ -83,20 +115,36 @@ def document(spec: dict[str, Any], card: dict[str, Any], gets: dict[str, Any], o
     app_tag["description"] = "Predictions, and what the service is running."
     paths = spec.pop("paths")
     for route in PREDICTION_ROUTES:
-        body = paths[route]["post"]["requestBody"]["content"]["application/json"]
-        body["example"] = EXAMPLE_REQUEST  # the same example as the README and the tests
+        operation = paths[route]["post"]
+        operation["requestBody"]["content"]["application/json"]["example"] = EXAMPLE_REQUEST  # the README's
+        answered = {str(status): response for status, response in operation["responses"].items()}  # BentoML's ints
+        operation["responses"] = {
+            "200": answered["200"],
+            **errors({"400": "Invalid flights, each problem named", **ADMITTED_ERRORS}),
+        }
     examples = {"/health": {"status": "OK"}, "/v1/model": card, "/v1/monitoring": MONITORING_EXAMPLE}
     for path, endpoint in gets.items():
         paths[path] = {"get": get_operation(endpoint, app_tag["name"], examples[path])}
     paths[OUTCOMES_ROUTE] = {"post": outcomes_operation(outcomes, app_tag["name"])}
     public = [*PREDICTION_ROUTES, OUTCOMES_ROUTE, *gets]  # the README's order
     spec["paths"] = {**{route: paths.pop(route) for route in public}, **paths}
+    schemas = spec["components"]["schemas"]
+    for name in BENTOML_ERRORS:
+        schemas.pop(name, None)
+    schemas["Error"] = ERROR
     return own_schema_names(spec)
 
 
+def errors(descriptions: dict[str, str]) -> dict[str, Any]:
+    """OpenAPI responses of these error statuses, each with the service's error body."""
+    body = {"application/json": {"schema": {"$ref": f"{SCHEMAS}Error"}}}
+    return {status: {"description": description, "content": body} for status, description in descriptions.items()}
+
+
 def own_schema_names(spec: dict[str, Any]) -> dict[str, Any]:
-    """The document with the service's own schema names: BentoML's `IODescriptor` suffix dropped, and
-    without its `TaskStatusResponse`, which is for services with tasks (this one has none)."""
+    """The document with the service's own schema names: BentoML's `IODescriptor` suffix dropped (from
+    the components' names and every title), and without its `TaskStatusResponse`, which is for
+    services with tasks (this one has none)."""
     schemas = spec["components"]["schemas"]
     schemas.pop(TASK_SCHEMA, None)
     names = {name: name.removesuffix(BENTOML_SUFFIX) for name in schemas}
@@ -104,10 +152,17 @@ def own_schema_names(spec: dict[str, Any]) -> dict[str, Any]:
 
     def renamed(node: Any) -> Any:
         if isinstance(node, dict):
-            return {key: refs.get(value, value) if key == "$ref" else renamed(value) for key, value in node.items()}
+            return {key: own(key, value) for key, value in node.items()}
         if isinstance(node, list):
             return [renamed(item) for item in node]
         return node
+
+    def own(key: str, value: Any) -> Any:
+        if key == "$ref":
+            return refs.get(value, value)
+        if key == "title" and isinstance(value, str):
+            return value.removesuffix(BENTOML_SUFFIX)
+        return renamed(value)
 
     spec["components"]["schemas"] = {
         names[name]: {**schema, "title": names[name]} if schema.get("title") == name else schema
@@ -151,11 +206,16 @@ def outcomes_operation(endpoint: Any, tag: str) -> dict[str, Any]:
                     }
                 },
             },
-            "400": {"description": "Invalid flights, each problem named"},
-            "401": {"description": "Missing or wrong token"},
-            "403": {"description": "Outcomes are off: no token is configured"},
-            "409": {"description": "A request with this Idempotency-Key is being answered"},
-            "422": {"description": "This Idempotency-Key was used with another body"},
+            **errors(
+                {
+                    "400": "Invalid flights, each problem named",
+                    "401": "Missing or wrong token",
+                    "403": "Outcomes are off: no token is configured",
+                    "409": "A request with this Idempotency-Key is being answered",
+                    "422": "This Idempotency-Key was used with another body",
+                    **ADMITTED_ERRORS,
+                }
+            ),
         },
     }
 

@@ -8,10 +8,17 @@ import pytest
 from helpers import REQUESTS
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from models.config import PROJECT_DIR
-from models.schema import EXAMPLE_REQUEST, SCHEDULE_FORMATS, parse_schedule, request_models
+from models.schema import (
+    EXAMPLE_OUTCOMES,
+    EXAMPLE_REQUEST,
+    SCHEDULE_FORMATS,
+    OutcomeRequest,
+    parse_schedule,
+    request_models,
+)
 
 Flight, PredictionRequest = REQUESTS.flight, REQUESTS.prediction_request
 
@@ -56,6 +63,8 @@ def test_flight_schedule_accepts_dataset_formats(schedule: str) -> None:
         ({"Fecha-I": "2017-03-14\u202808:30"}, "Fecha-I"),  # a line separator: it would split a log line
         ({"Fecha-I": "2017-03-14  08:30"}, "Fecha-I"),
         ({"Fecha-I": "2017-03-14\n08:30"}, "Fecha-I"),
+        ({"Fecha-I": "2017-03-14 08:3"}, "Fecha-I"),  # strptime read it as 08:03
+        ({"Fecha-I": "2017-3-14 8:30"}, "Fecha-I"),
         ({"Fecha-I": "2017-02-30 10:00", "MES": 2}, "Fecha-I"),
         ({"Fecha-I": "2017-04-14 10:00"}, "Fecha-I"),
         ({"MES": "3"}, "MES"),
@@ -91,15 +100,18 @@ def test_example_request_is_the_one_in_readme_and_loadtest() -> None:
 
 
 def strptime_verdict(value: str) -> datetime | None:
-    """The dataset's formats read by strptime, in ASCII with one space: the reference parse_schedule
-    must agree with."""
-    if not value.isascii() or [character for character in value if character.isspace()] != [" "]:
-        return None
+    """The reference parse_schedule must agree with: the dataset's formats read by strptime, and
+    written back the same, two digits to each part (strptime alone reads '08:3' as 08:03)."""
     for fmt in SCHEDULE_FORMATS:
         try:
-            return datetime.strptime(value, fmt)
+            parsed = datetime.strptime(value, fmt)
         except ValueError:
             continue
+        seconds = f":{parsed.second:02d}" if fmt.endswith("%S") else ""
+        written = (
+            f"{parsed.year:04d}-{parsed.month:02d}-{parsed.day:02d} {parsed.hour:02d}:{parsed.minute:02d}{seconds}"
+        )
+        return parsed if written == value else None
     return None
 
 
@@ -148,7 +160,23 @@ def test_schedule_parser_agrees_with_strptime_on_the_dataset_formats(value: str)
         "2017-03-14\u202808:30",
         "2017-03-14\t08:30",
         "2017-03-14\u300008:30",
+        "2017-03-14 08:3",
+        "2017-3-4 8:3:7",
+        "2017-03-14 08:30:5",
+        "0999-03-14 08:30",
     ],
 )
 def test_schedule_parser_agrees_with_strptime_at_the_edges(value: str) -> None:
     assert fast_verdict(value) == strptime_verdict(value)
+
+
+@pytest.mark.parametrize(
+    ("model", "key"),
+    [(PredictionRequest, "fecha_i"), (OutcomeRequest, "fecha_i"), (OutcomeRequest, "fecha_o")],
+)
+def test_a_fields_python_name_in_json_is_refused_as_an_unknown_field(model: type[BaseModel], key: str) -> None:
+    example = EXAMPLE_OUTCOMES if model is OutcomeRequest else EXAMPLE_REQUEST
+    flight = {**example["flights"][-1], key: "2017-07-21 19:40"}
+    with pytest.raises(ValidationError) as error:
+        model.model_validate_json(json.dumps({"flights": [flight]}))
+    assert [(e["type"], e["loc"]) for e in error.value.errors()] == [("extra_forbidden", ("flights", 0, key))]
