@@ -37,7 +37,7 @@ $(INSTALLED): requirements-dev.txt requirements-train.txt requirements.txt $(if 
 	$(if $(OWN_VENV),touch $@)
 
 train: install  ## train on data/dataset_SCL.csv if present (or DATA=path), else the embedded sample
-	$(PYTHON) train.py $(if $(DATA),--data $(DATA))
+	$(PYTHON) train.py $(if $(DATA),--data '$(DATA)')
 
 serve:  ## serve the latest trained model on PORT (3000)
 	$(PYTHON) -m bentoml serve service:FlightDelay --port $(PORT)
@@ -77,12 +77,12 @@ deploy-check: install  ## render and validate the Kubernetes manifests, test the
 	$(PYTHON) -m pytest -q tests/test_deploy.py tests/test_dashboard.py
 
 monitoring-report: install  ## drift and quality report of the prediction log LOG (monitoring/), OUTCOMES=csv: reports/monitoring-<today>/
-	$(PYTHON) tools/monitoring_report.py --log $(or $(LOG),monitoring) $(if $(OUTCOMES),--outcomes $(OUTCOMES)) \
-	  $(if $(MODEL),--model $(MODEL)) $(if $(OUT),--out $(OUT))
+	$(PYTHON) tools/monitoring_report.py --log '$(or $(LOG),monitoring)' $(if $(OUTCOMES),--outcomes '$(OUTCOMES)') \
+	  $(if $(MODEL),--model '$(MODEL)') $(if $(OUT),--out '$(OUT)')
 
-compare: install  ## CANDIDATE (latest) against BASELINE=tag or SERVED=url on DATA: exit 0 accept, 1 refuse; reports/compare-<today>/
-	$(PYTHON) tools/compare.py $(if $(CANDIDATE),--candidate $(CANDIDATE)) $(if $(BASELINE),--baseline $(BASELINE)) \
-	  $(if $(SERVED),--served $(SERVED)) $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT))
+compare: install  ## CANDIDATE (latest) against BASELINE=tag or SERVED=url on DATA: reports/compare-<today>/; make exits 2 on a refusal too (tools/compare.py: 1 refuse, 2 error)
+	$(PYTHON) tools/compare.py $(if $(CANDIDATE),--candidate '$(CANDIDATE)') $(if $(BASELINE),--baseline '$(BASELINE)') \
+	  $(if $(SERVED),--served '$(SERVED)') $(if $(DATA),--data '$(DATA)') $(if $(OUT),--out '$(OUT)')
 
 fresh-machine:  ## the README's two commands in bare Debian 12 and 13 containers (DISTROS="bookworm trixie")
 	container/fresh-machine.sh $(DISTROS)

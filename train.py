@@ -233,6 +233,10 @@ def train(
     data, held-out days included (a value seen only there is still one the model was shown, as an
     unseen code); flights of rarer values are left out, and the service will refuse them."""
     vocabulary = Vocabulary.learn(flights, min_flights)
+    if not (vocabulary.airlines and vocabulary.destinations):
+        raise DataError(
+            f"no airline or no destination has {min_flights} flights (--min-flights): nothing is left to train on"
+        )
     known = vocabulary.known(flights)
     if not known.all():
         rare = flights.loc[~known]
@@ -323,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.min_flights < 1:
         parser.error("--min-flights must be at least 1")
+    if args.plot and not args.plot.parent.is_dir():  # found now, not after the model is saved
+        parser.error(f"--plot {args.plot}: no directory {args.plot.parent}")
     started = time.monotonic()
     try:
         flights, training_data = load_training_data(args.data)

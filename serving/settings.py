@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     The defaults are the fast configuration measured in the README's stress-test section.
     """
 
-    model_config = SettingsConfigDict(env_prefix="FLIGHT_DELAY_")
+    # allow_inf_nan: `inf` would pass every positive bound and turn a time-out or page interval into never
+    model_config = SettingsConfigDict(env_prefix="FLIGHT_DELAY_", allow_inf_nan=False)
 
     # The models of the BentoML store it serves (serving/wiring.py `served_models`): the champion answers
     # (the store's latest unless named); a challenger, when named, scores the same flights off the
@@ -81,7 +82,8 @@ class Settings(BaseSettings):
     # Each worker reads the pod's metric files for its /metrics page and for GET /v1/monitoring at most
     # this often (serving/metrics.py, serving/monitoring.py): a flood of either costs one read a second.
     # 0: every request reads them (the tests, which read right after acting).
-    metrics_page_s: Annotated[float, Field(ge=0)] = 1.0
+    # At most a minute: Prometheus scrapes every 15 s or so, and GET /v1/monitoring is read after acting.
+    metrics_page_s: Annotated[float, Field(ge=0, le=60)] = 1.0
     monitoring: bool = True  # drift and expected quality of the predictions (serving/monitoring.py); needs metrics
     outcomes_token: SecretStr | None = None  # Bearer token of POST /v1/outcomes; without one the route answers 403
     # The prediction log (serving/prediction_log.py): share of prediction requests logged, where, and
@@ -100,6 +102,15 @@ class Settings(BaseSettings):
         """An empty FLIGHT_DELAY_CHALLENGER is none: `kubectl set env ... FLIGHT_DELAY_CHALLENGER=` drops
         the challenger an image was built with."""
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_dir", mode="before")
+    @classmethod
+    def _named_log_dir(cls, value: object) -> object:
+        """Refuse an empty FLIGHT_DELAY_LOG_DIR, which would be the working directory; FLIGHT_DELAY_LOG_SAMPLE=0
+        is how the log is turned off."""
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("a directory: it is empty (FLIGHT_DELAY_LOG_SAMPLE=0 turns the log off)")
+        return value
 
     @field_validator("outcomes_token", mode="before")
     @classmethod
@@ -161,7 +172,8 @@ class BadSettingError(ValueError):
 def refusal(field: str, accepted: str) -> str:
     """The one line that refuses a setting; a secret's value is not shown."""
     variable = f"FLIGHT_DELAY_{field.upper()}"
-    value = os.environ.get(variable, "")
+    # pydantic-settings reads the name in any case, as it was set
+    value = next((value for name, value in os.environ.items() if name.upper() == variable), "")
     shown = f"<{len(value)} characters, not shown>" if field in SECRET_SETTINGS else repr(value)
     return f"{variable}={shown} is not accepted: {accepted}"
 

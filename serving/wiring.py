@@ -26,9 +26,15 @@ def trained_model(tag: str, variable: str) -> bentoml.models.BentoModel:
     failing and restarting forever.
     """
     name, _, version = tag.rpartition(":")
+    if not name and version == MODEL_NAME:  # the name alone, as BentoML reads it: the latest
+        version = "latest"
+    refused = f"refusing to start: {variable}={tag!r} is not accepted: a {MODEL_NAME} version or tag"
     if name not in ("", MODEL_NAME) or not version:
-        raise SystemExit(f"refusing to start: {variable}={tag!r} is not accepted: a {MODEL_NAME} version or tag")
-    model = bentoml.models.BentoModel(f"{MODEL_NAME}:{version}")
+        raise SystemExit(refused)
+    try:
+        model = bentoml.models.BentoModel(f"{MODEL_NAME}:{version}")
+    except bentoml.exceptions.BentoMLException:  # "Invalid Tag": a space, a slash, ...
+        raise SystemExit(f"{refused} (letters, digits, '_', '-' and '.')") from None
     stored = model.stored
     if stored is None:  # BentoML would try BentoCloud next and fail with a puzzling message
         if version == "latest":

@@ -38,6 +38,7 @@ from models.schema import Flight
 from serving import challenger as challenger_module
 from serving.challenger import Challenger
 from serving.monitoring import Monitor
+from serving.wiring import trained_model as stored_model
 
 TOKEN = "test-token-not-a-secret"
 LOGS: list[Path] = []  # the served service's prediction log
@@ -273,6 +274,20 @@ def test_a_challenger_that_falls_behind_drops_and_counts_instead_of_queueing(
     assert challenger.pending == 0 and dropped == [8]
     for monitor in monitors:
         monitor.close()
+
+
+@pytest.mark.parametrize("tag", ["flight_delay:latest ", " latest", "lat est", "flight_delay:a/b"])
+def test_a_tag_bentoml_cannot_read_is_refused_in_one_line_naming_the_variable(trained_model: str, tag: str) -> None:
+    # BentoML's own "Invalid Tag" error named no variable (a copied tag's trailing space, say)
+    with pytest.raises(SystemExit) as refused:
+        stored_model(tag, "FLIGHT_DELAY_MODEL")
+    assert str(refused.value).startswith(
+        f"refusing to start: FLIGHT_DELAY_MODEL={tag!r} is not accepted: a {MODEL_NAME} version or tag"
+    )
+
+
+def test_the_models_name_alone_is_its_latest(trained_model: str) -> None:
+    assert stored_model(MODEL_NAME, "FLIGHT_DELAY_MODEL").tag == stored_model("latest", "FLIGHT_DELAY_MODEL").tag
 
 
 @pytest.mark.integration

@@ -148,6 +148,7 @@ def test_main_accepts_the_same_model_as_both(
     code, out, report = run(args, tmp_path, capsys)
     assert code == 0
     assert out.splitlines()[-1] == f"accept: {baseline_model} is not worse than {baseline_model} beyond any margin"
+    assert f"note: the candidate is the baseline ({baseline_model}): the two agree by construction" in out
     table = report.split("## On the flights both models know")[1].split("## Margins")[0]
     for label in ("ROC AUC", "Brier", "calibration error", "F1 (delayed)"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {label} |")).split(" | ")
@@ -211,6 +212,7 @@ def test_gather_notes_a_model_trained_on_the_compared_flights(
         "flatter it; compare on flights neither model was trained on",
         f"{model.tag} (candidate) was trained on this very file: its figures include its own training flights and "
         "flatter it; compare on flights neither model was trained on",
+        f"the candidate is the baseline ({model.tag}): the two agree by construction",
     ]
 
 
@@ -268,6 +270,8 @@ def test_main_refuses_to_judge_too_few_shared_flights(
         ("unstored baseline", "error: baseline flight_delay:notstored (--baseline) is not in the BentoML store"),
         ("unstored served", "error: baseline flight_delay:notstored (served at http://127.0.0.1:"),
         ("no service", "error: cannot read the served model from http://127.0.0.1:9/v1/model: "),
+        ("not a tag", "error: baseline 'flight_delay:latest ' (--baseline) is not a model tag: "),
+        ("out is a file", "error: --out "),
     ],
 )
 def test_main_ends_a_usage_or_data_error_with_one_line(
@@ -290,10 +294,14 @@ def test_main_ends_a_usage_or_data_error_with_one_line(
         baseline = ["--baseline", "flight_delay:notstored"]
     elif case == "unstored served":
         baseline = ["--served", f"{served}/other"]  # its /other/v1/model names a model the store lacks
+    elif case == "not a tag":
+        baseline = ["--baseline", "flight_delay:latest "]  # a trailing space, as a copied tag may have
+    elif case == "out is a file":
+        (tmp_path / "out").write_text("")
     else:
         baseline = ["--served", "http://127.0.0.1:9"]  # the discard port: nothing listens
     assert main(["--candidate", baseline_model, *baseline, "--data", str(data), "--out", str(tmp_path / "out")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[compare ")]
     assert len(errors) == 1
     assert errors[0].startswith(message)
-    assert not (tmp_path / "out").exists()
+    assert (tmp_path / "out").is_file() if case == "out is a file" else not (tmp_path / "out").exists()

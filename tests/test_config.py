@@ -42,3 +42,28 @@ def test_unusable_outcomes_token_refuses_the_start_in_one_line_without_its_value
 def test_unset_outcomes_token_leaves_the_route_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(VARIABLE, raising=False)
     assert Settings.from_environment().outcomes_token is None
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "accepted"),
+    [
+        ("FLIGHT_DELAY_METRICS_PAGE_S", "inf", "finite number"),
+        ("FLIGHT_DELAY_METRICS_PAGE_S", "61", "less than or equal to 60"),
+        ("FLIGHT_DELAY_REQUEST_TIMEOUT_S", "inf", "finite number"),
+        ("FLIGHT_DELAY_SEND_TIMEOUT_S", "Infinity", "finite number"),
+        ("FLIGHT_DELAY_IDLE_TIMEOUT_S", "inf", "finite number"),
+        ("FLIGHT_DELAY_LOG_DIR", "", "a directory: it is empty"),
+        ("FLIGHT_DELAY_LOG_DIR", "  ", "a directory: it is empty"),
+        ("flight_delay_workers", "abc", "input should be a valid integer"),
+    ],
+)
+def test_setting_that_would_turn_a_bound_off_or_log_anywhere_is_refused_with_its_value(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, accepted: str
+) -> None:
+    # inf passed every positive bound: a page made once and kept (monitoring frozen) or a time-out never
+    # reached; an empty log directory logged into the working directory
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(BadSettingError) as refused:
+        Settings.from_environment()
+    assert str(refused.value).startswith(f"{variable.upper()}={value!r} is not accepted: ")
+    assert accepted in str(refused.value)

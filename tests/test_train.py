@@ -199,6 +199,27 @@ def test_train_data_too_small_or_of_one_class_exits_2_with_one_line(
     assert message in problems[0]
 
 
+def test_train_refuses_a_min_flights_that_leaves_nothing_with_one_line(
+    sample_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert train.main(["--data", str(sample_csv), "--min-flights", "1000000"]) == 2
+    problems = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[train ")]
+    assert problems == [
+        "error: no airline or no destination has 1000000 flights (--min-flights): nothing is left to train on"
+    ]
+
+
+def test_train_refuses_a_plot_path_without_its_directory_before_training(
+    sample_csv: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        train.main(["--data", str(sample_csv), "--plot", str(tmp_path / "absent" / "plot.png")])
+    assert exit_.value.code == 2
+    errors = capsys.readouterr().err
+    assert f"--plot {tmp_path / 'absent' / 'plot.png'}: no directory" in errors
+    assert "[train " not in errors  # refused before reading the data: nothing trained, nothing saved
+
+
 def test_train_refuses_a_threshold_fold_without_delayed_flights(sample_csv: Path) -> None:
     flights = load_flights(sample_csv)
     flights = flights[first_days(flights, 12)].reset_index(drop=True)

@@ -99,6 +99,8 @@ def load_model(role: str, tag: str, chosen: str) -> Model:
         raise CompareError(
             f"{role} {tag} ({chosen}) is not in the BentoML store (BENTOML_HOME); train, pull or import it first"
         ) from None
+    except bentoml.exceptions.BentoMLException as exc:  # "Invalid Tag ..." of a tag it cannot read
+        raise CompareError(f"{role} {tag!r} ({chosen}) is not a model tag: {exc}") from None
     except (ValueError, ModelError) as exc:
         raise CompareError(f"{role} {tag} ({chosen}) cannot be used: {exc}") from None
     created = f"{model.info.creation_time:%Y-%m-%d %H:%M} UTC"
@@ -293,6 +295,8 @@ def gather(baseline: Model, candidate: Model, data: Path, resamples: int = RESAM
         for model, role in ((baseline, "baseline"), (candidate, "candidate"))
         if model.metadata["training_data"].get("sha256") == digest
     ]
+    if baseline.tag == candidate.tag:  # a sanity check on purpose, or a candidate never trained
+        notes.append(f"the candidate is the baseline ({baseline.tag}): the two agree by construction")
     if left_apart.baseline_only:  # reported, not judged: dropping a rare value can be the point of a retraining
         notes.append(
             f"the candidate does not know the airline or destination of {left_apart.baseline_only:,} flights the "
@@ -526,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or PROJECT_DIR / "reports" / f"compare-{datetime.now(UTC):%Y-%m-%d}"
     command = shlex.join(["python", "tools/compare.py", *(sys.argv[1:] if argv is None else argv)])
     try:
+        if out.exists() and not out.is_dir():  # found before the scoring, not after it
+            raise CompareError(f"--out {out} is a file: name a directory for report.md and reliability.png")
         data = args.data or (DEFAULT_DATA_PATH if DEFAULT_DATA_PATH.is_file() else None)
         if data is None:
             raise CompareError(f"no labelled flights: pass --data CSV (there is no {DEFAULT_DATA_PATH})")
@@ -540,10 +546,13 @@ def main(argv: list[str] | None = None) -> int:
             else load_model("candidate", latest_tag(), "the store's latest")
         )
         comparison = gather(base, candidate, data)
+        path = write(comparison, out, command)
     except CompareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = write(comparison, out, command)
+    except OSError as exc:  # the report cannot be written: an error, not a verdict
+        print(f"error: cannot write the report into {out}: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {path}")
     for note in comparison.notes:
         print(f"note: {note}")
