@@ -43,10 +43,12 @@ def load_flights(path: Path) -> pd.DataFrame:
         raise DataError(f"no dataset file at {path}")
     check_text(path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path} is not a readable CSV file: {exc}") from exc
-    return check_flights(frame, source=str(path))
+    # Blank lines are read, then left out, so that each row keeps its line's number in the index
+    # (`refuse` names rows by it); skipped by pandas, every row after one was named a line too early.
+    return check_flights(frame.loc[frame.ne("").any(axis=1)], source=str(path))
 
 
 def check_text(path: Path) -> None:
@@ -72,13 +74,22 @@ def check_text(path: Path) -> None:
 
 
 def check_flights(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """The columns training uses, with parsed dates and the `delayed` target. The first bad value is
-    a DataError naming the file, the row (as an editor numbers it: the header is row 1) and the column."""
+    """The columns training uses, with parsed dates and the `delayed` target, indexed 0, 1, ... The first
+    bad value is a DataError naming the file, the row (as an editor numbers it: the header is row 1,
+    the index of `frame` row 2) and the column."""
     missing = [column for column in USED_COLUMNS if column not in frame.columns]
     if missing:
         raise DataError(f"{source}, row 1 (the header): no column {', '.join(missing)}")
     if frame.empty:
         raise DataError(f"{source}: no rows after the header")
+    copies = frame.duplicated().to_numpy()
+    if copies.any():  # a flight twice is trained on twice, and counted twice in every held-out figure
+        others = int(copies.sum()) - 1
+        more = f" ({others} more row{'s' if others != 1 else ''} like it)" if others else ""
+        raise DataError(
+            f"{source}, row {frame.index[int(copies.argmax())] + 2}: the same as an earlier row in every column{more}; "
+            "remove the copies"
+        )
     flights = frame.loc[:, list(USED_COLUMNS)].copy()
     for column in ("Fecha-I", "Fecha-O"):
         parsed = pd.to_datetime(flights[column], format=DATE_FORMAT, errors="coerce")
@@ -99,7 +110,7 @@ def check_flights(frame: pd.DataFrame, source: str) -> pd.DataFrame:
         f"is not a departure: not within {-early} minutes before to {late} minutes after its Fecha-I",
     )
     flights["delayed"] = (minutes > DELAY_MINUTES).astype(np.int64)
-    return flights
+    return flights.reset_index(drop=True)
 
 
 def refuse_spellings(source: str, flights: pd.DataFrame, column: str) -> None:
@@ -113,7 +124,9 @@ def refuse_spellings(source: str, flights: pd.DataFrame, column: str) -> None:
         return
     first_key = keys[clashes.index[0]]
     spellings = names[keys == first_key]
-    rows = ", ".join(f"{name!r} in row {int(np.argmax(flights[column].to_numpy() == name)) + 2}" for name in spellings)
+    rows = ", ".join(
+        f"{name!r} in row {flights.index[int(np.argmax(flights[column].to_numpy() == name))] + 2}" for name in spellings
+    )
     others = keys[clashes.index].nunique() - 1
     more = f" ({others} more name{'s' if others != 1 else ''} like it)" if others else ""
     raise DataError(
@@ -129,7 +142,7 @@ def refuse(source: str, flights: pd.DataFrame, column: str, bad: np.ndarray, pro
     others = int(bad.sum()) - 1
     more = f" ({others} more row{'s' if others != 1 else ''} like it)" if others else ""
     value = str(flights[column].iloc[first])  # a date as parsed: its text is gone once parsed
-    raise DataError(f"{source}, row {first + 2}, column {column}: {value!r} {problem}{more}")
+    raise DataError(f"{source}, row {flights.index[first] + 2}, column {column}: {value!r} {problem}{more}")
 
 
 def calendar_days(flights: pd.DataFrame) -> np.ndarray:

@@ -82,6 +82,47 @@ def test_load_flights_bad_value_named_with_file_row_and_column(
     assert str(error.value).endswith("(1 more row like it)")
 
 
+def with_blank_lines(rows: pd.DataFrame, tmp_path: Path) -> Path:
+    """`rows` as a dataset file with two blank lines after its fourth row (lines 6 and 7)."""
+    lines = write(rows, tmp_path).read_text().splitlines()
+    path = tmp_path / "blank.csv"
+    path.write_text("\n".join([*lines[:5], "", "", *lines[5:], ""]))
+    return path
+
+
+def test_load_flights_names_the_line_of_a_bad_value_after_blank_lines(
+    sample_rows: pd.DataFrame, tmp_path: Path
+) -> None:
+    # pandas skipped blank lines, and each row after them was named a line too early
+    rows = sample_rows.copy()
+    rows.loc[7, "TIPOVUELO"] = "X"
+    path = with_blank_lines(rows, tmp_path)
+    assert path.read_text().splitlines()[10].startswith(rows.loc[7, "Fecha-I"])  # line 11, as an editor numbers it
+    with pytest.raises(DataError) as error:
+        load_flights(path)
+    assert str(error.value).startswith(f"{path}, row 11, column TIPOVUELO: 'X'")
+    assert len(load_flights(with_blank_lines(sample_rows, tmp_path))) == len(sample_rows)  # blank lines left out
+
+
+def test_load_flights_names_both_spellings_lines_after_blank_lines(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    rows = sample_rows.copy()
+    rows.loc[0, "OPERA"], rows.loc[9, "OPERA"] = "Aerolinea Prueba", "aerolinea prueba"
+    with pytest.raises(DataError, match="'Aerolinea Prueba' in row 2, 'aerolinea prueba' in row 13"):
+        load_flights(with_blank_lines(rows, tmp_path))
+
+
+def test_load_flights_refuses_a_row_repeated_in_every_column(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
+    # a file concatenated with itself trained on every flight twice and counted each held-out one twice
+    rows = pd.concat([sample_rows, sample_rows.iloc[[3, 5]]], ignore_index=True)
+    path = write(rows, tmp_path)
+    with pytest.raises(DataError) as error:
+        load_flights(path)
+    assert str(error.value) == (
+        f"{path}, row {len(sample_rows) + 2}: the same as an earlier row in every column (1 more row like it); "
+        "remove the copies"
+    )
+
+
 def test_load_flights_accepts_an_airline_and_city_of_any_name(sample_rows: pd.DataFrame, tmp_path: Path) -> None:
     rows = sample_rows.copy()
     rows.loc[0, ["OPERA", "SIGLADES"]] = ["Arajet", "Santo Domingo"]
