@@ -20,6 +20,19 @@ def test_calibration_error_is_zero_when_every_bin_matches() -> None:
     assert calibration_error(*equal_count_bins(delayed.astype(float), probability)) == pytest.approx(0)
 
 
+def test_equal_count_bins_do_not_depend_on_the_order_of_tied_flights() -> None:
+    # the trees give many flights one probability: split in the rows' order, the held-out calibration
+    # error of the real data moved from 0.0162 to 0.0158 with the data file's rows shuffled
+    rng = np.random.default_rng(0)
+    probability = np.round(rng.random(10_007), 2)
+    delayed = (rng.random(10_007) < probability).astype(float)
+    order = rng.permutation(10_007)
+    bins, shuffled = equal_count_bins(delayed, probability), equal_count_bins(delayed[order], probability[order])
+    for kept, moved in zip(bins, shuffled, strict=True):
+        np.testing.assert_allclose(kept, moved, rtol=1e-12)
+    assert bins[0].sum() == pytest.approx(10_007) and bins[2].sum() == pytest.approx(delayed.sum())
+
+
 def test_calibration_error_of_a_constant_forecast_is_its_gap_to_the_rate() -> None:
     delayed = (np.arange(1_000) % 5 == 0).astype(float)  # 20% delayed
     bins = equal_count_bins(delayed, np.full(1_000, 0.45))

@@ -199,6 +199,18 @@ def test_train_data_too_small_or_of_one_class_exits_2_with_one_line(
     assert message in problems[0]
 
 
+def test_the_classifier_fits_every_row_whatever_their_order() -> None:
+    # scikit-learn's early stopping ("auto" above 10,000 rows) set aside a tenth of the rows by position
+    rng = np.random.default_rng(0)
+    features = rng.integers(0, 24, size=(12_000, 4)).astype(np.float64)
+    delayed = (rng.random(12_000) < 0.15 + 0.02 * features[:, 0] / 24).astype(np.int64)
+    order = rng.permutation(12_000)
+    fitted = train.make_classifier().fit(features, delayed)
+    reordered = train.make_classifier().fit(features[order], delayed[order])
+    assert fitted.n_iter_ == reordered.n_iter_ == 100
+    np.testing.assert_allclose(fitted.predict_proba(features), reordered.predict_proba(features), atol=1e-12)
+
+
 def test_train_refuses_a_min_flights_that_leaves_nothing_with_one_line(
     sample_csv: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
