@@ -80,22 +80,34 @@ async def outcomes(request: Request) -> JSONResponse | Response:
         return JSONResponse({"detail": detail}, 400)  # the request layer writes the error body every 400 has
     if key is None:
         return JSONResponse(await run_in_threadpool(count_outcomes, service, flights))
-    store = idempotency_store()
-    claim, answer = await run_in_threadpool(store.claim, key, hashlib.sha256(body).hexdigest())
-    if claim is Claim.DONE:
-        assert answer is not None
-        return Response(answer, media_type="application/json", headers={"idempotent-replayed": "true"})
+    claim, answer = await run_in_threadpool(
+        answered_once, idempotency_store(), key, hashlib.sha256(body).hexdigest(), service, flights
+    )
     if claim is Claim.BUSY:
         return problem(409, ["header", "Idempotency-Key"], "a request with this key is being answered; retry later")
     if claim is Claim.OTHER_BODY:
         return problem(422, ["header", "Idempotency-Key"], "this key was used with another body")
+    assert answer is not None
+    replayed = {"idempotent-replayed": "true"} if claim is Claim.DONE else {}
+    return Response(answer, media_type="application/json", headers=replayed)
+
+
+def answered_once(
+    store: IdempotencyStore, key: str, fingerprint: str, service: Any, flights: list[Outcome]
+) -> tuple[Claim, bytes | None]:
+    """Claim `key`, count the flights and keep the answer, in one call on one thread: a request cut
+    meanwhile (its deadline) leaves its count with its kept answer, so a retry is replayed, not counted
+    again. Apart, a cut between counting and keeping released the key, and the retry counted twice."""
+    claim, answer = store.claim(key, fingerprint)
+    if claim is not Claim.NEW:
+        return claim, answer
     try:
-        response = JSONResponse(await run_in_threadpool(count_outcomes, service, flights))
+        counted = bytes(JSONResponse(count_outcomes(service, flights)).body)
     except BaseException:
-        await run_in_threadpool(store.release, key)
+        store.release(key)
         raise
-    await run_in_threadpool(store.finish, key, bytes(response.body))
-    return response
+    store.finish(key, counted)
+    return claim, counted
 
 
 def count_outcomes(service: Any, flights: list[Outcome]) -> dict[str, Any]:
