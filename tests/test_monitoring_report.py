@@ -116,6 +116,15 @@ def test_read_log_counts_the_cut_line_and_the_line_that_is_no_record(written: Wr
     assert log.counts() == {written.tag: FLIGHTS, OTHER_TAG: OTHER_FLIGHTS}
 
 
+def test_read_log_skips_and_counts_a_record_its_model_does_not_know(written: Written, tmp_path: Path) -> None:
+    # a KeyError in the encoder ended the report: the log's flights were checked by Flight, not the model
+    record = {key: value for key, value in written.records.iloc[0].to_dict().items() if key != "p"}
+    data = write_log(tmp_path, [record, {**record, "OPERA": "Zed Air"}, {**record, "SIGLADES": "Atlantis"}], workers=1)
+    log = read_log(data, vocabulary_of)
+    assert log.skipped == {"a value its model does not know": 2}
+    assert log.counts() == {written.tag: 1}
+
+
 @pytest.mark.parametrize("where", [".", "flight_delay", "flight_delay/data"])
 def test_read_log_finds_the_data_files_from_the_log_dir_or_below(written: Written, where: str) -> None:
     assert len(read_log(written.log / where, vocabulary_of).files) == 3
@@ -225,6 +234,7 @@ def test_main_without_outcomes_says_no_outcomes_given(written: Written, tmp_path
         ("absent model", "error: no records of model flight_delay:absent in the log; it holds flight_delay:"),
         ("unstored model", f"error: model {OTHER_TAG} is not in the BentoML store"),
         ("bad outcomes", "error: outcomes: "),
+        ("unknown outcomes", "error: outcomes: none of the "),
     ],
 )
 def test_main_refuses_with_one_line(
@@ -242,6 +252,9 @@ def test_main_refuses_with_one_line(
         extra = ["--model", "flight_delay:absent"]
     elif case == "unstored model":
         extra = ["--model", OTHER_TAG]
+    elif case == "unknown outcomes":  # every flight of an airline the model does not know: no figure to make
+        pd.read_csv(written.outcomes).assign(OPERA="Zed Air").to_csv(tmp_path / "outcomes.csv", index=False)
+        extra = ["--outcomes", str(tmp_path / "outcomes.csv")]
     else:
         (tmp_path / "outcomes.csv").write_text("Fecha-I,OPERA\n2017-01-01 00:00:00,Sky Airline\n")
         extra = ["--outcomes", str(tmp_path / "outcomes.csv")]

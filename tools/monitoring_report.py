@@ -140,13 +140,21 @@ def read_log(log: Path, vocabulary_of: Callable[[str], Vocabulary | None]) -> Lo
     record is counted, not fatal (the last line of a worker that was killed is cut)."""
     folder, files = log_files(log)
     result = Log(folder, files)
-    pending: dict[str, tuple[list[Flight], list[float], list[float]]] = {}
+    pending: dict[str, tuple[list[Flight], list[float], list[float], list[str]]] = {}
 
     def flush() -> None:
-        for tag, (flights, probabilities, answered) in pending.items():
+        for tag, (flights, probabilities, answered, routes) in pending.items():
             vocabulary = vocabulary_of(tag)
-            if vocabulary is not None:
-                result.models.setdefault(tag, ModelRecords()).add(flights, probabilities, answered, vocabulary)
+            records = result.models.setdefault(tag, ModelRecords())
+            known = [i for i, flight in enumerate(flights) if vocabulary is None or knows(vocabulary, flight)]
+            if len(known) < len(flights):  # records its model would have refused: written by hand, or edited
+                result.skipped["a value its model does not know"] += len(flights) - len(known)
+            records.routes.update(routes[i] for i in known)
+            if vocabulary is not None and known:
+                records.add(
+                    [flights[i] for i in known], [probabilities[i] for i in known], [answered[i] for i in known],
+                    vocabulary,
+                )  # fmt: skip
         pending.clear()
 
     waiting = 0
@@ -172,21 +180,29 @@ def read_log(log: Path, vocabulary_of: Callable[[str], Vocabulary | None]) -> Lo
                     result.first_skipped = result.first_skipped or f"{path.name} line {number}"
                     continue
                 tag, flight, probability, answered, route = parsed
-                flights, probabilities, times = pending.setdefault(tag, ([], [], []))
+                flights, probabilities, times, routes = pending.setdefault(tag, ([], [], [], []))
                 flights.append(flight)
                 probabilities.append(probability)
                 times.append(answered)
-                result.models.setdefault(tag, ModelRecords()).routes[route] += 1
+                routes.append(route)
                 waiting += 1
                 if waiting >= CHUNK:
                     flush()
                     waiting = 0
     flush()
+    result.models = {tag: records for tag, records in result.models.items() if records.routes}
     if not result.models:
         raise ReportError(
             f"no prediction records in {len(files)} log file(s) under {folder} ({result.lines} lines, none a record)"
         )
     return result
+
+
+def knows(vocabulary: Vocabulary, flight: Flight) -> bool:
+    """Whether the model of `vocabulary` knows the flight's airline and city, as the service checks them."""
+    return flight.OPERA in vocabulary.airline_code and (
+        flight.SIGLADES is None or flight.SIGLADES in vocabulary.destination_code
+    )
 
 
 def choose_model(log: Log, tag: str | None) -> str:
@@ -268,6 +284,10 @@ class Outcomes:
         except DataError as exc:
             raise ReportError(f"outcomes: {exc}") from None
         known = predictor.vocabulary.known(frame)
+        if not known.any():
+            raise ReportError(
+                f"outcomes: none of the {len(frame):,} flights in {path} is of an airline and city the model knows"
+            )
         frame = frame.loc[known]
         columns = FlightColumns.from_frame(frame, predictor.vocabulary)
         scores = predictor.scores(encode(columns))
