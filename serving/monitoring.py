@@ -470,8 +470,8 @@ def model_report(samples: dict[str, dict[tuple[tuple[str, str], ...], float]], c
         for labels, value in values("flight_delay_input_flights_total", input=name):
             live[slots[labels["value"]]] += value
         drift[name] = input_drift(live, np.array(reference["inputs"][name], dtype=np.float64))
-    for name in NOT_MONITORED:
-        drift[name] = {"score": None, "threshold": DRIFT_THRESHOLD, "drifted": None, "flights": 0, "missing": 0}
+    for name in NOT_MONITORED:  # not counted, by design: 0 flights would read as no traffic
+        drift[name] = {"score": None, "threshold": DRIFT_THRESHOLD, "drifted": None, "flights": None, "missing": None}
     expected = expected_quality(flights, sums, *totals)
     outcomes = realized_quality(
         per_bin("flight_delay_outcome_flights_total"),

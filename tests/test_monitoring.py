@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import bentoml
+import httpx
 import numpy as np
 import pytest
 from helpers import REQUESTS, VOCABULARY, bentoml_serve
@@ -209,6 +210,15 @@ def test_monitoring_counts_every_flight_sent_to_any_worker_of_the_pod(two_worker
         "missing": len(body),
         "min_flights": 6_200,
     }
+
+
+def test_inputs_not_judged_by_design_report_no_count_rather_than_zero(client: httpx.Client) -> None:
+    # minute_of_day and day_of_year are not counted: "flights": 0 read as no traffic after 210 flights
+    assert client.post("/v1/prediction", json=EXAMPLE_REQUEST).status_code == 200
+    drift = client.get("/v1/monitoring").json()["drift"]
+    for name in ("minute_of_day", "day_of_year"):
+        assert drift[name] == {"score": None, "threshold": 0.1, "drifted": None, "flights": None, "missing": None}
+    assert isinstance(drift["hour"]["flights"], int)
 
 
 def small_monitor(tag: str) -> Monitor:
