@@ -43,6 +43,7 @@ class IdempotencyStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.local = threading.local()
+        self.opened: list[sqlite3.Connection] = []  # every thread's, to close
         with self.connection() as db:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS answers (key TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
@@ -53,10 +54,18 @@ class IdempotencyStore:
         """This thread's connection: autocommit, transactions opened explicitly."""
         db: sqlite3.Connection | None = getattr(self.local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             self.local.db = db
+            self.opened.append(db)
         return db
+
+    def close(self) -> None:
+        """Close every thread's connection (the server's store lives as long as its worker; a test's
+        does not, and Python 3.13 warns of a connection left open)."""
+        for db in self.opened:
+            db.close()
+        self.opened.clear()
 
     def claim(self, key: str, fingerprint: str) -> tuple[Claim, bytes | None]:
         """Claim `key` for a request whose body has `fingerprint`; with DONE, the answer to replay."""

@@ -60,7 +60,10 @@ def test_a_keyed_outcomes_request_cut_by_its_deadline_is_counted_once_and_its_re
         await asyncio.sleep(0.4)  # the thread the cut request left behind finishes
         return await routes.outcomes(outcomes_request("feed-1", body))
 
-    retry = asyncio.run(cut_then_retry())
+    try:
+        retry = asyncio.run(cut_then_retry())
+    finally:
+        store.close()
     assert counts == [1]
     assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
     assert json.loads(retry.body)["flights"] == 1
