@@ -53,12 +53,17 @@ below is pinned by the test named, which fails when an upgrade moves what it dep
 12. `MetricWrites`: adds a histogram child's kept values through its `_sum`, `_buckets` and
     `_upper_bounds` (prometheus_client 0.26, as `Histogram.observe` does without exemplars). Pinned by
     tests/test_internals.py::test_metric_writes_add_up_to_each_update_written_alone.
+13. `quiet_client_errors`: filters the records of `bentoml._internal.server.http_app`'s logger, where
+    `ServiceAppFactory.api_endpoint_wrapper` logs every pydantic ValidationError of an API route
+    (`log_exception`, with its traceback) before answering 400. Pinned by
+    tests/test_internals.py::test_a_clients_invalid_body_logs_no_traceback_and_a_failure_still_does.
 """
 
 import asyncio
 import bisect
 import inspect
 import itertools
+import logging
 import os
 import time
 from collections import defaultdict
@@ -71,7 +76,9 @@ from _bentoml_impl.server.app import ServiceAppFactory
 from _bentoml_sdk.io_models import IORootModel
 from bentoml._internal.context import server_context
 from bentoml._internal.marshal import dispatcher
+from bentoml._internal.server import http_app
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
+from pydantic import ValidationError
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -441,6 +448,15 @@ def read_cached_addresses() -> None:
 
     httptools_impl.get_local_addr = local
     httptools_impl.get_remote_addr = remote
+
+
+def quiet_client_errors() -> None:
+    """Keep a client's invalid body out of the server log: BentoML logs each one on /predict as an
+    error with a 30-line traceback, so bad traffic filled the log (and its reader) with the client's
+    mistakes. Its 400 is answered and counted as before; any other exception is still logged."""
+    logging.getLogger(http_app.__name__).addFilter(
+        lambda record: not (record.exc_info and isinstance(record.exc_info[1], ValidationError))
+    )
 
 
 def multiprocess_dir() -> Path:

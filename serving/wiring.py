@@ -89,6 +89,7 @@ def wire(service: Any, settings: Settings, model: str, reader: FlightReader) -> 
         )
     )
     internals.read_cached_addresses()
+    internals.quiet_client_errors()
     internals.cache_metrics_page(settings.metrics_page_s)
     service.mount_asgi_app(plain_app(service, settings), path="/")
 

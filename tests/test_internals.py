@@ -5,12 +5,14 @@ its metrics, and greedy batching keeps lone requests after a burst fast."""
 import asyncio
 import inspect
 import json
+import logging
 import re
 import shutil
 import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,9 +20,10 @@ import numpy as np
 import pytest
 from _bentoml_impl.server.app import ServiceAppFactory
 from bentoml._internal.marshal.dispatcher import Optimizer
+from bentoml._internal.server import http_app
 from helpers import REQUESTS, VOCABULARY, bentoml_serve, skip_unless_ci, varied_flights
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from pydantic import TypeAdapter
+from pydantic import TypeAdapter, ValidationError
 
 from loadtest.wrk import wrk_process
 from models.config import MAX_FLIGHTS
@@ -33,6 +36,7 @@ from serving.internals import (
     MetricWrites,
     cache_metrics_page,
     cap_learned_wait,
+    quiet_client_errors,
 )
 from serving.settings import ALONE_FLIGHTS, INLINE_FLIGHTS, PREDICTION_ROUTES, Settings
 
@@ -293,6 +297,24 @@ def test_a_large_request_is_its_own_batch_without_the_dispatcher(client: httpx.C
     finally:
         batched.submit, batched.function, batched.largest = own_submit, own_function, own_largest
         batched.alone = asyncio.Semaphore(1)
+
+
+def test_a_clients_invalid_body_logs_no_traceback_and_a_failure_still_does(caplog: pytest.LogCaptureFixture) -> None:
+    # BentoML logged every invalid /predict body as an error with its traceback, before its 400
+    assert "log_exception(request)" in inspect.getsource(ServiceAppFactory.api_endpoint_wrapper)
+    quiet_client_errors()
+    request = SimpleNamespace(url=SimpleNamespace(path="/predict"), method="POST")
+    try:
+        REQUESTS.prediction_request.model_validate_json(b'{"flights": []}')
+    except ValidationError as exc:
+        invalid = exc
+    with caplog.at_level(logging.ERROR, logger=http_app.__name__):
+        for raised in (invalid, RuntimeError("the model failed")):
+            try:
+                raise raised
+            except Exception:
+                http_app.log_exception(request)  # type: ignore[arg-type]  # it reads the path and method
+    assert [record.exc_info[0] for record in caplog.records if record.exc_info] == [RuntimeError]
 
 
 def test_dispatcher_counts_columns_by_their_flights() -> None:
