@@ -153,7 +153,8 @@ def problem(status: int, loc: list[str], message: str) -> JSONResponse:
 def refusal(status: int, message: str) -> JSONResponse:
     """A refused request to the outcomes route; a 401 names the scheme it wants (RFC 6750)."""
     headers = {"WWW-Authenticate": 'Bearer realm="flight-delay outcomes"'} if status == 401 else None
-    detail = [{"type": "auth" if status < 404 else "off", "loc": ["header", "Authorization"], "msg": message}]
+    off = status == 404  # monitoring is off: no header is at fault, as in GET /v1/monitoring's 404
+    detail = [{"type": "off" if off else "auth", "loc": [] if off else ["header", "Authorization"], "msg": message}]
     return JSONResponse({"detail": detail}, status, headers=headers)
 
 

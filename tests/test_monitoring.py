@@ -2,6 +2,7 @@
 GET /v1/monitoring of a two-worker service against the flights sent to it."""
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Awaitable, Iterator
@@ -29,6 +30,7 @@ from models.quality import (
     probability_bins,
 )
 from models.schema import EXAMPLE_REQUEST
+from serving import routes
 from serving.metrics import Recent
 from serving.monitoring import Monitor
 
@@ -219,6 +221,12 @@ def test_inputs_not_judged_by_design_report_no_count_rather_than_zero(client: ht
     for name in ("minute_of_day", "day_of_year"):
         assert drift[name] == {"score": None, "threshold": 0.1, "drifted": None, "flights": None, "missing": None}
     assert isinstance(drift["hour"]["flights"], int)
+
+
+def test_outcomes_with_monitoring_off_blame_no_header_in_their_404() -> None:
+    # the 404 pointed its problem at the Authorization header, which was right
+    body = json.loads(bytes(routes.refusal(404, routes.OFF).body))
+    assert body["detail"] == [{"type": "off", "loc": [], "msg": routes.OFF}]
 
 
 def small_monitor(tag: str) -> Monitor:
