@@ -4,6 +4,7 @@ routes, with the service's title, description and version, and the routes BentoM
 from typing import Any
 
 from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST, OutcomeRequest
+from serving.layer import MAX_LISTED_PROBLEMS
 from serving.settings import OUTCOMES_ROUTE, PREDICTION_ROUTES
 
 SCHEMAS = "#/components/schemas/"
@@ -19,7 +20,7 @@ ERROR = {
         "error": {"type": "string", "examples": ["invalid request: 1 problem(s)"]},
         "detail": {
             "type": "array",
-            "description": "The first 100 problems, each naming the field (loc) and what is wrong with it.",
+            "description": f"The first {MAX_LISTED_PROBLEMS} problems, each naming its field (loc) and its fault.",
             "items": {
                 "type": "object",
                 "required": ["type", "loc", "msg"],
@@ -34,7 +35,7 @@ ERROR = {
 }
 # What the request layer answers on the routes it admits (serving/layer.py), besides each route's own.
 ADMITTED_ERRORS = {
-    "413": "The body is over 1 MiB",
+    "413": "The body is over the size limit (FLIGHT_DELAY_MAX_BODY_BYTES, 1 MiB unless set)",
     "415": "The body is not JSON, or is compressed",
     "500": "The service failed to answer",
     "503": "Overloaded: retry after the seconds of Retry-After",
