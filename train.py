@@ -198,9 +198,10 @@ def plot_reliability(metrics: dict[str, Any], path: Path) -> None:
     plt.close(figure)
 
 
-def load_training_data(path: Path | None) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """The checked flights and a description of where they came from."""
-    path = path or (DEFAULT_DATA_PATH if DEFAULT_DATA_PATH.is_file() else None)
+def load_training_data(path: Path | None, sample: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The checked flights and a description of where they came from: `path`, else the default
+    dataset if present, else (or with `sample`) the embedded synthetic sample."""
+    path = None if sample else path or (DEFAULT_DATA_PATH if DEFAULT_DATA_PATH.is_file() else None)
     if path is None:
         progress(f"no dataset at {DEFAULT_DATA_PATH}: training on the embedded synthetic sample")
         flights, sha256 = embedded_sample()
@@ -316,8 +317,14 @@ def changes_from_latest(vocabulary: Vocabulary, flights: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Train, report and save; a bad dataset ends with one clear line and exit code 2."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
         "--data", type=Path, help=f"dataset CSV (default: {DEFAULT_DATA_PATH} if present, else the embedded sample)"
+    )
+    source.add_argument(
+        "--sample",
+        action="store_true",
+        help=f"train on the embedded synthetic sample even if {DEFAULT_DATA_PATH} exists",
     )
     parser.add_argument(
         "--plot", type=Path, help=f"also write the reliability diagram here (the model store keeps {RELIABILITY_PLOT})"
@@ -335,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--plot {args.plot}: no directory {args.plot.parent}")
     started = time.monotonic()
     try:
-        flights, training_data = load_training_data(args.data)
+        flights, training_data = load_training_data(args.data, args.sample)
         predictor, metrics, monitoring_reference = train(flights, args.min_flights)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

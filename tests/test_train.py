@@ -147,6 +147,17 @@ def test_train_without_dataset_uses_embedded_sample(monkeypatch: pytest.MonkeyPa
     assert source["rows"] == len(flights) > 0
 
 
+def test_train_on_the_sample_asked_for_even_with_the_dataset_present(
+    monkeypatch: pytest.MonkeyPatch, sample_csv: Path
+) -> None:
+    # there was no way to train on the sample while data/dataset_SCL.csv existed but to move the file
+    monkeypatch.setattr(train, "DEFAULT_DATA_PATH", sample_csv)  # a dataset present
+    assert train.load_training_data(None)[1]["source"] == sample_csv.name
+    assert train.load_training_data(None, sample=True)[1]["source"] == "embedded synthetic sample"
+    with pytest.raises(SystemExit):
+        train.main(["--sample", "--data", str(sample_csv)])  # one or the other
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
