@@ -45,7 +45,8 @@ class Settings(BaseSettings):
     # request path and is judged against it on their outcomes (serving/challenger.py).
     model: str = "latest"
     challenger: str | None = None
-    workers: PositiveInt | Literal["cpu_count"] = "cpu_count"
+    # At most 256: BentoML starts every worker asked for at once, and 999999 was accepted.
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["cpu_count"] = "cpu_count"
     batching: bool = True
     greedy_batching: bool = True  # cap BentoML's learned batching wait: see serving/internals.py
     # Flights per adaptive batch (BentoML refuses 1): two of the largest requests. A request larger than

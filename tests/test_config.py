@@ -55,6 +55,7 @@ def test_unset_outcomes_token_leaves_the_route_off(monkeypatch: pytest.MonkeyPat
         ("FLIGHT_DELAY_LOG_DIR", "", "a directory: it is empty"),
         ("FLIGHT_DELAY_LOG_DIR", "  ", "a directory: it is empty"),
         ("flight_delay_workers", "abc", "input should be a valid integer"),
+        ("FLIGHT_DELAY_WORKERS", "999999", "less than or equal to 256"),
     ],
 )
 def test_setting_that_would_turn_a_bound_off_or_log_anywhere_is_refused_with_its_value(
