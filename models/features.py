@@ -86,6 +86,12 @@ class Vocabulary:
         """Which dataset rows have an airline and a destination this vocabulary knows."""
         return (frame["OPERA"].isin(self.airline_code) & frame["SIGLADES"].isin(self.destination_code)).to_numpy()
 
+    def knows(self, flight: Flight) -> bool:
+        """Whether a flight's airline and city (if given) are this vocabulary's: `known` for one API flight."""
+        return flight.OPERA in self.airline_code and (
+            flight.SIGLADES is None or flight.SIGLADES in self.destination_code
+        )
+
 
 PLAIN_REQUEST = msgspec.json.Decoder(PlainRequest)
 # Below this many bytes of body (about 25 flights), pydantic validating the flights and

@@ -146,7 +146,7 @@ def read_log(log: Path, vocabulary_of: Callable[[str], Vocabulary | None]) -> Lo
         for tag, (flights, probabilities, answered, routes) in pending.items():
             vocabulary = vocabulary_of(tag)
             records = result.models.setdefault(tag, ModelRecords())
-            known = [i for i, flight in enumerate(flights) if vocabulary is None or knows(vocabulary, flight)]
+            known = [i for i, flight in enumerate(flights) if vocabulary is None or vocabulary.knows(flight)]
             if len(known) < len(flights):  # records its model would have refused: written by hand, or edited
                 result.skipped["a value its model does not know"] += len(flights) - len(known)
             records.routes.update(routes[i] for i in known)
@@ -196,13 +196,6 @@ def read_log(log: Path, vocabulary_of: Callable[[str], Vocabulary | None]) -> Lo
             f"no prediction records in {len(files)} log file(s) under {folder} ({result.lines} lines, none a record)"
         )
     return result
-
-
-def knows(vocabulary: Vocabulary, flight: Flight) -> bool:
-    """Whether the model of `vocabulary` knows the flight's airline and city, as the service checks them."""
-    return flight.OPERA in vocabulary.airline_code and (
-        flight.SIGLADES is None or flight.SIGLADES in vocabulary.destination_code
-    )
 
 
 def choose_model(log: Log, tag: str | None) -> str:
