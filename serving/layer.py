@@ -29,8 +29,8 @@ For the prediction and outcomes routes (`routes`):
   went to BentoML's per-request framework around this route (docs/performance.md). Other routes go
   on to BentoML's app with the body already read;
 - every 4xx/5xx body is `{"error": ..., "detail": [...]}` without the links to the validation
-  library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid`, the
-  first MAX_LISTED_PROBLEMS of them to the client.
+  library's documentation, inputs or tracebacks; the problems of each 400 go to `on_invalid` with
+  the request's body, the first MAX_LISTED_PROBLEMS of them to the client.
   On every other route, an error answered as text (Starlette's 404 for an unknown path, 405 for a
   wrong method, 500) gets that same JSON body; a JSON error body there is the route's own and stays;
 - a sampled request's body and answer go to the worker's prediction log (serving/prediction_log.py),
@@ -116,7 +116,7 @@ class RequestLayer:
         timeout_s: float,
         unbatched: tuple[int, int] = (0, 0),
         on_error_response: Callable[[int], None] = lambda status: None,
-        on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None,
+        on_invalid: Callable[[list[dict[str, Any]], bytes], None] = lambda problems, body: None,
         prediction_log: Callable[[], PredictionLog | None] = lambda: None,
         batched: "BatchedApi | None" = None,
         batched_route: str = "/v1/prediction",
@@ -131,7 +131,7 @@ class RequestLayer:
         self.timeout_s = timeout_s
         self.unbatched_flights, self.few_requests = unbatched  # (0, 0): every request goes to the dispatcher
         self.on_error_response = on_error_response
-        self.on_invalid = on_invalid  # the problems of each 400 for invalid input, as the client sees them
+        self.on_invalid = on_invalid  # each 400's problems for invalid input, as the client sees them, and its body
         self.open_log = prediction_log  # called at the worker's start: a log of its own, or None
         self.log: PredictionLog | None = None
         self.batched = batched
@@ -191,6 +191,7 @@ class RequestLayer:
             if self.batched is not None and scope["path"] == self.batched_route and scope["method"] == "POST":
                 await self.predict(headers, body, send, logged)
             else:
+                responding.request_body = body
                 await self.passed_on_logged(scope, headers, body, receive, responding, logged)
             self.answered += 1
         except BodyTooLargeError as exc:
@@ -292,7 +293,7 @@ class RequestLayer:
         except ValidationError as exc:
             problems = exc.errors(include_context=False, include_input=False, include_url=False)
             kept = [{key: value for key, value in problem.items() if key in KEPT_PROBLEM_KEYS} for problem in problems]
-            self.on_invalid(kept)
+            self.on_invalid(kept, body)
             return 400, invalid_body(kept)
         except BentoMLException as exc:
             logger.exception("prediction refused")
@@ -426,12 +427,13 @@ class CleanErrors:
     def __init__(
         self,
         send: Send,
-        on_invalid: Callable[[list[dict[str, Any]]], None] = lambda problems: None,
+        on_invalid: Callable[[list[dict[str, Any]], bytes], None] = lambda problems, body: None,
         keep_json: bool = False,
     ) -> None:
         self.send = send
         self.on_invalid = on_invalid
         self.keep_json = keep_json
+        self.request_body = b""  # the request's, for on_invalid
         self.start: Message | None = None
         self.chunks: list[bytes] = []
         self.started = False  # whether any part of a response has gone to the client
@@ -448,7 +450,7 @@ class CleanErrors:
         if message.get("more_body"):
             return
         status = self.start["status"]
-        body = clean_body(status, b"".join(self.chunks), self.on_invalid)
+        body = clean_body(status, b"".join(self.chunks), lambda problems: self.on_invalid(problems, self.request_body))
         kept = [(k, v) for k, v in self.start["headers"] if k.lower() not in (b"content-length", b"content-type")]
         headers = kept + error_headers(status, body)
         self.started = True

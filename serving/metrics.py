@@ -1,6 +1,7 @@
 """The service's own Prometheus counters, and `Recent`: a value made at most once per interval."""
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,12 +26,36 @@ class Counters:
     unknown_values: Any
     model: str
 
-    def count_unknown_values(self, problems: list[dict[str, Any]]) -> None:
-        """Count each airline or city of a 400 that the model does not know: flights drift never sees."""
-        for problem in problems:
-            field = (problem.get("loc") or [None])[-1]
-            if problem.get("type") == "literal_error" and field in UNKNOWN_INPUTS:
-                self.unknown_values.labels(model=self.model, input=UNKNOWN_INPUTS[field]).inc()
+    def count_unknown_values(self, problems: list[dict[str, Any]], body: bytes) -> None:
+        """Count each airline or city of a 400 (`body`: its request) that the model does not know: flights
+        drift never sees. A value that is no name (a number, null, a list, blank) is the client's
+        mistake, not a new airline or city; neither route's problems carry their input, so it is read
+        from the body, on 400s only."""
+        refused = [
+            problem
+            for problem in problems
+            if problem.get("type") == "literal_error" and (problem.get("loc") or [None])[-1] in UNKNOWN_INPUTS
+        ]
+        if not refused:
+            return
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return
+        for problem in refused:
+            value = value_at(request, problem["loc"])
+            if isinstance(value, str) and value.strip():
+                self.unknown_values.labels(model=self.model, input=UNKNOWN_INPUTS[problem["loc"][-1]]).inc()
+
+
+def value_at(document: Any, loc: list[Any]) -> Any:
+    """The value at a validation problem's `loc` in a JSON document, None where there is none."""
+    for key in loc:
+        try:
+            document = document[key]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return document
 
 
 def counters(model: str) -> Counters:

@@ -226,3 +226,17 @@ def test_arbitrary_flights_never_5xx_and_200_answers_each(client: httpx.Client, 
     assert challenge.status_code == response.status_code
     if challenge.status_code == 200:
         assert len(challenge.json()["predict"]) == len(flights)
+
+
+@pytest.mark.parametrize("route", ["/v1/prediction", "/predict"])
+def test_only_names_the_model_does_not_know_count_as_unknown_values(client: httpx.Client, route: str) -> None:
+    """A wrong type, null or an empty name is an invalid request, not an airline or city the model has not
+    learned: `refused` in /v1/monitoring and the alert on unknown values count names only."""
+    not_names = [5, None, "", "  ", ["Sky Airline"]]
+    flights = [{**VALID, "OPERA": value, "SIGLADES": value} for value in not_names]
+    before = unknown_values(client)
+    response = client.post(route, json={"flights": [*flights, {**VALID, "OPERA": "Atlantis Air"}]})
+    assert response.status_code == 400
+    after = unknown_values(client)
+    counted = {name: after.get(name, 0) - before.get(name, 0) for name in ("airline", "destination")}
+    assert counted == {"airline": 1, "destination": 0}

@@ -402,7 +402,7 @@ def test_a_400_from_the_app_lists_its_first_100_problems_and_hands_on_all() -> N
 
     handed: list[list[dict[str, Any]]] = []
     checked = guard(invalid)
-    checked.on_invalid = handed.append
+    checked.on_invalid = lambda problems, body: handed.append(problems)
     status, _, body = asyncio.run(call(checked))
     assert (status, body["error"]) == (400, "invalid request: 150 problem(s), the first 100 listed")
     assert body["detail"] == problems[:100]
