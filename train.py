@@ -347,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # The flights trained and evaluated on: those of airlines and cities with --min-flights flights.
+    flights = flights.loc[predictor.vocabulary.known(flights)]
+    training_data["flights"] = len(flights)
     print(format_report(metrics, predictor.threshold))
     print(changes_from_latest(predictor.vocabulary, flights))
     gap = max(metrics[view]["served_probability_gap"] for view in VIEWS)

@@ -328,6 +328,21 @@ def test_start_refuses_a_challenger_it_cannot_run_in_one_line_naming_the_variabl
     assert "Traceback" not in result.stderr
 
 
+def test_a_model_trained_with_min_flights_describes_the_flights_it_kept(
+    pair: tuple[Path, str, str], sample_csv: Path
+) -> None:
+    """The challenger (--min-flights RARE) leaves out the flights of rarer airlines and cities: its
+    metadata counts the file's rows and, apart, the flights trained on, and its monthly delay rates
+    (the next training's comparison) are those of the flights it kept."""
+    home, _, challenger = pair
+    metadata: dict[str, Any] = dict(bentoml.models.get(challenger).info.metadata)
+    flights = pd.read_csv(sample_csv, parse_dates=["Fecha-I", "Fecha-O"])
+    flights["delayed"] = (flights["Fecha-O"] - flights["Fecha-I"]).dt.total_seconds() > 15 * 60
+    kept = flights.loc[predictor(home, challenger).vocabulary.known(flights)]
+    assert metadata["training_data"]["rows"] == len(flights) > metadata["training_data"]["flights"] == len(kept)
+    assert metadata["monthly_delay_rate"] == train.monthly_delay_rate(kept)
+
+
 @pytest.mark.integration
 def test_a_bento_built_with_a_challenger_carries_both_models(pair: tuple[Path, str, str]) -> None:
     home, champion, challenger = pair
