@@ -39,7 +39,7 @@ $(INSTALLED): requirements-dev.txt requirements-train.txt requirements.txt $(if 
 train: install  ## train on data/dataset_SCL.csv if present (or DATA=path), else the embedded sample
 	$(PYTHON) train.py $(if $(DATA),--data '$(DATA)')
 
-serve:  ## serve the latest trained model on PORT (3000)
+serve: install  ## serve the latest trained model on PORT (3000)
 	$(PYTHON) -m bentoml serve service:FlightDelay --port $(PORT)
 
 run: train serve  ## train, then serve on PORT: the first of the README's two commands

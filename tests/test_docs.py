@@ -3,6 +3,7 @@ the figures and settings the docs state are those of the code and of the result 
 
 import json
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -129,3 +130,18 @@ def test_readme_stress_test_figures_are_those_of_the_run_it_cites() -> None:
             f"{run['requests_per_s'] / service_rate:.2f}x",
         ], row[0]
         assert round(run["duration_s"]) == 45
+
+
+def make_targets() -> list[str]:
+    """The Makefile's documented targets (those `make help` lists)."""
+    return re.findall(r"^([a-z-]+):[^=\n]*## ", (PROJECT_DIR / "Makefile").read_text(), re.MULTILINE)
+
+
+@pytest.mark.parametrize("target", make_targets())
+def test_every_make_target_that_runs_python_makes_its_environment_first(target: str) -> None:
+    """`make serve` on a fresh clone ran .venv/bin/python before anything had made .venv (error 127)."""
+    # -n: the commands only; -W: as if the requirements had just changed, so the install's lines show
+    make = ["make", "-n", "--no-print-directory", "-W", "requirements-dev.txt", target]
+    commands = subprocess.run(make, cwd=PROJECT_DIR, capture_output=True, text=True, check=True).stdout
+    runs_python = [line for line in commands.splitlines() if ".venv/bin/python" in line]
+    assert not runs_python or ("pip install" in runs_python[0] and "requirements-dev.txt" in runs_python[0])
