@@ -16,6 +16,11 @@ answered (issue 18). `DeadlineProtocol`, uvicorn's httptools protocol with three
   taken by the client) every `send_s`; otherwise it is aborted (nginx's `send_timeout`);
 - **unsent bytes**: the unsent data of the stalled connections of a worker is bounded by
   `max_unsent_bytes`; past it, the connection stalled longest is aborted;
+- **drain**: at shutdown, a request still arriving was never accepted: its connection is closed at
+  once (its client may retry on another pod). Every connection still open `drain_s` later is
+  aborted. uvicorn otherwise waits for each connection to close before the worker's shutdown hooks
+  run, and a client that takes an answer slowly, or sends a body slowly, held a stopping worker
+  18 s (measured; without a bound, past the pod's grace period, where SIGKILL skips the hooks);
 - **cap**: at `max_connections` open connections in the worker, a new connection evicts the one that
   has waited longest without a request in the application (idle or slow: a request sent at once is
   never the oldest), or whose answer is stalled on its client; when every connection has a request
@@ -54,6 +59,7 @@ BentoML's worker builds `uvicorn.Config` without `http=`, so the protocol class 
 
 import asyncio
 import contextlib
+import dataclasses
 import resource
 import socket
 import struct
@@ -67,7 +73,9 @@ from serving.layer import error_body
 
 FD_RESERVE = 512  # descriptors a worker keeps for everything but connections (model, metric files, logs)
 # The label values of on_close.
-CLOSE_REASONS = ("idle", "request_deadline", "head_too_large", "send_deadline", "unsent_bytes", "evicted", "refused")
+CLOSE_REASONS = (
+    "idle", "request_deadline", "head_too_large", "send_deadline", "unsent_bytes", "evicted", "refused", "shutdown"
+)  # fmt: skip
 # Bytes of a request's head (request line and headers) a connection may send before the head is
 # whole; past it, 431 and a close. httptools keeps a head in memory however long it is: 4 connections
 # sending headers for 12 s took a worker from 138 to 373 MiB resident (2026-12-07). Node.js's limit, and
@@ -77,6 +85,9 @@ MAX_HEAD_BYTES = 16_384
 # Every answer but /metrics, /docs.json and the static files is smaller, so it changes nothing for
 # them; it bounds what a client that does not read holds without being counted as stalled.
 WRITE_HIGH_WATER = 16_384
+# The drain at shutdown lasts this long past the request time-out (FLIGHT_DELAY_TIMEOUT_S), so that a
+# request admitted just before it is answered, or timed out by the request layer, and its answer leaves.
+DRAIN_MARGIN_S = 2.0
 RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() resets the connection and drops unsent data
 
 
@@ -90,6 +101,7 @@ class Limits:
     on_close: Callable[[str], None] = lambda reason: None
     send_s: float = 20.0
     max_unsent_bytes: int = 64 * 1_048_576
+    drain_s: float = 32.0
 
 
 class OneSendTransport:
@@ -317,6 +329,21 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.limits.on_close(reason)
             self.transport.close()
 
+    def shutdown(self) -> None:
+        """uvicorn's start of a graceful shutdown, bounded (the drain in the module's docstring)."""
+        cycle = self.cycle
+        if self.receiving and (
+            cycle is None or cycle.response_complete or (cycle.more_body and not cycle.response_started)
+        ):  # a request still arriving, none being answered
+            self.close_or_abort("shutdown")
+        else:
+            super().shutdown()
+        self.loop.call_later(self.limits.drain_s, self.drain_passed)
+
+    def drain_passed(self) -> None:
+        if self in self.connections:  # still open
+            self.abort("shutdown")
+
     def timeout_keep_alive_handler(self) -> None:
         if self.transport.is_closing():
             return
@@ -390,8 +417,6 @@ def configure(limits: Limits) -> Limits:
     (serving/internals.py makes uvicorn serve with it). Returns the limits in force."""
     open_files = raise_open_file_limit()
     capped = min(limits.max_connections, max(open_files - FD_RESERVE, 1))
-    DeadlineProtocol.limits = Limits(
-        limits.idle_s, limits.request_s, capped, limits.on_close, limits.send_s, limits.max_unsent_bytes
-    )
+    DeadlineProtocol.limits = dataclasses.replace(limits, max_connections=capped)
     DeadlineProtocol.response_408 = timeout_response(limits.request_s)
     return DeadlineProtocol.limits

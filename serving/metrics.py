@@ -73,7 +73,8 @@ def counters(model: str) -> Counters:
             documentation="Connections the worker closed itself, by reason: idle, request_deadline (408), "
             "head_too_large (431), "
             "send_deadline (an answer its client did not read), unsent_bytes (the worker's bound on unread answers), "
-            "evicted or refused (at the connection cap)",
+            "evicted or refused (at the connection cap), shutdown (a request still arriving at shutdown, "
+            "or a connection still open at the end of the drain)",
             labelnames=["reason"],
         ),
         log_drops=bentoml.metrics.Counter(

@@ -86,6 +86,7 @@ def wire(service: Any, settings: Settings, model: str, reader: FlightReader) -> 
             on_close=lambda reason: counted.connections_closed.labels(reason=reason).inc(),
             send_s=settings.send_timeout_s,
             max_unsent_bytes=settings.max_unsent_mb * 1_048_576,
+            drain_s=settings.timeout_s + connections.DRAIN_MARGIN_S,
         )
     )
     internals.read_cached_addresses()

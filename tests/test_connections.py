@@ -241,6 +241,8 @@ SEND_S = 0.5
 
 
 async def sizes_app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def,type-arg]  # raw ASGI
+    while scope["method"] == "POST" and (await receive()).get("more_body"):  # a POST's body is read first
+        pass
     kind, _, size = scope["path"].strip("/").partition("/")
     if kind == "sleep":
         await asyncio.sleep(float(size))
@@ -253,9 +255,13 @@ async def sizes_app(scope: dict, receive, send) -> None:  # type: ignore[no-unty
         await send({"type": "http.response.body", "body": b"x" * size_now, "more_body": start + size_now < total})
 
 
+SERVING: dict[int, tuple[uvicorn.Server, threading.Thread]] = {}  # deadline_server's, by port
+
+
 @contextmanager
 def deadline_server(**limits: Any) -> Iterator[tuple[int, list[str]]]:
-    """uvicorn serving sizes_app with DeadlineProtocol and these limits in a thread: (port, closes by reason)."""
+    """uvicorn serving sizes_app with DeadlineProtocol and these limits in a thread: (port, closes by reason);
+    the server and its thread in SERVING meanwhile."""
     closes: list[str] = []
     DeadlineProtocol.limits = Limits(
         **{"idle_s": 5.0, "request_s": 5.0, "max_connections": 100, **limits}, on_close=closes.append
@@ -269,11 +275,14 @@ def deadline_server(**limits: Any) -> Iterator[tuple[int, list[str]]]:
     thread.start()
     while not server.started:
         time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    SERVING[port] = server, thread
     try:
-        yield server.servers[0].sockets[0].getsockname()[1], closes
+        yield port, closes
     finally:
         server.should_exit = True
         thread.join(10)
+        del SERVING[port]
 
 
 def never_reading(port: int, path: str) -> socket.socket:
@@ -417,6 +426,29 @@ def test_connection_closed_after_an_unread_answer_does_not_keep_its_slot() -> No
         sock.sendall(b"GET /bytes/8000000 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         assert wait_for(lambda: closes == ["send_deadline"], 2 * SEND_S + SLACK_S), closes
         sock.close()
+
+
+def test_shutdown_closes_a_request_still_arriving_and_aborts_the_rest_at_the_drain() -> None:
+    """uvicorn waits for every connection to close before a worker's shutdown hooks run: in the
+    service, a body sent slowly and an answer taken slowly each held a stopping worker 18 s. Here both
+    deadlines are 30 s, so only the shutdown's rules end them: the request still arriving at once,
+    the unread answer at the drain."""
+    drain_s = 0.5
+    with contextlib.ExitStack() as stack, deadline_server(request_s=30, send_s=30, drain_s=drain_s) as (port, closes):
+        unread = never_reading(port, "/bytes/8000000")
+        arriving = socket.create_connection(("127.0.0.1", port))
+        stack.callback(unread.close)
+        stack.callback(arriving.close)
+        arriving.sendall(b"POST /ok HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n{")
+        assert wait_for(lambda: len(DeadlineProtocol.stalled.sizes) == 1 and len(DeadlineProtocol.waiting) == 2, 5)
+        server, thread = SERVING[port]
+        started = time.monotonic()
+        server.should_exit = True
+        assert reset_or_closed(arriving, drain_s / 2)  # closed at once, without an answer
+        thread.join(10)
+        assert not thread.is_alive() and time.monotonic() - started < drain_s + 1.5
+        assert closes == ["shutdown", "shutdown"]
+        assert reset_or_closed(unread, 0.1)
 
 
 def test_reused_keep_alive_connection_goes_to_the_back_of_the_eviction_order() -> None:
