@@ -9,6 +9,11 @@ answered (issue 18). `DeadlineProtocol`, uvicorn's httptools protocol with three
 - **request deadline**: from the first byte of a request, its headers and body must be in within
   `request_s`; otherwise the client gets 408 (unless its answer has started) and the connection closes;
 - **head bound**: a head still arriving past MAX_HEAD_BYTES gets 431 and the connection closes;
+- **arriving bytes**: the requests of a worker that are not whole after a read (a request sent at
+  once never is) hold at most `max_arriving_bytes` together; past it, the connection whose request
+  has been arriving longest is aborted. Without it, 1,000 connections each sending all but 16 bytes
+  of a 1 MiB body took a worker from 137 to 1,153 MiB in 0.8 s, until the request deadline (at the
+  cap, 4 GiB); with it, to 156 MiB;
 - **send deadline**: an answer the client does not read holds memory (what the kernel's socket
   buffer cannot take waits in the transport's) and, without this, its slot for ever: asyncio's
   `close()` waits for unsent data to leave first. From the moment a connection's unsent data
@@ -42,9 +47,10 @@ per request gained nothing, its cost being in the connection itself.
 Memory: a connection that is not stalled holds less than WRITE_HIGH_WATER unsent; the stalled ones
 together hold at most `max_unsent_bytes` plus the one answer that passed it (the largest answer the
 service writes at once is /metrics or /docs.json, under 200 KB; static files go out in 64 KB chunks).
-So a worker's connections hold at most max_connections x WRITE_HIGH_WATER + max_unsent_bytes + 1 MB:
-64 + 64 + 1 MB with the defaults (docs/reliability.md). Heads being received hold at most
-MAX_HEAD_BYTES each (plus one read), 64 MB at the cap: past it, 431 and a close.
+So a worker's connections hold at most max_connections x WRITE_HIGH_WATER + max_unsent_bytes + 1 MB
+of answers (64 + 64 + 1 MB with the defaults), and max_arriving_bytes of requests still arriving
+(16 MB; each head is bounded too, at MAX_HEAD_BYTES, past which 431 and a close): 145 MB in all
+(tests/test_deploy.py sizes the pod's memory with it, docs/reliability.md).
 
 Reliance on uvicorn internals (pinned in requirements.txt, checked by tests/test_connections.py):
 BentoML's worker builds `uvicorn.Config` without `http=`, so the protocol class comes from
@@ -74,13 +80,17 @@ from serving.layer import error_body
 FD_RESERVE = 512  # descriptors a worker keeps for everything but connections (model, metric files, logs)
 # The label values of on_close.
 CLOSE_REASONS = (
-    "idle", "request_deadline", "head_too_large", "send_deadline", "unsent_bytes", "evicted", "refused", "shutdown"
+    "idle", "request_deadline", "head_too_large", "arriving_bytes", "send_deadline", "unsent_bytes", "evicted",
+    "refused", "shutdown",
 )  # fmt: skip
 # Bytes of a request's head (request line and headers) a connection may send before the head is
 # whole; past it, 431 and a close. httptools keeps a head in memory however long it is: 4 connections
 # sending headers for 12 s took a worker from 138 to 373 MiB resident (2026-12-07). Node.js's limit, and
 # uvicorn's own for its h11 protocol; this service's requests send well under 1 KB.
 MAX_HEAD_BYTES = 16_384
+# Bytes of a worker's requests still arriving (not whole after a read), together: 130 bodies of 1,000
+# flights (120 KB) at once, 16 of the largest (1 MiB). Past it, the one arriving longest is aborted.
+MAX_ARRIVING_BYTES = 16 * 1_048_576
 # Unsent bytes past which a connection's transport pauses its writer (asyncio's default is 64 KiB).
 # Every answer but /metrics, /docs.json and the static files is smaller, so it changes nothing for
 # them; it bounds what a client that does not read holds without being counted as stalled.
@@ -102,6 +112,7 @@ class Limits:
     send_s: float = 20.0
     max_unsent_bytes: int = 64 * 1_048_576
     drain_s: float = 32.0
+    max_arriving_bytes: int = MAX_ARRIVING_BYTES
 
 
 class OneSendTransport:
@@ -171,16 +182,17 @@ RESPONSE_431 = closing_response(
 
 
 @dataclass
-class Stalled:
-    """A worker's connections whose unsent data passed WRITE_HIGH_WATER, stalled longest first, with that
-    size, and the sum of the sizes. An object, so a connection updates it without assigning to an
+class Held:
+    """Bytes a worker holds for some of its connections (the unsent data of those stalled on their
+    clients, or the requests still arriving), longest held first, and their sum. An object, so a
+    connection updates it without assigning to an
     attribute of DeadlineProtocol: every such assignment (the sum as a class attribute, at each
     connection's end) invalidates CPython's caches of the class's attributes, and each connection
     then looked them up again: with a new connection per request, CPython's attribute lookups fell
     from 6.7% to 3.8% of the workers' CPU samples without it (perf, docs/performance.md)."""
 
     sizes: dict["DeadlineProtocol", int] = field(default_factory=dict)
-    unsent: int = 0
+    total: int = 0
 
 
 class DeadlineProtocol(HttpToolsProtocol):
@@ -191,7 +203,8 @@ class DeadlineProtocol(HttpToolsProtocol):
     # Connections without a request in the application, oldest first: the order of eviction.
     # One event loop per worker process: no lock needed.
     waiting: ClassVar[dict["DeadlineProtocol", None]] = {}
-    stalled: ClassVar[Stalled] = Stalled()
+    stalled: ClassVar[Held] = Held()  # unsent data past WRITE_HIGH_WATER
+    arriving: ClassVar[Held] = Held()  # requests not whole after a read
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -217,6 +230,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         self.cancel_deadline()
         self.cancel_send_deadline()
         self.unstall()
+        self.release_arriving()
         self.waiting.pop(self, None)
         if self.flow is not None:  # None where connection_made refused it
             super().connection_lost(exc)
@@ -228,10 +242,26 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.cancel_deadline()
             self.deadline = self.loop.call_later(self.limits.request_s, self.close_late_request)
         super().data_received(data)
+        if self.receiving:  # the request is not whole yet: what has arrived of it is held until it is
+            self.hold_arriving(len(data))
         if self.head_bytes >= 0:  # the head is not whole yet: all of `data` was head
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
                 self.refuse_head()
+
+    def hold_arriving(self, size: int) -> None:
+        """Count `size` more bytes of this connection's request still arriving; past the worker's bound,
+        abort the connection whose request has been arriving longest."""
+        if self.transport.is_closing():
+            return
+        held = self.arriving
+        held.sizes[self] = held.sizes.get(self, 0) + size  # an update keeps the connection's place
+        held.total += size
+        while held.total > self.limits.max_arriving_bytes:
+            next(iter(held.sizes)).abort("arriving_bytes")
+
+    def release_arriving(self) -> None:
+        self.arriving.total -= self.arriving.sizes.pop(self, 0)
 
     def on_headers_complete(self) -> None:
         self.head_bytes = -1
@@ -249,6 +279,8 @@ class DeadlineProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         super().on_message_complete()
         self.receiving = False
+        if self.arriving.sizes:  # requests that arrive in one read, nearly all, were never held
+            self.release_arriving()
         self.cancel_deadline()
         self.waiting.pop(self, None)
 
@@ -266,12 +298,12 @@ class DeadlineProtocol(HttpToolsProtocol):
         super().pause_writing()
         size = self.transport.get_write_buffer_size()
         self.stalled.sizes[self] = size
-        self.stalled.unsent += size
+        self.stalled.total += size
         self.waiting.pop(self, None)
         self.waiting[self] = None  # evictable: its client, not the application, holds it
         if self.send_deadline is None:
             self.arm_send_deadline()
-        while self.stalled.unsent > self.limits.max_unsent_bytes:
+        while self.stalled.total > self.limits.max_unsent_bytes:
             next(iter(self.stalled.sizes)).abort("unsent_bytes")
 
     def resume_writing(self) -> None:
@@ -284,7 +316,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.waiting.pop(self, None)
 
     def unstall(self) -> None:
-        self.stalled.unsent -= self.stalled.sizes.pop(self, 0)
+        self.stalled.total -= self.stalled.sizes.pop(self, 0)
 
     def arm_send_deadline(self) -> None:
         self.send_deadline = self.loop.call_later(
@@ -299,7 +331,7 @@ class DeadlineProtocol(HttpToolsProtocol):
             self.abort("send_deadline")
             return
         if self in self.stalled.sizes:
-            self.stalled.unsent -= self.stalled.sizes[self] - unsent
+            self.stalled.total -= self.stalled.sizes[self] - unsent
             self.stalled.sizes[self] = unsent
         if unsent:
             self.arm_send_deadline()
@@ -312,6 +344,7 @@ class DeadlineProtocol(HttpToolsProtocol):
         if reason is not None:
             self.limits.on_close(reason)
         self.unstall()
+        self.release_arriving()
         self.waiting.pop(self, None)
         self.cancel_deadline()
         self.cancel_send_deadline()

@@ -71,7 +71,7 @@ def counters(model: str) -> Counters:
         connections_closed=bentoml.metrics.Counter(
             name="connections_closed",
             documentation="Connections the worker closed itself, by reason: idle, request_deadline (408), "
-            "head_too_large (431), "
+            "head_too_large (431), arriving_bytes (the worker's bound on requests still arriving), "
             "send_deadline (an answer its client did not read), unsent_bytes (the worker's bound on unread answers), "
             "evicted or refused (at the connection cap), shutdown (a request still arriving at shutdown, "
             "or a connection still open at the end of the drain)",

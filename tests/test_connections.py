@@ -268,7 +268,8 @@ def deadline_server(**limits: Any) -> Iterator[tuple[int, list[str]]]:
     )
     DeadlineProtocol.response_408 = connections.timeout_response(DeadlineProtocol.limits.request_s)
     DeadlineProtocol.waiting.clear()
-    DeadlineProtocol.stalled = connections.Stalled()
+    DeadlineProtocol.stalled = connections.Held()
+    DeadlineProtocol.arriving = connections.Held()
     config = uvicorn.Config(sizes_app, port=0, http=DeadlineProtocol, lifespan="off", log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -335,7 +336,7 @@ def test_answer_left_unread_is_aborted_at_the_send_deadline_and_frees_its_memory
         started = time.monotonic()
         assert wait_for(lambda: closes == ["send_deadline"], 2 * SEND_S + SLACK_S), closes
         assert time.monotonic() - started >= SEND_S
-        assert DeadlineProtocol.stalled.unsent == 0 and not DeadlineProtocol.stalled.sizes
+        assert DeadlineProtocol.stalled.total == 0 and not DeadlineProtocol.stalled.sizes
         with sock:
             assert reset_or_closed(sock, 2)
 
@@ -391,15 +392,15 @@ def test_client_reading_slowly_keeps_its_answer_past_the_send_deadline() -> None
 def test_stalled_answers_past_the_unsent_bound_abort_the_oldest() -> None:
     with deadline_server(send_s=30) as (port, closes):
         first = never_reading(port, "/bytes/8000000")  # more than the kernel's send buffer takes (4 MB at most)
-        assert wait_for(lambda: DeadlineProtocol.stalled.unsent > 0, 2)
+        assert wait_for(lambda: DeadlineProtocol.stalled.total > 0, 2)
         time.sleep(0.2)
         # the bound: what the first holds now, and a little: the second stall passes it
         DeadlineProtocol.limits = replace(
-            DeadlineProtocol.limits, max_unsent_bytes=DeadlineProtocol.stalled.unsent + 1000
+            DeadlineProtocol.limits, max_unsent_bytes=DeadlineProtocol.stalled.total + 1000
         )
         second = never_reading(port, "/bytes/8000000")
         assert wait_for(lambda: closes == ["unsent_bytes"], 2), closes
-        assert DeadlineProtocol.stalled.unsent <= DeadlineProtocol.limits.max_unsent_bytes
+        assert DeadlineProtocol.stalled.total <= DeadlineProtocol.limits.max_unsent_bytes
         with first, second:
             assert reset_or_closed(first, 2)
             assert not reset_or_closed(second, 0.3)  # the newer one is still served
@@ -426,6 +427,30 @@ def test_connection_closed_after_an_unread_answer_does_not_keep_its_slot() -> No
         sock.sendall(b"GET /bytes/8000000 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
         assert wait_for(lambda: closes == ["send_deadline"], 2 * SEND_S + SLACK_S), closes
         sock.close()
+
+
+def sending_part_of_a_body(port: int, sent: int, length: int) -> socket.socket:
+    """A connection that sends a POST's head and `sent` bytes of its `length`-byte body, then nothing."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(b"POST /ok HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % length + b" " * sent)
+    return sock
+
+
+def test_requests_arriving_past_the_workers_bound_abort_the_one_arriving_longest() -> None:
+    """300 connections each sending all but 16 bytes of a 1 MiB body took a worker of the service from
+    137 to 441 MiB in 0.2 s, held until the request deadline (20 s): at the cap of 4,096, 4 GiB."""
+    bound, body = 1_000_000, 1_048_576
+    with contextlib.ExitStack() as stack, deadline_server(max_arriving_bytes=bound) as (port, closes):
+        first, second = (stack.enter_context(sending_part_of_a_body(port, 300_000, body)) for _ in range(2))
+        assert wait_for(lambda: DeadlineProtocol.arriving.total >= 600_000, 5) and closes == []
+        third = stack.enter_context(sending_part_of_a_body(port, 500_000, body))
+        assert reset_or_closed(first, 2) and closes == ["arriving_bytes"]
+        assert wait_for(lambda: 800_000 <= DeadlineProtocol.arriving.total < 801_000, 2)
+        whole = stack.enter_context(sending_part_of_a_body(port, 150_000, 150_000))  # held only while arriving
+        assert whole.recv(12) == b"HTTP/1.1 200"
+        assert 800_000 <= DeadlineProtocol.arriving.total < 801_000 and closes == ["arriving_bytes"]
+        assert not reset_or_closed(second, 0.1) and not reset_or_closed(third, 0.1)
+        assert get(port) == (200, b"xx")
 
 
 def test_shutdown_closes_a_request_still_arriving_and_aborts_the_rest_at_the_drain() -> None:

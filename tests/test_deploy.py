@@ -29,7 +29,7 @@ from helpers import skip_unless_ci
 
 from models.config import PROJECT_DIR
 from models.schema import EXAMPLE_REQUEST
-from serving.connections import DRAIN_MARGIN_S
+from serving.connections import DRAIN_MARGIN_S, MAX_ARRIVING_BYTES, WRITE_HIGH_WATER
 from serving.monitoring import CHALLENGER_COUNTERS, EXPORT_EVERY_S
 from serving.settings import PREDICTION_ROUTES, Settings
 
@@ -57,7 +57,9 @@ SLOWEST_READY_S = 7.7  # after `docker run` (docs/container.md)
 STARTUP_MARGIN = 5  # the startup probe allows at least this many times the slowest start measured
 # Memory request = limit >= this base plus this much per worker (base/deployment.yaml says why).
 MEMORY_BASE_MIB = 128
-MEMORY_PER_WORKER_MIB = 320
+MEMORY_PER_WORKER_MIB = 400
+CONNECTION_BYTES = 4_096  # a connection's own objects in a worker, measured (docs/deployment.md, "The front")
+SOAK = PROJECT_DIR / "loadtest" / "results" / "reliability" / "soak.json"
 SCRAPE_LABELS = {"job", "namespace", "pod", "instance", "container"}  # added by the scrape, not the service
 SEVERITIES = {"critical", "warning"}
 
@@ -340,6 +342,21 @@ def test_workers_equal_the_cpu_request_and_limit_in_whole_cores(objects: tuple[d
     assert workers.isdigit(), "a number: `cpu_count` in a pod is the node's cores, not the pod's"
     requests, limits = container["resources"]["requests"], container["resources"]["limits"]
     assert cpu_cores(requests["cpu"]) == cpu_cores(limits["cpu"]) == int(workers)
+
+
+def test_memory_per_worker_covers_its_soak_peak_and_all_its_connections_may_hold(
+    objects: tuple[dict[str, Any], ...],
+) -> None:
+    """Hostile clients fill a worker's connection bounds at worst (serving/connections.py): unsent answers
+    (WRITE_HIGH_WATER a connection, MAX_UNSENT_MB stalled, one answer past it) and requests still
+    arriving, and each connection's own objects. On top of the worker's highest resident memory in the
+    soak, they must fit its share."""
+    settings = pod_settings(api_container(objects))
+    mib = 2**20
+    per_connection = CONNECTION_BYTES + WRITE_HIGH_WATER
+    held = settings.max_connections * per_connection + settings.max_unsent_mb * mib + mib + MAX_ARRIVING_BYTES
+    peak = max(max(sample["rss_mib"].values()) for sample in json.loads(SOAK.read_text())["samples"])
+    assert 200 < peak + held / mib <= MEMORY_PER_WORKER_MIB, (peak, held / mib)
 
 
 def test_memory_request_equals_limit_and_covers_every_worker(objects: tuple[dict[str, Any], ...]) -> None:
