@@ -10,6 +10,11 @@ The keys live in a SQLite file that all the workers of one server share (beside 
 files, so a restart starts afresh). They hold within a pod, not across pods: a retry that a
 balancer sends to another pod is counted there again, unless the balancer routes the route by the
 header (HAProxy: `balance hdr(Idempotency-Key)`; docs/monitoring.md).
+
+The file lives in the pod's /tmp (an emptyDir of 64 MiB, past which the pod is evicted), and a feed
+may send a new key with every post: it is bounded at MAX_STORE_BYTES of rows. Past it, the oldest
+quarter of the keys is dropped, and a retry of one of those would count again. A feed posting once a
+minute keeps 1,440 keys a day, a few hundred KB: only one sending keys far faster reaches the bound.
 """
 
 import sqlite3
@@ -21,6 +26,7 @@ from pathlib import Path
 KEEP_S = 24 * 3600  # the draft's example; a feed retries within minutes
 STALE_S = 60.0  # a key claimed this long ago without an answer: its worker died, a retry may take it
 MAX_KEY_CHARACTERS = 255
+MAX_STORE_BYTES = 16 * 1_048_576  # of SQLite pages in use; freed pages are reused, so the file stays near it
 
 
 class Claim(Enum):
@@ -40,8 +46,9 @@ def usable_key(key: str) -> bool:
 class IdempotencyStore:
     """Keys, body fingerprints and answers in one SQLite file; safe across threads and processes."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_bytes: int = MAX_STORE_BYTES) -> None:
         self.path = path
+        self.max_bytes = max_bytes
         self.local = threading.local()
         self.opened: list[sqlite3.Connection] = []  # every thread's, to close
         with self.connection() as db:
@@ -74,6 +81,11 @@ class IdempotencyStore:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM answers WHERE claimed < ?", (now - KEEP_S,))
+            if self.bytes_used(db) > self.max_bytes:
+                db.execute(
+                    "DELETE FROM answers WHERE key IN "
+                    "(SELECT key FROM answers ORDER BY claimed LIMIT (SELECT count(*) / 4 + 1 FROM answers))"
+                )
             row = db.execute("SELECT fingerprint, answer, claimed FROM answers WHERE key = ?", (key,)).fetchone()
             if row is None:
                 db.execute("INSERT INTO answers VALUES (?, ?, NULL, ?)", (key, fingerprint, now))
@@ -92,6 +104,12 @@ class IdempotencyStore:
             db.execute("ROLLBACK")
             raise
         return claim, answer
+
+    @staticmethod
+    def bytes_used(db: sqlite3.Connection) -> int:
+        """Bytes of the file's pages that hold data (its size less its free pages)."""
+        pages = db.execute("PRAGMA page_count").fetchone()[0] - db.execute("PRAGMA freelist_count").fetchone()[0]
+        return int(pages * db.execute("PRAGMA page_size").fetchone()[0])
 
     def finish(self, key: str, answer: bytes) -> None:
         """Keep the answer of a claimed key, to replay."""

@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from models.schema import EXAMPLE_OUTCOMES
 from serving import routes
-from serving.idempotency import IdempotencyStore
+from serving.idempotency import Claim, IdempotencyStore
 
 TOKEN = "test-token-not-a-secret"
 
@@ -67,3 +67,20 @@ def test_a_keyed_outcomes_request_cut_by_its_deadline_is_counted_once_and_its_re
     assert counts == [1]
     assert retry.status_code == 200 and retry.headers["idempotent-replayed"] == "true"
     assert json.loads(retry.body)["flights"] == 1
+
+
+def test_the_store_stays_within_its_bytes_dropping_the_oldest_keys(tmp_path: Path) -> None:
+    """A feed may send a new key with every post, and the store lives in the pod's /tmp, an emptyDir the
+    pod is evicted past: before, nothing bounded it but the day a key is kept."""
+    path, bound = tmp_path / "idempotency.sqlite", 1_048_576
+    store = IdempotencyStore(path, max_bytes=bound)
+    answer = b"x" * 10_000
+    try:
+        for number in range(400):  # 4 MB of answers
+            assert store.claim(f"key-{number}", "fingerprint")[0] is Claim.NEW
+            store.finish(f"key-{number}", answer)
+        assert path.stat().st_size < 1.5 * bound
+        assert store.claim("key-399", "fingerprint") == (Claim.DONE, answer)  # the newest are kept
+        assert store.claim("key-0", "fingerprint")[0] is Claim.NEW  # the oldest were dropped
+    finally:
+        store.close()
