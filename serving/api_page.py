@@ -10,6 +10,7 @@ from serving.settings import OUTCOMES_ROUTE, PREDICTION_ROUTES
 SCHEMAS = "#/components/schemas/"
 BENTOML_SUFFIX = "IODescriptor"  # BentoML's name for the models it makes of an API's input and output
 TASK_SCHEMA = "TaskStatusResponse"
+MONITORING_OFF = "Monitoring is off (FLIGHT_DELAY_MONITORING or FLIGHT_DELAY_METRICS is false)"
 # BentoML's error schemas, whose `detail` is a string: every error of this service has the shape of ERROR.
 BENTOML_ERRORS = ("InvalidArgument", "NotFound", "InternalServerError")
 ERROR = {
@@ -125,7 +126,8 @@ def document(spec: dict[str, Any], card: dict[str, Any], gets: dict[str, Any], o
         }
     examples = {"/health": {"status": "OK"}, "/v1/model": card, "/v1/monitoring": MONITORING_EXAMPLE}
     for path, endpoint in gets.items():
-        paths[path] = {"get": get_operation(endpoint, app_tag["name"], examples[path])}
+        not_found = MONITORING_OFF if path == "/v1/monitoring" else None
+        paths[path] = {"get": get_operation(endpoint, app_tag["name"], examples[path], not_found)}
     paths[OUTCOMES_ROUTE] = {"post": outcomes_operation(outcomes, app_tag["name"])}
     public = [*PREDICTION_ROUTES, OUTCOMES_ROUTE, *gets]  # the README's order
     spec["paths"] = {**{route: paths.pop(route) for route in public}, **paths}
@@ -186,7 +188,7 @@ def outcomes_operation(endpoint: Any, tag: str) -> dict[str, Any]:
                 "required": False,
                 "description": "A key of the request (1 to 255 printable ASCII characters): a retry with the same key "
                 "and body within 24 h is answered as the first and counts nothing again.",
-                "schema": {"type": "string", "maxLength": 255},
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[ -~]+$"},
             }
         ],
         "requestBody": {
@@ -209,9 +211,11 @@ def outcomes_operation(endpoint: Any, tag: str) -> dict[str, Any]:
             },
             **errors(
                 {
-                    "400": "Invalid flights, each problem named",
+                    "400": "Invalid flights, each problem named, or an Idempotency-Key that is not 1 to 255 "
+                    "printable ASCII characters",
                     "401": "Missing or wrong token",
                     "403": "Outcomes are off: no token is configured",
+                    "404": MONITORING_OFF,
                     "409": "A request with this Idempotency-Key is being answered",
                     "422": "This Idempotency-Key was used with another body",
                     **ADMITTED_ERRORS,
@@ -221,11 +225,13 @@ def outcomes_operation(endpoint: Any, tag: str) -> dict[str, Any]:
     }
 
 
-def get_operation(endpoint: Any, tag: str, example: dict[str, Any]) -> dict[str, Any]:
-    """An OpenAPI GET operation answering JSON, described by the endpoint's docstring."""
+def get_operation(endpoint: Any, tag: str, example: dict[str, Any], not_found: str | None = None) -> dict[str, Any]:
+    """An OpenAPI GET operation answering JSON, described by the endpoint's docstring (and 404 when
+    `not_found` says when)."""
+    ok = {"200": {"description": "OK", "content": {"application/json": {"example": example}}}}
     return {
         "tags": [tag],
         "description": endpoint.__doc__,
         "operationId": f"flight_delay__{endpoint.__name__}",
-        "responses": {"200": {"description": "OK", "content": {"application/json": {"example": example}}}},
+        "responses": {**ok, **(errors({"404": not_found}) if not_found else {})},
     }

@@ -112,6 +112,22 @@ def test_api_spec_describes_schedules_as_the_service_reads_them(
     assert (valid, answered) == (accepted, 200 if accepted else 400)
 
 
+def test_api_spec_lists_the_404_of_the_routes_that_need_monitoring_and_the_keys_it_refuses(
+    client: httpx.Client,
+) -> None:
+    """With monitoring off, POST /v1/outcomes and GET /v1/monitoring answer 404; the document said neither,
+    nor which Idempotency-Key gets 400."""
+    paths = client.get("/docs.json").json()["paths"]
+    for route, method in (("/v1/outcomes", "post"), ("/v1/monitoring", "get")):
+        not_found = paths[route][method]["responses"]["404"]
+        assert not_found["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}
+        assert "FLIGHT_DELAY_MONITORING" in not_found["description"]
+    (key,) = paths["/v1/outcomes"]["post"]["parameters"]
+    valid = [OAS31Validator(key["schema"]).is_valid(value) for value in ("retry-7", "", "clé", "k" * 256)]
+    assert valid == [True, False, False, False]
+    assert "Idempotency-Key" in paths["/v1/outcomes"]["post"]["responses"]["400"]["description"]
+
+
 def test_api_spec_errors_have_the_services_error_shape(client: httpx.Client) -> None:
     spec = client.get("/docs.json").json()
     for route in POST_EXAMPLES:
