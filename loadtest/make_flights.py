@@ -7,6 +7,7 @@ holds distinct flights and starts with EXAMPLE_REQUEST's flights.
     python -m loadtest.make_flights
 """
 
+import argparse
 import json
 
 from loadtest.client import FLIGHTS as OUTPUT
@@ -34,5 +35,6 @@ def pool() -> list[dict[str, object]]:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # --help prints, writes nothing
     OUTPUT.write_text("".join(json.dumps(f, ensure_ascii=False, separators=(",", ":")) + "\n" for f in pool()))
     print(f"wrote {POOL_SIZE} flights to {OUTPUT}")

@@ -13,6 +13,7 @@ index are left out of bentoml.monitor's records (it warns on every column of a r
 feature, prediction or target), so its cost here is a lower bound.
 """
 
+import argparse
 import json
 import statistics
 import sys
@@ -47,6 +48,7 @@ def median_us(action: Callable[[], object], repeats: int = 7, calls: int = 200) 
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # --help prints, measures nothing
     model = bentoml.models.get(f"{MODEL_NAME}:latest")
     predictor = DelayPredictor.load(model.path, model.info.metadata)
     tag = str(model.tag)

@@ -145,3 +145,16 @@ def test_every_make_target_that_runs_python_makes_its_environment_first(target: 
     commands = subprocess.run(make, cwd=PROJECT_DIR, capture_output=True, text=True, check=True).stdout
     runs_python = [line for line in commands.splitlines() if ".venv/bin/python" in line]
     assert not runs_python or ("pip install" in runs_python[0] and "requirements-dev.txt" in runs_python[0])
+
+
+def test_every_command_line_file_parses_its_arguments() -> None:
+    """`--help` on a script without a parser ran it: loadtest/make_flights.py rewrote the load test's
+    pool and deploy/k8s/dashboard/dashboard.py its ConfigMap."""
+    scripts = [
+        path
+        for path in PROJECT_DIR.rglob("*.py")
+        if not {".venv", "tests", ".git"} & set(path.relative_to(PROJECT_DIR).parts)
+        and 'if __name__ == "__main__":' in path.read_text()
+    ]
+    assert len(scripts) > 10
+    assert [path for path in scripts if "ArgumentParser(" not in path.read_text()] == []

@@ -8,6 +8,7 @@ were really audited:
     python tools/dependency_audit.py    # exit 0: all audited, none vulnerable; 1: vulnerable; 2: some not audited
 """
 
+import argparse
 import json
 import subprocess
 import sys
@@ -31,7 +32,8 @@ def audit() -> list[dict[str, Any]]:
         return list(json.loads(report.read_text())["dependencies"])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)  # --help prints, audits nothing
     packages = audit()
     skipped = [package for package in packages if "skip_reason" in package]
     vulnerable = [package for package in packages if package.get("vulns")]

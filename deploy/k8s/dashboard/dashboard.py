@@ -10,6 +10,7 @@ deploy/k8s/alerts/flight-delay.rules.yml; tests/test_dashboard.py runs each quer
 checks that the committed ConfigMap is this program's output.
 """
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -316,5 +317,6 @@ def configmap() -> str:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__.split("\n")[0]).parse_args()  # --help prints, writes nothing
     CONFIGMAP.write_text(configmap())
     print(f"wrote {CONFIGMAP}")
