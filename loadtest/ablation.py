@@ -103,7 +103,7 @@ def command(args: argparse.Namespace) -> str:
     return shlex.join([*words, *(["--against", args.against] if args.against else []), "--name", args.name])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run every configuration, round after round, and write the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations (default 3)")
@@ -115,7 +115,12 @@ def main() -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace the table and runs if they exist")
     parser.add_argument("--against", help="git revision whose code to measure next to this checkout's")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - {knob for knob, *_ in CONFIGS})
+    if unknown:  # a name that matched nothing measured the default alone, silently
+        parser.error(
+            f"--only: no knob {', '.join(map(repr, unknown))}; the knobs: {', '.join(sorted({k for k, *_ in CONFIGS}))}"
+        )
     results = RESULTS / "ablation"
     unused(results / f"{args.name}.md", results / f"{args.name}.json", overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)

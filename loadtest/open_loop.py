@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,7 +41,7 @@ import numpy as np
 from loadtest.client import Load, measure, payloads
 from loadtest.results import RESULTS as ALL_RESULTS
 from loadtest.results import dated, figure, say, unused, write_json
-from loadtest.servers import PROJECT_DIR, checkout, server
+from loadtest.servers import PROJECT_DIR, alternate, checkout, server
 from loadtest.wrk import failures, parse_summary, wrk
 
 RESULTS = ALL_RESULTS / "open-loop"
@@ -231,17 +232,24 @@ def cells(result: dict[str, Any], passed: bool | None = None) -> dict[str, str]:
 
 
 def paired(args: argparse.Namespace) -> dict[str, Any]:
-    """This checkout against the code of --against, alternating in rounds, at the same open-loop rates."""
-    sides: dict[str, list[list[dict[str, Any]]]] = {"this checkout": [], args.against: []}
+    """This checkout against the code of --against, alternating in rounds (loadtest.servers.alternate), at
+    the same open-loop rates."""
+
+    def curve(side: str, code: Path) -> list[dict[str, Any]]:
+        with server("service", env={"FLIGHT_DELAY_WORKERS": str(args.workers)}, code=code) as (url, process):
+            warm_up(url, args)
+            runs = [measure(load_at(url, rate, args), args.processes, process.pid) for rate in args.rates]
+        say(f"{side}: " + "; ".join(line(r) for r in runs))
+        return runs
+
     with checkout(args.against) as other:
-        for round_number in range(args.rounds):
-            for side, code in (("this checkout", PROJECT_DIR), (args.against, other)):
-                with server("service", env={"FLIGHT_DELAY_WORKERS": str(args.workers)}, code=code) as (url, process):
-                    warm_up(url, args)
-                    sides[side].append(
-                        [measure(load_at(url, rate, args), args.processes, process.pid) for rate in args.rates]
-                    )
-                    say(f"round {round_number + 1}, {side}: " + "; ".join(line(r) for r in sides[side][-1]))
+        sides = alternate(
+            {
+                "this checkout": partial(curve, "this checkout", PROJECT_DIR),
+                args.against: partial(curve, args.against, other),
+            },
+            args.rounds,
+        )
     return {"rates": args.rates, "rounds": args.rounds, "sides": sides}
 
 

@@ -89,12 +89,14 @@ def train(data: Path, home: Path) -> str:
 
 
 def alternate(sides: Mapping[str, Callable[[], T]], rounds: int) -> dict[str, list[T]]:
-    """Each side's run, `rounds` times in turn, so the machine's drift over the drill falls on both alike."""
+    """Each side's run, `rounds` times in turn, in reverse order every other round (A B, B A, A B...): the
+    machine's drift over the drill, and whatever a run leaves to the next, fall on every side alike
+    (docs/performance.md, "Rounds in both orders")."""
     runs: dict[str, list[T]] = {name: [] for name in sides}
     for round_ in range(rounds):
-        for name, run in sides.items():
+        for name in list(sides)[:: 1 if round_ % 2 == 0 else -1]:
             say(f"round {round_ + 1}, {name}")
-            runs[name].append(run())
+            runs[name].append(sides[name]())
     return runs
 
 
