@@ -5,6 +5,10 @@ destinations follow the real frequencies; every other row gives the optional fie
 holds distinct flights and starts with EXAMPLE_REQUEST's flights.
 
     python -m loadtest.make_flights
+
+The committed pool was drawn on 2026-11-27 (2eba8b1), and every load-test figure since was measured
+on it. The synthetic sample has changed since, so a new draw differs (81 of 256 flights on
+2026-12-08): commit one with the figures measured on it, never alone.
 """
 
 import argparse
