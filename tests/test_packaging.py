@@ -1,5 +1,7 @@
 """What the bento (and so the image) carries: the serving code, and nothing that only training needs."""
 
+import ast
+import importlib.metadata
 import os
 import subprocess
 import sys
@@ -70,3 +72,22 @@ def test_bento_includes_every_project_module_the_service_imports(
     imported = set(bento_imports.stdout.split())
     assert "serving/layer.py" in imported
     assert imported <= set(BENTOFILE["include"])
+
+
+def test_every_package_the_bento_imports_is_pinned_in_its_requirements() -> None:
+    """bentofile.yaml does not lock packages, so the image installs requirements.txt's pins and whatever
+    their own requirements allow: starlette, whose internals serving/internals.py relies on, and
+    typing_extensions were imported by the service but came in unpinned (BentoML asks starlette>=0.24)."""
+    project = {path.split("/")[0].removesuffix(".py") for path in BENTOFILE["include"]}
+    imported: set[str] = set()
+    for path in BENTOFILE["include"]:
+        for node in ast.walk(ast.parse((PROJECT_DIR / path).read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    # training-only packages are imported inside the functions that train (the test above runs the bento without them)
+    third_party = imported - set(sys.stdlib_module_names) - project - set(TRAINING_ONLY)
+    distributions = importlib.metadata.packages_distributions()
+    names = {distribution.lower().replace("_", "-") for module in third_party for distribution in distributions[module]}
+    assert names - {name.replace("_", "-") for name in requirement_names("requirements.txt")} == set()
