@@ -34,6 +34,8 @@ KINDS = {
     "slow-body": Kind(POST + b"Content-Length: 100000\r\n\r\n", b" ", 4),  # one body byte every 4 s
     # A large body at a steady 2 KB/s: each read arrives in time, so only a deadline on the whole request ends it.
     "large-body": Kind(POST + b"Content-Length: 1000000\r\n\r\n", b" " * 2048, 1),
+    # All but 16 bytes of the largest body at once, then one byte every 4 s: held by the worker as it arrives.
+    "stalled-body": Kind(POST + b"Content-Length: 1048576\r\n\r\n" + b" " * 1_048_560, b" ", 4),
 }
 FLIGHT = {"OPERA": "Grupo LATAM", "TIPOVUELO": "N", "MES": 3, "Fecha-I": "2017-03-14 08:30", "SIGLADES": "Lima"}
 THOUSAND_FLIGHTS = json.dumps({"flights": [FLIGHT] * 1000}).encode()

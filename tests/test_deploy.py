@@ -779,3 +779,11 @@ def test_comparison_rule_metrics_and_labels_are_the_challengers_counters() -> No
         if label not in declared.get(metric, set())
     }
     assert missing == set()
+
+
+def test_the_drills_judge_memory_against_the_base_pods_limit() -> None:
+    """loadtest.reliability's drills serve with the base's two workers and check their memory against its limit."""
+    from loadtest.reliability import POD_MEMORY_LIMIT_MIB
+
+    limits = api_container(render("base"))["resources"]["limits"]
+    assert memory_bytes(limits["memory"]) == POD_MEMORY_LIMIT_MIB * 2**20
