@@ -12,8 +12,8 @@ answered (issue 18). `DeadlineProtocol`, uvicorn's httptools protocol with three
 - **arriving bytes**: the requests of a worker that are not whole after a read (a request sent at
   once never is) hold at most `max_arriving_bytes` together; past it, the connection whose request
   has been arriving longest is aborted. Without it, 1,000 connections each sending all but 16 bytes
-  of a 1 MiB body took a worker from 137 to 1,153 MiB in 0.8 s, until the request deadline (at the
-  cap, 4 GiB); with it, to 156 MiB;
+  of a 1 MiB body (`loadtest.slow_client stalled-body`) took a worker from 137 to 1,151 MiB until
+  the request deadline (at the cap, 4 GiB); with it, to 167 MiB;
 - **send deadline**: an answer the client does not read holds memory (what the kernel's socket
   buffer cannot take waits in the transport's) and, without this, its slot for ever: asyncio's
   `close()` waits for unsent data to leave first. From the moment a connection's unsent data
@@ -49,15 +49,17 @@ together hold at most `max_unsent_bytes` plus the one answer that passed it (the
 service writes at once is /metrics or /docs.json, under 200 KB; static files go out in 64 KB chunks).
 So a worker's connections hold at most max_connections x WRITE_HIGH_WATER + max_unsent_bytes + 1 MB
 of answers (64 + 64 + 1 MB with the defaults), and max_arriving_bytes of requests still arriving
-(16 MB; each head is bounded too, at MAX_HEAD_BYTES, past which 431 and a close): 145 MB in all
-(tests/test_deploy.py sizes the pod's memory with it, docs/reliability.md).
+(16 MB; each head is bounded too, at MAX_HEAD_BYTES, past which 431 and a close): 145 MB, and
+161 MB with each connection's own objects (4 KiB at the cap). tests/test_deploy.py sizes the pod's
+memory with it (docs/reliability.md).
 
 Reliance on uvicorn internals (pinned in requirements.txt, checked by tests/test_connections.py):
 BentoML's worker builds `uvicorn.Config` without `http=`, so the protocol class comes from
 `uvicorn.config.HTTP_PROTOCOLS["auto"]`, which serving/internals.py points here; the subclass uses
 `HttpToolsProtocol`'s `connections`, `cycle`, `transport`, `flow`, `timeout_keep_alive`, `on_headers_complete`,
 `timeout_keep_alive_task`, `data_received`, `on_message_complete`, `on_response_complete`,
-`pause_writing`, `resume_writing`, `timeout_keep_alive_handler`, and the cycle's `more_body`,
+`pause_writing`, `resume_writing`, `timeout_keep_alive_handler`, `shutdown` (which uvicorn's server
+calls on each connection when it stops; tests/test_connections.py's shutdown test), and the cycle's `more_body`,
 `response_started`, `response_complete`, `disconnected`, `message_event`, `keep_alive`; and
 `OneSendTransport` on the cycle writing each head whole in one `transport.write` of its own
 (tests/test_connections.py::test_answer_leaves_in_one_send_with_its_head).
@@ -185,11 +187,11 @@ RESPONSE_431 = closing_response(
 class Held:
     """Bytes a worker holds for some of its connections (the unsent data of those stalled on their
     clients, or the requests still arriving), longest held first, and their sum. An object, so a
-    connection updates it without assigning to an
-    attribute of DeadlineProtocol: every such assignment (the sum as a class attribute, at each
-    connection's end) invalidates CPython's caches of the class's attributes, and each connection
-    then looked them up again: with a new connection per request, CPython's attribute lookups fell
-    from 6.7% to 3.8% of the workers' CPU samples without it (perf, docs/performance.md)."""
+    connection updates it without assigning to an attribute of DeadlineProtocol: every such
+    assignment (the sum as a class attribute, at each connection's end) invalidates CPython's caches
+    of the class's attributes, and each connection then looked them up again: with a new connection
+    per request, CPython's attribute lookups fell from 6.7% to 3.8% of the workers' CPU samples
+    without it (perf, docs/performance.md)."""
 
     sizes: dict["DeadlineProtocol", int] = field(default_factory=dict)
     total: int = 0
