@@ -310,15 +310,18 @@ def verdict(shared: int, bounds: dict[str, tuple[float, float]]) -> str:
 
 def paired_comparison(
     shared: int,
-    difference_sum: float,
+    squared_errors: tuple[float, float],
     difference_squares: float,
     champion: list[np.ndarray],
     challenger: list[np.ndarray],
 ) -> dict[str, Any]:
     """Challenger against champion on the `shared` flights both scored whose outcome is known, from
-    counts a service (and Prometheus, deploy/k8s/alerts/flight-delay.rules.yml) can sum: the sum and sum
-    of squares of each flight's Brier difference (challenger's squared error minus the champion's), and
-    each model's per-bin flights, delayed flights and sums of probabilities (its own PROBABILITY_BINS).
+    counts a service (and Prometheus, deploy/k8s/alerts/flight-delay.rules.yml) can sum: each model's
+    sum of squared errors (champion's, challenger's), the sum of squares of each flight's Brier
+    difference (challenger's squared error minus the champion's), and each model's per-bin flights,
+    delayed flights and sums of probabilities (its own PROBABILITY_BINS). Each model's own Brier score
+    and calibration error on these flights come with the differences: each model's block of
+    GET /v1/monitoring covers all the flights it scored, which are not the same flights.
 
     The intervals are normal, one-sided at CONFIDENCE: tools/compare.py's bootstrap by day needs each
     flight, a live count keeps sums. The Brier difference is a mean of paired differences, its standard
@@ -327,22 +330,28 @@ def paired_comparison(
     as if independent: on the same flights they are correlated, so the interval is wider than it need
     be and leans to `undecided`, never to a false `worse` or `better`."""
     if shared == 0:
-        return {"flights": 0, "brier": None, "calibration_error": None, "verdict": "undecided"}
-    mean = difference_sum / shared
+        empty = {"brier": None, "calibration_error": None}
+        return {"flights": 0, "champion": empty, "challenger": empty, **empty, "verdict": "undecided"}
+    mean = (squared_errors[1] - squared_errors[0]) / shared
     spread = float(np.sqrt(max(difference_squares / shared - mean**2, 0.0) / shared))
     figures: dict[str, dict[str, float]] = {"brier": interval(mean, spread)}
-    errors, variances = [], []
+    errors: list[float | None] = []
+    variances = []
     for flights, delayed, probability_sums in (champion, challenger):
         groups = calibration_groups(flights, delayed, probability_sums)
         total = float(groups[0].sum())
-        errors.append(calibration_error(groups[0], groups[2], groups[1]) or 0.0)
+        errors.append(calibration_error(groups[0], groups[2], groups[1]))
         with np.errstate(divide="ignore", invalid="ignore"):
             binomial = np.where(groups[0] > 0, groups[1] * (1 - groups[1] / groups[0]), 0.0)
         variances.append(float(binomial.sum()) / total**2 if total else 0.0)
-    figures["calibration_error"] = interval(errors[1] - errors[0], float(np.sqrt(sum(variances))))
+    figures["calibration_error"] = interval((errors[1] or 0.0) - (errors[0] or 0.0), float(np.sqrt(sum(variances))))
     bounds = {metric: (figure["lower"], figure["upper"]) for metric, figure in figures.items()}
     return {
         "flights": shared,
+        **{
+            role: {"brier": squared_error / shared, "calibration_error": error}
+            for role, squared_error, error in zip(("champion", "challenger"), squared_errors, errors, strict=True)
+        },
         **{metric: {**figure, "margin": LIVE_MARGINS[metric].margin} for metric, figure in figures.items()},
         "verdict": verdict(shared, bounds),
     }

@@ -420,7 +420,7 @@ def pod_report(card: dict[str, Any], challenger: dict[str, Any] | None = None) -
     }
     comparison = paired_comparison(
         int(total("flight_delay_comparison_outcomes_total")),
-        errors["challenger"] - errors["champion"],
+        (errors["champion"], errors["challenger"]),
         total("flight_delay_comparison_brier_difference_squares_total"),
         *(
             [per_bin(role, name) for name in ("flights", "delayed", "probability_sum")]
@@ -428,7 +428,9 @@ def pod_report(card: dict[str, Any], challenger: dict[str, Any] | None = None) -
         ),
     )
     report["comparison"] = {
-        key: {k: v if k == "margin" else round(v, 5) for k, v in value.items()} if isinstance(value, dict) else value
+        key: {k: v if k == "margin" or v is None else round(v, 5) for k, v in value.items()}
+        if isinstance(value, dict)
+        else value
         for key, value in comparison.items()
     }
     return report

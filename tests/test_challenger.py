@@ -181,6 +181,12 @@ def test_outcomes_judge_both_models_on_the_flights_both_scored(pair: tuple[Path,
 
     gap = calibration(challenger_tag, theirs) - calibration(champion_tag, mine)
     assert comparison["calibration_error"]["difference"] == pytest.approx(gap, abs=1e-5)
+    for role, tag, p in (
+        ("champion", champion_tag, mine),
+        ("challenger", challenger_tag, theirs),
+    ):  # on the same flights
+        own = {"brier": np.mean((delayed - p) ** 2), "calibration_error": calibration(tag, p)}
+        assert comparison[role] == pytest.approx(own, abs=1e-5)
     bounds = {
         metric: (comparison[metric]["lower"], comparison[metric]["upper"]) for metric in ("brier", "calibration_error")
     }
@@ -236,9 +242,10 @@ def test_paired_comparison_from_sums_equals_the_figures_of_the_flights_themselve
         bins = probability_bins(edges, p)
         return [np.bincount(bins, weights=w, minlength=100) for w in (np.ones(flights), delayed, p)]
 
-    difference = (delayed - challenger) ** 2 - (delayed - champion) ** 2
+    errors = (delayed - champion) ** 2, (delayed - challenger) ** 2
+    difference = errors[1] - errors[0]
     result = paired_comparison(
-        flights, float(difference.sum()), float((difference**2).sum()),
+        flights, (float(errors[0].sum()), float(errors[1].sum())), float((difference**2).sum()),
         per_bin(champion_edges, champion), per_bin(challenger_edges, challenger),
     )  # fmt: skip
     assert result["brier"]["difference"] == pytest.approx(difference.mean())
@@ -250,6 +257,12 @@ def test_paired_comparison_from_sums_equals_the_figures_of_the_flights_themselve
 
     gap = own(challenger_edges, challenger) - own(champion_edges, champion)  # type: ignore[operator]
     assert result["calibration_error"]["difference"] == pytest.approx(gap)
+    # each model's own figures on these very flights, which its block of GET /v1/monitoring does not give
+    for role, p, edges, error in (
+        ("champion", champion, champion_edges, errors[0]),
+        ("challenger", challenger, challenger_edges, errors[1]),
+    ):
+        assert result[role] == pytest.approx({"brier": error.mean(), "calibration_error": own(edges, p)})
     assert result["verdict"] == "worse"  # a challenger of random probabilities is far worse on Brier
 
 

@@ -627,7 +627,7 @@ def paired_figures(counts: list[tuple[str, dict[str, str], float]], pair: dict[s
     errors = "flight_delay_comparison_squared_error_total"
     return paired_comparison(
         int(total("flight_delay_comparison_outcomes_total")),
-        total(errors, role="challenger") - total(errors, role="champion"),
+        (total(errors, role="champion"), total(errors, role="challenger")),
         total("flight_delay_comparison_brier_difference_squares_total"),
         *(
             [per_bin(role, kind) for kind in ("flights", "delayed", "probability_sum")]
