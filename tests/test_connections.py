@@ -444,8 +444,8 @@ def test_requests_arriving_past_the_workers_bound_abort_the_one_arriving_longest
         first, second = (stack.enter_context(sending_part_of_a_body(port, 300_000, body)) for _ in range(2))
         assert wait_for(lambda: DeadlineProtocol.arriving.total >= 600_000, 5) and closes == []
         third = stack.enter_context(sending_part_of_a_body(port, 500_000, body))
-        assert reset_or_closed(first, 2) and closes == ["arriving_bytes"]
-        assert wait_for(lambda: 800_000 <= DeadlineProtocol.arriving.total < 801_000, 2)
+        assert reset_or_closed(first, 5) and closes == ["arriving_bytes"]
+        assert wait_for(lambda: 800_000 <= DeadlineProtocol.arriving.total < 801_000, 5)
         whole = stack.enter_context(sending_part_of_a_body(port, 150_000, 150_000))  # held only while arriving
         assert whole.recv(12) == b"HTTP/1.1 200"
         assert 800_000 <= DeadlineProtocol.arriving.total < 801_000 and closes == ["arriving_bytes"]
@@ -458,7 +458,7 @@ def test_shutdown_closes_a_request_still_arriving_and_aborts_the_rest_at_the_dra
     service, a body sent slowly and an answer taken slowly each held a stopping worker 18 s. Here both
     deadlines are 30 s, so only the shutdown's rules end them: the request still arriving at once,
     the unread answer at the drain."""
-    drain_s = 0.5
+    drain_s = 2.0  # apart from the closing at once by a margin that a busy machine (3 test processes) keeps
     with contextlib.ExitStack() as stack, deadline_server(request_s=30, send_s=30, drain_s=drain_s) as (port, closes):
         unread = never_reading(port, "/bytes/8000000")
         arriving = socket.create_connection(("127.0.0.1", port))
@@ -470,8 +470,8 @@ def test_shutdown_closes_a_request_still_arriving_and_aborts_the_rest_at_the_dra
         started = time.monotonic()
         server.should_exit = True
         assert reset_or_closed(arriving, drain_s / 2)  # closed at once, without an answer
-        thread.join(10)
-        assert not thread.is_alive() and time.monotonic() - started < drain_s + 1.5
+        thread.join(10)  # the deadlines would end them at 30 s
+        assert not thread.is_alive() and time.monotonic() - started < drain_s + 4
         assert closes == ["shutdown", "shutdown"]
         assert reset_or_closed(unread, 0.1)
 
