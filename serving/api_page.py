@@ -5,12 +5,12 @@ from typing import Any
 
 from models.schema import EXAMPLE_OUTCOMES, EXAMPLE_REQUEST, OutcomeRequest
 from serving.layer import MAX_LISTED_PROBLEMS
-from serving.settings import OUTCOMES_ROUTE, PREDICTION_ROUTES
+from serving.settings import MONITORING_OFF, OUTCOMES_ROUTE, PREDICTION_ROUTES
 
 SCHEMAS = "#/components/schemas/"
 BENTOML_SUFFIX = "IODescriptor"  # BentoML's name for the models it makes of an API's input and output
 TASK_SCHEMA = "TaskStatusResponse"
-MONITORING_OFF = "Monitoring is off (FLIGHT_DELAY_MONITORING or FLIGHT_DELAY_METRICS is false)"
+NOT_FOUND = f"Not found: {MONITORING_OFF}"
 # BentoML's error schemas, whose `detail` is a string: every error of this service has the shape of ERROR.
 BENTOML_ERRORS = ("InvalidArgument", "NotFound", "InternalServerError")
 ERROR = {
@@ -126,7 +126,7 @@ def document(spec: dict[str, Any], card: dict[str, Any], gets: dict[str, Any], o
         }
     examples = {"/health": {"status": "OK"}, "/v1/model": card, "/v1/monitoring": MONITORING_EXAMPLE}
     for path, endpoint in gets.items():
-        not_found = MONITORING_OFF if path == "/v1/monitoring" else None
+        not_found = NOT_FOUND if path == "/v1/monitoring" else None
         paths[path] = {"get": get_operation(endpoint, app_tag["name"], examples[path], not_found)}
     paths[OUTCOMES_ROUTE] = {"post": outcomes_operation(outcomes, app_tag["name"])}
     public = [*PREDICTION_ROUTES, OUTCOMES_ROUTE, *gets]  # the README's order
@@ -215,7 +215,7 @@ def outcomes_operation(endpoint: Any, tag: str) -> dict[str, Any]:
                     "printable ASCII characters",
                     "401": "Missing or wrong token",
                     "403": "Outcomes are off: no token is configured",
-                    "404": MONITORING_OFF,
+                    "404": NOT_FOUND,
                     "409": "A request with this Idempotency-Key is being answered",
                     "422": "This Idempotency-Key was used with another body",
                     **ADMITTED_ERRORS,

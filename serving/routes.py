@@ -24,9 +24,7 @@ from serving.idempotency import Claim, IdempotencyStore, usable_key
 from serving.internals import multiprocess_dir
 from serving.metrics import Recent
 from serving.monitoring import pod_report
-from serving.settings import OUTCOMES_ROUTE, Settings
-
-OFF = "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS"
+from serving.settings import MONITORING_OFF, OUTCOMES_ROUTE, Settings
 
 
 async def health(_: Request) -> JSONResponse:
@@ -46,7 +44,7 @@ async def monitoring(request: Request) -> JSONResponse:
     flights with that input so far, or an input not judged by design (docs/monitoring.md)."""
     settings: Settings = request.app.state.settings
     if not settings.monitoring or not settings.metrics:
-        return JSONResponse({"error": "not found", "detail": [{"type": "off", "loc": [], "msg": OFF}]}, 404)
+        return JSONResponse({"error": "not found", "detail": [{"type": "off", "loc": [], "msg": MONITORING_OFF}]}, 404)
     service = bentoml.get_current_service()  # pod_report reads every worker's metric files: in a thread
     recent: Recent[dict[str, Any]] = request.app.state.monitoring_report
     return JSONResponse(await recent.get(lambda: asyncio.to_thread(pod_report, service.card, service.challenger_card)))
@@ -68,7 +66,7 @@ async def outcomes(request: Request) -> JSONResponse | Response:
         return refusal(401, "send Authorization: Bearer <token>, the token of FLIGHT_DELAY_OUTCOMES_TOKEN")
     service = bentoml.get_current_service()
     if service.monitor is None:
-        return refusal(404, OFF)
+        return refusal(404, MONITORING_OFF)
     key = request.headers.get("idempotency-key")
     if key is not None and not usable_key(key):
         return problem(400, ["header", "Idempotency-Key"], "an Idempotency-Key is 1 to 255 printable ASCII characters")

@@ -9,6 +9,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 PREDICTION_ROUTES = ("/v1/prediction", "/predict")
 OUTCOMES_ROUTE = "/v1/outcomes"
+# Why GET /v1/monitoring and POST /v1/outcomes answer 404 with monitoring off (and the API document says).
+MONITORING_OFF = "monitoring is off: FLIGHT_DELAY_MONITORING and FLIGHT_DELAY_METRICS"
 LOG_FILES = 4  # files each worker's prediction log rotates over
 # The shortest outcomes token accepted. 16 hex digits are 64 bits: guessing at 100,000 requests a
 # second would take about 3 million years on average. `openssl rand -hex 32`, as the docs say, gives 64.

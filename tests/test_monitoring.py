@@ -33,6 +33,7 @@ from models.schema import EXAMPLE_REQUEST
 from serving import routes
 from serving.metrics import Recent
 from serving.monitoring import Monitor
+from serving.settings import MONITORING_OFF
 
 
 @pytest.mark.parametrize(
@@ -225,8 +226,8 @@ def test_inputs_not_judged_by_design_report_no_count_rather_than_zero(client: ht
 
 def test_outcomes_with_monitoring_off_blame_no_header_in_their_404() -> None:
     # the 404 pointed its problem at the Authorization header, which was right
-    body = json.loads(bytes(routes.refusal(404, routes.OFF).body))
-    assert body["detail"] == [{"type": "off", "loc": [], "msg": routes.OFF}]
+    body = json.loads(bytes(routes.refusal(404, MONITORING_OFF).body))
+    assert body["detail"] == [{"type": "off", "loc": [], "msg": MONITORING_OFF}]
 
 
 def small_monitor(tag: str) -> Monitor:

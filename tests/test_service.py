@@ -104,13 +104,13 @@ def test_an_unknown_path_or_method_gets_the_json_error_body(client: httpx.Client
 def test_monitoring_off_is_a_404_that_says_so() -> None:
     from starlette.testclient import TestClient
 
-    from serving.routes import OFF, plain_app
-    from serving.settings import Settings
+    from serving.routes import plain_app
+    from serving.settings import MONITORING_OFF, Settings
 
     with TestClient(plain_app(None, Settings(monitoring=False))) as http:
         answer = http.get("/v1/monitoring")
     assert answer.status_code == 404
-    assert answer.json() == {"error": "not found", "detail": [{"type": "off", "loc": [], "msg": OFF}]}
+    assert answer.json() == {"error": "not found", "detail": [{"type": "off", "loc": [], "msg": MONITORING_OFF}]}
 
 
 @pytest.mark.parametrize("path", ["/livez", "/readyz", "/metrics"])
