@@ -116,11 +116,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace the table and runs if they exist")
     parser.add_argument("--against", help="git revision whose code to measure next to this checkout's")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.only) - {knob for knob, *_ in CONFIGS})
-    if unknown:  # a name that matched nothing measured the default alone, silently
-        parser.error(
-            f"--only: no knob {', '.join(map(repr, unknown))}; the knobs: {', '.join(sorted({k for k, *_ in CONFIGS}))}"
-        )
+    knobs = {knob for knob, *_ in CONFIGS}
+    if unknown := sorted(set(args.only) - knobs):  # a name that matched nothing measured the default alone
+        parser.error(f"--only: no knob {', '.join(map(repr, unknown))}; the knobs: {', '.join(sorted(knobs))}")
     results = RESULTS / "ablation"
     unused(results / f"{args.name}.md", results / f"{args.name}.json", overwrite=args.overwrite)
     results.mkdir(parents=True, exist_ok=True)
